@@ -1,0 +1,144 @@
+"""Decoding any raw image into upright 8-bit sRGB, and the decode check ingest uses.
+
+Pure functions: they never write; callers decide where results go.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+
+# We do our own pixel-count guard (ingest.max_pixels) so the limit is a config value,
+# and truncated files must fail loudly instead of decoding grey.
+Image.MAX_IMAGE_PIXELS = None
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+_SRGB = ImageCms.createProfile("sRGB")
+_SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def decode_check(path: str | Path, max_pixels: int) -> tuple[str, dict]:
+    """Fully decode ``path``. Returns ("", info) when usable, else (reason, info).
+
+    Reasons: empty_file, not_an_image, decompression_bomb, truncated, decode_error.
+    """
+    path = Path(path)
+    info: dict = {}
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        return "unreadable", {"error": str(e)}
+    info["bytes"] = size
+    if size == 0:
+        return "empty_file", info
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                info.update(format=im.format, mode=im.mode, width=im.width, height=im.height)
+                if im.width * im.height > max_pixels:
+                    info["max_pixels"] = max_pixels
+                    return "decompression_bomb", info
+                frames = getattr(im, "n_frames", 1)
+                if frames > 1:
+                    info["frames"] = frames
+                im.load()
+    except UnidentifiedImageError:
+        return "not_an_image", info
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        info["error"] = str(e)
+        return "decompression_bomb", info
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        info["error"] = str(e)
+        msg = str(e).lower()
+        return ("truncated" if "truncated" in msg or "broken data stream" in msg
+                or isinstance(e, EOFError) else "decode_error"), info
+    except Exception as e:  # a codec bug must not crash a shard of thousands
+        info["error"] = f"{type(e).__name__}: {e}"
+        return "decode_error", info
+    return "", info
+
+
+def _to_8bit_gray(im: Image.Image) -> Image.Image:
+    a = np.asarray(im, dtype=np.float64)
+    if im.mode == "F":
+        top = 1.0 if a.max(initial=0) <= 1.0 else 255.0
+        a = a * (255.0 / top)
+    elif im.mode in _SIXTEEN_BIT and (im.mode != "I" or a.max(initial=0) > 255):
+        a = a / 257.0
+    return Image.fromarray(np.rint(a).clip(0, 255).astype(np.uint8), "L")
+
+
+def _icc_to_srgb(im: Image.Image, notes: dict) -> Image.Image:
+    icc = im.info.get("icc_profile")
+    if not icc:
+        return im
+    out_mode = "RGBA" if im.mode in ("RGBA", "LA", "PA") else "RGB"
+    src_mode = {"LA": "RGBA", "PA": "RGBA", "P": "RGB"}.get(im.mode, im.mode)
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if src_mode != im.mode:
+            im = im.convert(src_mode)
+        converted = ImageCms.profileToProfile(im, src, _SRGB, outputMode=out_mode)
+        notes["icc"] = "converted"
+        return converted
+    except (ImageCms.PyCMSError, OSError, ValueError) as e:
+        # e.g. a grayscale profile on an RGB image: keep pixels, record why
+        notes["icc"] = f"ignored: {e}"
+        return im
+
+
+def load_rgb(path: str | Path, background: tuple[int, int, int] = (0, 0, 0)) -> tuple[Image.Image, dict]:
+    """Open ``path`` as upright 8-bit sRGB ``RGB``. Returns (image, notes about what was done).
+
+    EXIF orientation applied; ICC profile converted to sRGB; CMYK, LAB, 16-bit, float,
+    palette and grayscale made RGB; alpha composited over ``background``; first frame
+    of an animation.
+    """
+    notes: dict = {}
+    with Image.open(path) as src:
+        src.seek(0)
+        notes["mode"] = src.mode
+        im = ImageOps.exif_transpose(src)  # copies, also when no orientation tag
+        if im is src:
+            im = src.copy()
+    orientation = src.getexif().get(0x0112, 1) if hasattr(src, "getexif") else 1
+    if orientation not in (None, 1):
+        notes["exif_orientation"] = orientation
+    if im.mode in _SIXTEEN_BIT or im.mode == "F":
+        im = _to_8bit_gray(im)
+    if im.mode == "LAB":
+        lab = ImageCms.createProfile("LAB")
+        im = ImageCms.applyTransform(im, ImageCms.buildTransform(lab, _SRGB, "LAB", "RGB"))
+        im.info.pop("icc_profile", None)  # the pixels are sRGB now
+        notes["icc"] = "lab->srgb"
+    elif im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    im = _icc_to_srgb(im, notes)
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        if rgba.getextrema()[3][0] < 255:
+            notes["alpha"] = "composited"
+        canvas = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        canvas.alpha_composite(rgba)
+        im = canvas
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    im.info.pop("icc_profile", None)
+    return im, notes
+
+
+def pixel_digest(im: Image.Image) -> str:
+    """sha256 of decoded pixels + size: equal for the same picture saved differently."""
+    import hashlib
+    h = hashlib.sha256(f"{im.mode}:{im.width}x{im.height}:".encode())
+    h.update(im.tobytes())
+    return h.hexdigest()
+
+
+def save_png(im: Image.Image, path: str | Path, compress_level: int = 1) -> None:
+    """Lossless intermediate format between stages (fast, deterministic)."""
+    im.save(path, format="PNG", compress_level=compress_level)

@@ -1,0 +1,26 @@
+FINAL_NETWORK = f"{R}/finetune/network-final.npz"
+
+
+rule finetune:
+    """StyleGAN2 (TF2) fine-tuning on the exported TFRecords; resumes from the latest
+    snapshot in results/<name>/finetune/snapshots/ (kept across reruns: not an output)."""
+    input:
+        tfrecords=DATASET["tfrecords"],
+        code=sorted(str(p) for p in (BASE / "gan").glob("*.py")),
+    output:
+        FINAL_NETWORK,
+    params:
+        cfg=stage_config("finetune"),
+        tfrecord_dir=f"{R}/export/tfrecords",
+        run_dir=f"{R}/finetune",
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=24 * 60,
+    log:
+        log_path("finetune"),
+    benchmark:
+        bench_path("finetune")
+    shell:
+        "{PY} -m gan.train --data {params.tfrecord_dir:q} --run-dir {params.run_dir:q}"
+        " --config {params.cfg:q} --output {output:q} > {log:q} 2>&1"

@@ -1,0 +1,41 @@
+def metadata_inputs(wildcards):
+    return [f"{R}/ingest/metadata_decisions.tsv"] if config["ingest"]["metadata"] else []
+
+
+rule metadata_filter:
+    """Reads the metadata JSONL once and decides per file stem (tags, rating)."""
+    input:
+        metadata=config["ingest"]["metadata"] or [],
+        code=stage_code("ingest"),
+    output:
+        f"{R}/ingest/metadata_decisions.tsv",
+    params:
+        cfg=stage_config("ingest"),
+    log:
+        log_path("metadata_filter"),
+    benchmark:
+        bench_path("metadata_filter")
+    shell:
+        "{PY} -m pipeline.ingest metadata --metadata {input.metadata:q} --output {output:q}"
+        " --config {params.cfg:q} > {log:q} 2>&1"
+
+
+rule ingest:
+    """Full decode check of every listed file; stable ids; extension/tag filters."""
+    input:
+        listing=f"{R}/listing/{{shard}}.tsv",
+        metadata=metadata_inputs,
+        code=stage_code("ingest"),
+    output:
+        f"{R}/ingest/{{shard}}/manifest.tsv",
+    params:
+        cfg=stage_config("ingest"),
+        raw_dir=config["raw_dir"],
+    log:
+        log_path("ingest", "{shard}"),
+    benchmark:
+        bench_path("ingest", "{shard}")
+    shell:
+        "{PY} -m pipeline.ingest shard --listing {input.listing:q} --raw-dir {params.raw_dir:q}"
+        " --metadata-decisions '{input.metadata}' --output {output:q} --config {params.cfg:q}"
+        " > {log:q} 2>&1"

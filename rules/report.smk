@@ -1,0 +1,68 @@
+REJECTS = config["rank"]["rejects"] or f"characters/{config['name']}.rejects.txt"
+
+
+def rejects_input(wildcards):
+    # optional: creating or editing the file reruns only the re-export and the report
+    return [REJECTS] if Path(REJECTS).exists() else []
+
+
+rule ranked_export:
+    """The dataset minus rejects minus the worst drop_bottom_fraction, re-exported."""
+    input:
+        manifest=DATASET["manifest"],
+        scores=f"{R}/rank/scores.tsv",
+        rejects=rejects_input,
+        code=stage_code("export"),
+    output:
+        **RANKED,
+    params:
+        cfg=stage_config("export"),
+        drop_bottom=config["rank"]["drop_bottom_fraction"],
+        name=config["name"],
+        folder=f"{R}/ranked",
+    log:
+        log_path("ranked_export"),
+    benchmark:
+        bench_path("ranked_export")
+    shell:
+        "{PY} -m pipeline.export --name {params.name:q} --folder {params.folder:q}"
+        " --config {params.cfg:q} --from-export {input.manifest:q} --scores {input.scores:q}"
+        " --rejects '{input.rejects}' --drop-bottom-fraction {params.drop_bottom}"
+        " > {log:q} 2>&1"
+
+
+rule report:
+    """Static HTML review page: funnel, samples, histogram, bottom/top-k with reject toggles."""
+    input:
+        stage_manifests=[m for stage in ("ingest", "crop", "clean", "upscale", "normalize")
+                         for m in shard_manifests(stage)],
+        dedup=f"{R}/clean/dedup.tsv",
+        dataset=DATASET["manifest"],
+        ranked=RANKED["manifest"],
+        scores=f"{R}/rank/scores.tsv",
+        histogram=f"{R}/rank/histogram.png",
+        network=FINAL_NETWORK,
+        rejects=rejects_input,
+        code=stage_code("report"),
+    output:
+        html=f"{R}/report/index.html",
+        provenance=f"{R}/provenance.tsv",
+    params:
+        cfg=stage_config("report"),
+        results=R,
+        rejects=REJECTS,
+    log:
+        log_path("report"),
+    benchmark:
+        bench_path("report")
+    shell:
+        "{PY} -m pipeline.report --results {params.results:q} --rejects {params.rejects:q}"
+        " --output {output.html:q} --provenance {output.provenance:q}"
+        " --config {params.cfg:q} > {log:q} 2>&1"
+
+
+rule ranked_dataset:
+    """Target: the whole loop, from raw images to the ranked dataset and its report."""
+    input:
+        **RANKED,
+        report=f"{R}/report/index.html",

@@ -1,0 +1,23 @@
+rule upscale:
+    """Faces below the target side: waifu2x (GPU or CPU) or Lanczos; a content cache."""
+    input:
+        manifest=f"{R}/clean/{{shard}}/manifest.tsv",
+        code=stage_code("upscale"),
+    output:
+        f"{R}/upscale/{{shard}}/manifest.tsv",
+    params:
+        cfg=json.dumps({**config["upscale"], "target": config["normalize"]["resolution"]},
+                       sort_keys=True),
+        cache=f"{config['cache_dir']}/upscale",
+    threads: 2
+    resources:
+        gpu=1 if config["upscale"]["method"] == "waifu2x" else 0,
+        mem_mb=4000,
+        runtime=60,
+    log:
+        log_path("upscale", "{shard}"),
+    benchmark:
+        bench_path("upscale", "{shard}")
+    shell:
+        "{PY} -m pipeline.upscale --input {input.manifest:q} --output {output:q}"
+        " --config {params.cfg:q} --cache {params.cache:q} --threads {threads} > {log:q} 2>&1"
