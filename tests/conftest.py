@@ -1,0 +1,104 @@
+"""Shared test helpers: where ../shared lives, the testdata manifest, real snakemake runs."""
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FACEPREP_SHARED", REPO.parent / "shared")).resolve()
+TESTDATA = SHARED / "testdata"
+MODELS = SHARED / "models"
+CASCADE = MODELS / "lbpcascade_animeface.xml"
+
+# Tests read models from ../shared/models, never from the network.
+os.environ.setdefault("FACEPREP_ANIMEFACE_CASCADE", str(CASCADE))
+
+# A tiny but complete configuration: 2 shards, 32 px, a CPU-sized GAN.
+TINY_CONFIG = {
+    "name": "tiny",
+    "shards": 2,
+    "crop": {"method": "none"},
+    "upscale": {"method": "lanczos"},
+    "normalize": {"resolution": 32, "format": "png"},
+    "finetune": {"channel_base": 256, "channel_max": 32, "mapping_layers": 2, "latent_dim": 32,
+                 "kimg": 0.064, "batch": 4, "snapshot_kimg": 0.032, "mixed_precision": False},
+    "rank": {"shuffles": 2},
+    "report": {"bottom_k": 8, "top_k": 4, "thumb": 32},
+}
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def testdata_rows() -> list[dict]:
+    """MANIFEST.tsv of ../shared/testdata as dicts (file, kind, expected_faces, grayscale...)."""
+    with open(TESTDATA / "MANIFEST.tsv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def copy_testdata(dest: Path, files=None) -> Path:
+    """Copy (some of) the testdata images into ``dest`` (a raw folder tests may touch)."""
+    import shutil
+    dest.mkdir(parents=True, exist_ok=True)
+    for row in testdata_rows():
+        if files is None or row["file"] in files:
+            target = dest / row["file"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(TESTDATA / row["file"], target)
+    return dest
+
+
+def write_config(workdir: Path, overrides: dict | None = None) -> Path:
+    cfg = deep_merge(TINY_CONFIG, overrides or {})
+    cfg.setdefault("raw_dir", str(workdir / "raw"))
+    path = workdir / "test_config.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=True))
+    return path
+
+
+def run_snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True,
+                  timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run the real workflow in ``workdir`` (a subprocess, as a user would)."""
+    cfg = write_config(workdir, overrides)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+           str(workdir), "--configfile", str(cfg), "--cores", "2", *args]
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
+    return proc
+
+
+def scheduled_jobs(workdir: Path, target: str, overrides: dict | None = None) -> dict[str, int]:
+    """{rule: count} that `snakemake -n` would run for ``target`` (empty when up to date)."""
+    proc = run_snakemake(workdir, target, "-n", "--quiet", "rules", overrides=overrides)
+    jobs: dict[str, int] = {}
+    out = proc.stdout + proc.stderr
+    table = out.split("Job stats:", 1)
+    if len(table) < 2:
+        return jobs
+    for line in table[1].splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            jobs[m.group(1)] = int(m.group(2))
+        elif jobs and not line.strip():
+            break
+    return jobs
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    (tmp_path / "raw").mkdir()
+    return tmp_path
