@@ -1,0 +1,212 @@
+"""export: the dataset as NVIDIA StyleGAN TFRecords and a stylegan2-ada-pytorch ZIP.
+
+TFRecords follow NVIDIA's TF1 dataset_tool.py exactly: ``<dir>/<name>-rNN.tfrecords`` for
+every level NN from log2(R) down to 2, uncompressed, records in the order of
+``np.random.RandomState(123).shuffle(arange(N))`` over the images sorted by id; each
+record a tf.train.Example with ``shape`` (Int64List [C,H,W]) and ``data`` (raw uint8 CHW);
+each lower level is the 2x2 mean of the previous level's *unquantized* float image,
+quantized with rint + clip. The ZIP is ZIP_STORED ``00000/img00000000.png`` + dataset.json,
+with fixed timestamps so two runs give the same bytes.
+
+    python -m pipeline.export --name N --folder R/export --config JSON --dedup DEDUP NORM_MANIFESTS...
+    python -m pipeline.export --name N --folder R/ranked --config JSON --from-export R/export/manifest.tsv \
+        --scores R/rank/scores.tsv --rejects FILE --drop-bottom-fraction F
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline.manifest import (Row, ShardDir, atomic_write_with, kept, load_config_arg,
+                               read_manifest, read_manifests, write_manifest)
+
+SHUFFLE_SEED = 123  # NVIDIA dataset_tool.py: TFRecordExporter.choose_shuffled_order
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date ZIP can store: fixed for reproducibility
+
+
+# ---------------------------------------------------------------- choosing the images
+
+def dataset_rows(normalized: list[Row], dedup: list[Row]) -> list[Row]:
+    """Normalized keeps minus dedup drops, sorted by id (the order both tools index by)."""
+    duplicates = {r.id for r in dedup if not r.kept}
+    return sorted((r for r in kept(normalized) if r.id not in duplicates), key=lambda r: r.id)
+
+
+def read_rejects(path: str | os.PathLike | None) -> set[str]:
+    """The review page's rejects.txt: one image id (or source path) a line, '#' comments."""
+    if not path or not Path(path).exists():
+        return set()
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return {s for line in lines if (s := line.split("#", 1)[0].strip())}
+
+
+def read_scores(path: str | os.PathLike) -> dict[str, float]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return {r["id"]: float(r["score"]) for r in csv.DictReader(f, delimiter="\t")}
+
+
+def ranked_rows(dataset: list[Row], scores: dict[str, float], rejects: set[str],
+                drop_bottom_fraction: float) -> list[Row]:
+    """Every dataset row, dropped with a reason when rejected or among the worst scores."""
+    n_bottom = math.floor(drop_bottom_fraction * len(dataset) + 1e-9)
+    by_score = sorted(dataset, key=lambda r: (scores.get(r.id, math.inf), r.id))
+    bottom = {r.id for r in by_score[:n_bottom]}
+    out = []
+    for r in dataset:
+        score = {"score": scores[r.id]} if r.id in scores else {}
+        if r.id in rejects or r.source in rejects:
+            out.append(r.drop("rejected", details=score))
+        elif r.id in bottom:
+            out.append(r.drop("bottom_fraction", details=score))
+        else:
+            out.append(r.keep(details=score))
+    return out
+
+
+# ---------------------------------------------------------------- writing
+
+def load_chw(path: str) -> np.ndarray:
+    with Image.open(path) as im:
+        if im.mode != "RGB":
+            raise ValueError(f"{path}: mode {im.mode}, expected RGB (normalize output)")
+        return np.asarray(im).transpose(2, 0, 1)  # HWC -> CHW
+
+
+def lod_images(img: np.ndarray):
+    """Yield the quantized CHW image for every level, top first (dataset_tool's add_image)."""
+    levels = int(np.log2(img.shape[1])) - 1
+    current = img
+    for lod in range(levels):
+        if lod:
+            current = current.astype(np.float32)
+            current = (current[:, 0::2, 0::2] + current[:, 0::2, 1::2]
+                       + current[:, 1::2, 0::2] + current[:, 1::2, 1::2]) * 0.25
+        yield np.rint(current).clip(0, 255).astype(np.uint8)
+
+
+def shuffled_order(n: int) -> np.ndarray:
+    order = np.arange(n)
+    np.random.RandomState(SHUFFLE_SEED).shuffle(order)
+    return order
+
+
+def check_images(rows: list[Row]) -> int:
+    """All images must share one power-of-two square size; refuse the export otherwise."""
+    sizes = {(r.width, r.height) for r in rows}
+    if len(sizes) != 1:
+        raise SystemExit(f"export: images differ in size {sorted(sizes)}; refusing")
+    (w, h), = sizes
+    if w != h or w < 4 or w & (w - 1):
+        raise SystemExit(f"export: {w}x{h} is not a power-of-two square; refusing")
+    return w
+
+
+def write_tfrecords(rows: list[Row], folder: Path, name: str) -> list[int]:
+    """Write <folder>/<name>-rNN.tfrecords; returns the record position of each row."""
+    import tensorflow as tf
+
+    resolution = check_images(rows)
+    log2 = int(np.log2(resolution))
+    order = shuffled_order(len(rows))
+    with ShardDir(folder) as out:
+        opts = tf.io.TFRecordOptions(compression_type="")
+        writers = [tf.io.TFRecordWriter(str(out.tmp / f"{name}-r{log2 - lod:02d}.tfrecords"), opts)
+                   for lod in range(log2 - 1)]
+        try:
+            for idx in tqdm(order, desc="tfrecords", unit="img", mininterval=2):
+                img = load_chw(rows[idx].path)
+                if img.shape != (3, resolution, resolution):
+                    raise SystemExit(f"export: {rows[idx].path} is {img.shape}, refusing")
+                for writer, quant in zip(writers, lod_images(img)):
+                    example = tf.train.Example(features=tf.train.Features(feature={
+                        "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=quant.shape)),
+                        "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[quant.tobytes()])),
+                    }))
+                    writer.write(example.SerializeToString())
+        finally:
+            for w in writers:
+                w.close()
+    position = np.empty(len(rows), dtype=np.int64)
+    position[order] = np.arange(len(rows))
+    return position.tolist()
+
+
+def zip_name(index: int) -> str:
+    idx = f"{index:08d}"
+    return f"{idx[:5]}/img{idx}.png"  # stylegan2-ada-pytorch dataset_tool.py layout
+
+
+def write_zip(rows: list[Row], path: Path) -> None:
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+            for i, r in enumerate(tqdm(rows, desc="zip", unit="img", mininterval=2)):
+                buf = io.BytesIO()
+                with Image.open(r.path) as im:
+                    im.convert("RGB").save(buf, format="PNG", compress_level=0, optimize=False)
+                _writestr(zf, zip_name(i), buf.getvalue())
+            _writestr(zf, "dataset.json", json.dumps({"labels": None}).encode())
+    atomic_write_with(path, write)
+
+
+def _writestr(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    info.external_attr = 0o644 << 16
+    zf.writestr(info, data, compress_type=zipfile.ZIP_STORED)
+
+
+def export(rows: list[Row], folder: Path, name: str, cfg: dict, extra_rows: list[Row] = ()) -> None:
+    """Write TFRecords, ZIP (if configured) and the manifest (last) for ``rows`` (kept)."""
+    if not rows:
+        raise SystemExit("export: no images left to export (see the stage manifests for why)")
+    positions = write_tfrecords(rows, folder / "tfrecords", name)
+    if cfg.get("zip", True):
+        write_zip(rows, folder / f"{name}.zip")
+    listed = [r.keep(details={"index": i, "tfrecord_position": positions[i]})
+              for i, r in enumerate(rows)]
+    write_manifest(folder / "manifest.tsv", listed + list(extra_rows))
+    print(f"export: {len(rows)} images -> {folder}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", required=True)
+    p.add_argument("--folder", required=True)
+    p.add_argument("--config", required=True)
+    p.add_argument("--dedup", help="R/clean/dedup.tsv")
+    p.add_argument("manifests", nargs="*", help="normalize shard manifests")
+    p.add_argument("--from-export", help="re-export this dataset manifest (ranked_dataset)")
+    p.add_argument("--scores")
+    p.add_argument("--rejects", default="")
+    p.add_argument("--drop-bottom-fraction", type=float, default=0.0)
+    a = p.parse_args(argv)
+    cfg = load_config_arg(a.config)
+    folder = Path(a.folder)
+    if a.from_export:
+        dataset = list(kept(read_manifest(a.from_export)))
+        scores = read_scores(a.scores) if a.scores else {}
+        rejects = read_rejects(a.rejects.strip() or None)
+        unknown = rejects - {r.id for r in dataset} - {r.source for r in dataset}
+        if unknown:
+            print(f"export: {len(unknown)} rejects name no dataset image: {sorted(unknown)[:5]}",
+                  file=sys.stderr)
+        decided = ranked_rows(dataset, scores, rejects, a.drop_bottom_fraction)
+        keep_rows = [r for r in decided if r.kept]
+        export(keep_rows, folder, a.name, cfg, extra_rows=[r for r in decided if not r.kept])
+        return
+    rows = dataset_rows(read_manifests(a.manifests), read_manifest(a.dedup) if a.dedup else [])
+    export(rows, folder, a.name, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+import glob
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import TESTDATA
+from PIL import Image
+
+from pipeline import export, normalize
+from pipeline.manifest import Row, read_manifest, write_manifest
+
+tf = pytest.importorskip("tensorflow")
+
+SOURCES = ["anime_miku_noisy.jpg", "anime_miku_CC_BY-NC.jpg", "photo_dogs.jpg", "noface_city.jpg",
+           "photo_2008_001009.jpg", "anime_tone.png", "photo_Tom_Cruise_avp_2014_4.jpg"]
+
+
+def normalized_dataset(tmp_path, resolution=32, fmt="png"):
+    rows = [Row(id=f"id{n:02d}", source=name, path=str(TESTDATA / name), width=1, height=1)
+            for n, name in enumerate(SOURCES)]
+    write_manifest(tmp_path / "up.tsv", rows)
+    norm = tmp_path / "normalize" / "0" / "manifest.tsv"
+    normalize.main(["--input", str(tmp_path / "up.tsv"), "--output", str(norm), "--config",
+                    json.dumps({"resolution": resolution, "fit": "crop", "format": fmt,
+                                "quality": 95, "background": [0, 0, 0]})])
+    return norm
+
+
+def run_export(tmp_path, norm, dedup=None, zip_=True, folder="export"):
+    args = ["--name", "tiny", "--folder", str(tmp_path / folder), "--config",
+            json.dumps({"zip": zip_})]
+    if dedup:
+        args += ["--dedup", str(dedup)]
+    export.main(args + [str(norm)])
+    return tmp_path / folder
+
+
+def parse_like_nvidia(path):
+    """How NVIDIA's training/dataset.py reads a level: FixedLenFeature shape[3] + raw bytes."""
+    def parse(record):
+        features = tf.io.parse_single_example(record, features={
+            "shape": tf.io.FixedLenFeature([3], tf.int64),
+            "data": tf.io.FixedLenFeature([], tf.string)})
+        data = tf.io.decode_raw(features["data"], tf.uint8)
+        return tf.reshape(data, features["shape"])
+    return np.stack([x.numpy() for x in tf.data.TFRecordDataset(str(path)).map(parse)])
+
+
+def independent_levels(img_chw):
+    """Box-filter pyramid in float64 by reshape-mean (not the exporter's slicing code)."""
+    levels, cur = [], img_chw.astype(np.float64)
+    while cur.shape[1] >= 4:
+        levels.append(np.clip(np.rint(cur), 0, 255).astype(np.uint8))
+        c, h, w = cur.shape
+        cur = cur.reshape(c, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
+    return levels
+
+
+def test_tfrecords_match_nvidia_layout_and_pixels(tmp_path):
+    norm = normalized_dataset(tmp_path)
+    out = run_export(tmp_path, norm)
+    files = sorted(glob.glob(str(out / "tfrecords" / "*.tfrecords")))
+    assert [os.path.basename(f) for f in files] == [f"tiny-r{n:02d}.tfrecords" for n in (2, 3, 4, 5)]
+    rows = sorted(read_manifest(norm), key=lambda r: r.id)
+    order = np.arange(len(rows))
+    np.random.RandomState(123).shuffle(order)  # dataset_tool.py's choose_shuffled_order
+    expected = [independent_levels(np.asarray(Image.open(rows[i].path)).transpose(2, 0, 1))
+                for i in order]
+    for lvl, res in enumerate((32, 16, 8, 4)):
+        got = parse_like_nvidia(out / "tfrecords" / f"tiny-r{int(np.log2(res)):02d}.tfrecords")
+        assert got.shape == (len(rows), 3, res, res)
+        want = np.stack([e[lvl] for e in expected])
+        # float32 accumulation vs float64 may round an exact .5 differently: at most 1 level
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= 1
+        assert (got == want).mean() > 0.999
+    # the exporter's own manifest says where each image went
+    listed = read_manifest(out / "manifest.tsv")
+    assert [r.id for r in listed] == [r.id for r in rows]
+    for r in listed:
+        assert order[r.details["tfrecord_position"]] == r.details["index"]
+
+
+def test_zip_matches_stylegan2_ada_layout(tmp_path):
+    norm = normalized_dataset(tmp_path)
+    out = run_export(tmp_path, norm)
+    rows = sorted(read_manifest(norm), key=lambda r: r.id)
+    with zipfile.ZipFile(out / "tiny.zip") as zf:
+        names = zf.namelist()
+        assert names == [f"00000/img{i:08d}.png" for i in range(len(rows))] + ["dataset.json"]
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+        assert json.loads(zf.read("dataset.json")) == {"labels": None}
+        for i, r in enumerate(rows):
+            with zf.open(names[i]) as f:
+                assert (np.asarray(Image.open(f)) == np.asarray(Image.open(r.path))).all()
+
+
+def test_two_exports_are_byte_identical(tmp_path):
+    norm = normalized_dataset(tmp_path, fmt="jpg")
+    a, b = run_export(tmp_path, norm, folder="a"), run_export(tmp_path, norm, folder="b")
+    for rel in ["tiny.zip", "manifest.tsv"] + [f"tfrecords/tiny-r{n:02d}.tfrecords" for n in (2, 3, 4, 5)]:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_dedup_drops_and_ranked_reexport(tmp_path):
+    norm = normalized_dataset(tmp_path)
+    rows = read_manifest(norm)
+    dedup = tmp_path / "dedup.tsv"
+    write_manifest(dedup, [r.drop("near_duplicate", details={"duplicate_of": rows[0].id})
+                           if r.id == "id03" else r for r in rows])
+    out = run_export(tmp_path, norm, dedup=dedup, zip_=False)
+    listed = read_manifest(out / "manifest.tsv")
+    assert "id03" not in {r.id for r in listed} and len(listed) == len(rows) - 1
+    assert not (out / "tiny.zip").exists()
+
+    scores = tmp_path / "scores.tsv"
+    scores.write_text("id\tscore\n" + "".join(f"{r.id}\t{float(i)}\n" for i, r in enumerate(listed)))
+    rejects = tmp_path / "rejects.txt"
+    rejects.write_text(f"# from the review page\n{listed[3].id}\n{listed[5].source}\n")
+    export.main(["--name", "tiny", "--folder", str(tmp_path / "ranked"), "--config", '{"zip": true}',
+                 "--from-export", str(out / "manifest.tsv"), "--scores", str(scores),
+                 "--rejects", str(rejects), "--drop-bottom-fraction", "0.2"])
+    ranked = read_manifest(tmp_path / "ranked" / "manifest.tsv")
+    reasons = {r.id: r.reason for r in ranked if not r.kept}
+    # 6 images: floor(0.2 * 6) = 1 worst score dropped, plus the two rejects
+    assert reasons == {listed[0].id: "bottom_fraction", listed[3].id: "rejected",
+                       listed[5].id: "rejected"}
+    kept_ids = [r.id for r in ranked if r.kept]
+    assert len(parse_like_nvidia(tmp_path / "ranked" / "tfrecords" / "tiny-r05.tfrecords")) == len(kept_ids)
+    with zipfile.ZipFile(tmp_path / "ranked" / "tiny.zip") as zf:
+        assert len(zf.namelist()) == len(kept_ids) + 1
+
+
+def test_export_refuses_mixed_sizes(tmp_path):
+    a = tmp_path / "a.png"
+    b = tmp_path / "b.png"
+    Image.new("RGB", (32, 32)).save(a)
+    Image.new("RGB", (16, 16)).save(b)
+    write_manifest(tmp_path / "n.tsv", [Row(id="a", source="a", path=str(a), width=32, height=32),
+                                        Row(id="b", source="b", path=str(b), width=16, height=16)])
+    with pytest.raises(SystemExit, match="differ in size"):
+        run_export(tmp_path, tmp_path / "n.tsv")

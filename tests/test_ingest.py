@@ -1,0 +1,97 @@
+import json
+import os
+
+from conftest import TESTDATA, copy_testdata, testdata_rows
+
+from pipeline import ingest
+from pipeline.manifest import read_manifest
+
+CFG = {"extensions": ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"],
+       "max_pixels": 20_000_000, "metadata": None, "tags_include": [], "tags_exclude": [],
+       "ratings": []}
+
+# What every broken file in ../shared/testdata must give (MANIFEST.tsv notes)
+EXPECTED_DROPS = {
+    "broken/zero_bytes.jpg": "empty_file",
+    "broken/text_named.jpg": "not_an_image",
+    "broken/truncated.jpg": "truncated",
+    "broken/huge_6000x4000.png": "decompression_bomb",  # 24 Mpx > the 20 Mpx limit set here
+}
+
+
+def run_ingest(tmp_path, raw, cfg=CFG, decisions=""):
+    entries = ingest.list_raw_dir(raw)
+    ingest.write_shard_listings(entries, tmp_path / "listing", ["0"])
+    out = tmp_path / "ingest" / "manifest.tsv"
+    ingest.main(["shard", "--listing", str(tmp_path / "listing" / "0.tsv"), "--raw-dir", str(raw),
+                 "--metadata-decisions", decisions, "--output", str(out), "--config", json.dumps(cfg)])
+    return {r.source: r for r in read_manifest(out)}
+
+
+def test_every_testdata_file_is_kept_or_dropped_with_its_reason(tmp_path):
+    rows = run_ingest(tmp_path, TESTDATA)
+    listed = {r["file"] for r in testdata_rows()}
+    assert listed <= set(rows)
+    for name in listed:
+        row = rows[name]
+        if name in EXPECTED_DROPS:
+            assert (row.action, row.reason) == ("drop", EXPECTED_DROPS[name]), name
+        else:
+            assert row.kept, (name, row.reason, row.details)
+            assert row.width > 0 and row.height > 0
+    # non-image files beside the images are dropped with a reason, not ignored
+    assert rows["MANIFEST.tsv"].reason == "unsupported_extension"
+    assert rows["dlib_testing_boxes.xml"].reason == "unsupported_extension"
+    # hostile names survive the TSV round trip
+    assert rows["broken/<img src=x onerror=alert(1)>.png"].kept
+    assert rows["broken/unicode name ü 顔 $(touch x).jpg"].kept
+
+
+def test_ids_and_shards_are_stable_and_spread():
+    assert ingest.source_id("a/b.jpg") == ingest.source_id("a/b.jpg")
+    assert ingest.source_id("a/b.jpg") != ingest.source_id("a/c.jpg")
+    counts = [0] * 8
+    for i in range(4000):
+        counts[ingest.shard_of(f"img_{i}.png", 8)] += 1
+    assert min(counts) > 400  # ~500 each: a hash, not a modulo of the name
+
+
+def test_listing_rewritten_only_for_changed_shards(tmp_path):
+    raw = tmp_path / "raw"
+    copy_testdata(raw, {"anime_miku_noisy.jpg", "photo_dogs.jpg", "noface_city.jpg"})
+    shards = ["0", "1", "2", "3"]
+    first = ingest.write_shard_listings(ingest.list_raw_dir(raw), tmp_path / "l", shards)
+    assert first == shards  # all new
+    mtimes = {s: os.stat(tmp_path / "l" / f"{s}.tsv").st_mtime_ns for s in shards}
+    assert ingest.write_shard_listings(ingest.list_raw_dir(raw), tmp_path / "l", shards) == []
+    (raw / "new.jpg").write_bytes((TESTDATA / "anime_miku_small_noisy.jpg").read_bytes())
+    changed = ingest.write_shard_listings(ingest.list_raw_dir(raw), tmp_path / "l", shards)
+    assert changed == [shards[ingest.shard_of("new.jpg", 4)]]
+    for s in set(shards) - set(changed):
+        assert os.stat(tmp_path / "l" / f"{s}.tsv").st_mtime_ns == mtimes[s]
+
+
+def test_metadata_filter_by_tags_and_rating(tmp_path):
+    raw = tmp_path / "raw"
+    copy_testdata(raw, {"anime_miku_noisy.jpg", "anime_miku_small.png", "anime_tone.png",
+                        "noface_city.jpg"})
+    # Danbooru dumps name files by id or md5; both tag styles appear in the wild
+    posts = [
+        {"id": 1, "md5": "anime_miku_noisy", "rating": "s", "tag_string": "hatsune_miku solo"},
+        {"id": "anime_miku_small", "rating": "e", "tag_string": "hatsune_miku solo"},
+        {"id": 3, "md5": "anime_tone", "rating": "g", "tags": [{"name": "hatsune_miku"},
+                                                             {"name": "monochrome"}]},
+    ]
+    jsonl = tmp_path / "posts.jsonl"
+    jsonl.write_text("\n".join(json.dumps(p) for p in posts) + "\nnot json\n")
+    cfg = {**CFG, "tags_include": ["hatsune_miku"], "tags_exclude": ["monochrome"],
+           "ratings": ["general", "s"]}
+    decisions = tmp_path / "decisions.tsv"
+    ingest.main(["metadata", "--metadata", str(jsonl), "--output", str(decisions),
+                 "--config", json.dumps(cfg)])
+    rows = run_ingest(tmp_path, raw, cfg, str(decisions))
+    assert rows["anime_miku_noisy.jpg"].kept
+    assert rows["anime_miku_small.png"].reason == "rating"
+    assert rows["anime_tone.png"].reason == "tag_excluded"
+    assert rows["anime_tone.png"].details["excluded_tags"] == ["monochrome"]
+    assert rows["noface_city.jpg"].reason == "no_metadata"

@@ -1,0 +1,108 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import TESTDATA
+from PIL import Image
+
+from pipeline import normalize
+from pipeline.imaging import load_rgb
+from pipeline.manifest import Row, read_manifest, write_manifest
+
+ORIGINAL = TESTDATA / "anime_miku_noisy.jpg"  # 400 x 279, the source of most broken/ files
+
+
+def cfg(**kw):
+    return {"resolution": 64, "fit": "pad", "format": "jpg", "quality": 95,
+            "background": [0, 0, 0], **kw}
+
+
+def run_normalize(tmp_path, files, **kw):
+    rows = [Row(id=f"i{n}", source=f.name, path=str(f), width=1, height=1)
+            for n, f in enumerate(files)]
+    write_manifest(tmp_path / "in.tsv", rows)
+    out = tmp_path / "norm" / "0" / "manifest.tsv"
+    normalize.main(["--input", str(tmp_path / "in.tsv"), "--output", str(out),
+                    "--config", json.dumps(cfg(**kw)), "--threads", "2"])
+    return read_manifest(out)
+
+
+def upright_original(size):
+    return np.asarray(Image.open(ORIGINAL).convert("RGB").resize(size), dtype=np.float64)
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "png"])
+def test_every_encoding_becomes_exact_square_rgb(tmp_path, fmt):
+    files = [TESTDATA / "broken" / n for n in ("cmyk.jpg", "alpha.png", "gray16.png",
+             "palette.gif", "exif_orient6.jpg", "lab_colorspace.tif")] + [ORIGINAL]
+    rows = run_normalize(tmp_path, files, format=fmt, resolution=32)
+    assert len(rows) == len(files) and all(r.kept for r in rows)
+    for r in rows:
+        with Image.open(r.path) as im:
+            assert (im.format, im.mode, im.size) == ({"jpg": "JPEG", "png": "PNG"}[fmt], "RGB", (32, 32))
+        assert normalize.validation_error(r.path, 32, fmt) == ""
+
+
+@pytest.mark.parametrize("name,max_mean_abs_diff", [
+    ("exif_orient6.jpg", 6),    # pixels stored rotated: EXIF Orientation=6 must be applied
+    ("cmyk.jpg", 12),           # CMYK -> RGB stays close to the RGB original
+    ("lab_colorspace.tif", 12),  # LAB -> sRGB through ImageCms
+    ("palette.gif", 16),        # 256-colour palette: dithering error only
+])
+def test_conversions_preserve_the_picture(name, max_mean_abs_diff):
+    im, _notes = load_rgb(TESTDATA / "broken" / name)
+    assert im.mode == "RGB" and im.size == (400, 279)
+    diff = np.abs(np.asarray(im, dtype=np.float64) - upright_original(im.size)).mean()
+    assert diff < max_mean_abs_diff, diff
+
+
+def test_sixteen_bit_gray_is_scaled_not_clipped():
+    im, notes = load_rgb(TESTDATA / "broken" / "gray16.png")
+    a = np.asarray(im)
+    assert notes["mode"] == "I;16"
+    assert (a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all()  # gray
+    assert 40 < a.mean() < 215 and a.std() > 20  # a real picture, not all-white clipping
+
+
+def test_pad_centres_on_background_and_crop_fills(tmp_path):
+    # 400 x 279 -> 64: pad keeps the whole picture with black bars top and bottom
+    pad, = run_normalize(tmp_path / "p", [ORIGINAL], fit="pad", format="png")
+    a = np.asarray(Image.open(pad.path))
+    bar = (64 - round(279 * 64 / 400)) // 2
+    assert bar >= 9 and a[:bar - 1].max() == 0 and a[-(bar - 1):].max() == 0
+    assert a[32].mean() > 30
+    crop, = run_normalize(tmp_path / "c", [ORIGINAL], fit="crop", format="png")
+    b = np.asarray(Image.open(crop.path))
+    assert b[0].mean() > 30 and b[-1].mean() > 30  # no bars
+
+
+def test_small_images_are_enlarged_to_exact_size(tmp_path):
+    row, = run_normalize(tmp_path, [TESTDATA / "anime_miku_small.png"], resolution=512)
+    assert Image.open(row.path).size == (512, 512)
+    assert row.details["normalize"]["scale"] > 2
+
+
+def test_validator_refuses_anything_else(tmp_path):
+    Image.new("RGB", (64, 63)).save(tmp_path / "a.jpg")
+    Image.new("L", (64, 64)).save(tmp_path / "b.jpg")
+    Image.new("RGB", (64, 64)).save(tmp_path / "c.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "ok.jpg")
+    assert "size" in normalize.validation_error(tmp_path / "a.jpg", 64, "jpg")
+    assert "mode" in normalize.validation_error(tmp_path / "b.jpg", 64, "jpg")
+    assert "format" in normalize.validation_error(tmp_path / "c.png", 64, "jpg")
+    assert normalize.validation_error(tmp_path / "ok.jpg", 64, "jpg") == ""
+    with pytest.raises(SystemExit) as e:
+        normalize.main(["validate", "--resolution", "64", "--format", "jpg",
+                        str(tmp_path / "ok.jpg"), str(tmp_path / "a.jpg")])
+    assert e.value.code == 1
+    with pytest.raises(SystemExit) as e:
+        normalize.main(["validate", "--resolution", "64", "--format", "jpg", str(tmp_path / "ok.jpg")])
+    assert e.value.code == 0
+
+
+def test_output_is_deterministic(tmp_path):
+    files = [ORIGINAL, TESTDATA / "broken" / "cmyk.jpg"]
+    a = run_normalize(tmp_path / "a", files)
+    b = run_normalize(tmp_path / "b", files)
+    for x, y in zip(a, b):
+        assert open(x.path, "rb").read() == open(y.path, "rb").read()
