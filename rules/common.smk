@@ -1,5 +1,7 @@
-# Shared helpers for every rule file: config validation, paths, shards, the python call.
+# Shared helpers for all rule files (config validation, paths, shards, the python call).
 import json
+import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -14,9 +16,15 @@ BASE = Path(workflow.basedir)
 sys.path.insert(0, str(BASE))
 from pipeline.ingest import list_raw_dir, write_shard_listings  # noqa: E402
 
-# Every stage runs as `python -m pipeline.<stage>` with this interpreter and package root,
-# so tests may run the workflow from any --directory.
-PY = f"PYTHONPATH={shlex.quote(str(BASE))} {shlex.quote(sys.executable)}"
+# Every stage runs as `python -m pipeline.<stage>` with snakemake's own interpreter and the
+# package root on PYTHONPATH, so the workflow runs from any --directory and any venv.
+shell.prefix(
+    f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH"
+    f" PYTHONPATH={shlex.quote(str(BASE))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
+
+# The software every rule needs (used with --use-conda; otherwise the current env).
+CONDA_ENV = str(BASE / "environment.yml")
 
 R = f"{config['results_dir']}/{config['name']}"
 SHARDS = [f"{i:0{len(str(config['shards'] - 1))}d}" for i in range(config["shards"])]
@@ -43,6 +51,26 @@ def bench_path(stage, shard="all"):
 
 def shard_manifests(stage):
     return expand(f"{R}/{stage}/{{shard}}/manifest.tsv", shard=SHARDS)
+
+
+def metadata_inputs(wildcards):
+    return [f"{R}/ingest/metadata_decisions.tsv"] if config["ingest"]["metadata"] else []
+
+
+def dataset_outputs(folder):
+    """TFRecords for every level (NVIDIA layout), the manifest and, if asked, the ZIP."""
+    levels = range(int(math.log2(config["normalize"]["resolution"])), 1, -1)
+    outs = {
+        "manifest": f"{folder}/manifest.tsv",
+        "tfrecords": [f"{folder}/tfrecords/{config['name']}-r{lvl:02d}.tfrecords" for lvl in levels],
+    }
+    if config["export"]["zip"]:
+        outs["zip"] = f"{folder}/{config['name']}.zip"
+    return outs
+
+
+DATASET = dataset_outputs(f"{R}/export")
+RANKED = dataset_outputs(f"{R}/ranked")
 
 
 # The raw folder is listed at parse time; a shard's listing file is rewritten only when

@@ -1,23 +1,3 @@
-import math
-
-LEVELS = range(int(math.log2(config["normalize"]["resolution"])), 1, -1)
-
-
-def dataset_outputs(folder):
-    """TFRecords for every level (NVIDIA layout), the manifest and, if asked, the ZIP."""
-    outs = {
-        "manifest": f"{folder}/manifest.tsv",
-        "tfrecords": [f"{folder}/tfrecords/{config['name']}-r{lvl:02d}.tfrecords" for lvl in LEVELS],
-    }
-    if config["export"]["zip"]:
-        outs["zip"] = f"{folder}/{config['name']}.zip"
-    return outs
-
-
-DATASET = dataset_outputs(f"{R}/export")
-RANKED = dataset_outputs(f"{R}/ranked")
-
-
 rule export:
     """Gather: every normalized, non-duplicate image -> TFRecords (+ ZIP), deterministic."""
     input:
@@ -29,13 +9,15 @@ rule export:
     params:
         cfg=stage_config("export"),
         name=config["name"],
-        folder=f"{R}/export",
+        folder=lambda wildcards, output: os.path.dirname(output.manifest),
+    conda:
+        CONDA_ENV
     log:
         log_path("export"),
     benchmark:
         bench_path("export")
     shell:
-        "{PY} -m pipeline.export --name {params.name:q} --folder {params.folder:q}"
+        "python -m pipeline.export --name {params.name:q} --folder {params.folder:q}"
         " --config {params.cfg:q} --dedup {input.dedup:q} {input.manifests:q} > {log:q} 2>&1"
 
 

@@ -1,7 +1,3 @@
-def metadata_inputs(wildcards):
-    return [f"{R}/ingest/metadata_decisions.tsv"] if config["ingest"]["metadata"] else []
-
-
 rule metadata_filter:
     """Reads the metadata JSONL once and decides per file stem (tags, rating)."""
     input:
@@ -11,12 +7,14 @@ rule metadata_filter:
         f"{R}/ingest/metadata_decisions.tsv",
     params:
         cfg=stage_config("ingest"),
+    conda:
+        CONDA_ENV
     log:
         log_path("metadata_filter"),
     benchmark:
         bench_path("metadata_filter")
     shell:
-        "{PY} -m pipeline.ingest metadata --metadata {input.metadata:q} --output {output:q}"
+        "python -m pipeline.ingest metadata --metadata {input.metadata:q} --output {output:q}"
         " --config {params.cfg:q} > {log:q} 2>&1"
 
 
@@ -31,11 +29,13 @@ rule ingest:
     params:
         cfg=stage_config("ingest"),
         raw_dir=config["raw_dir"],
+    conda:
+        CONDA_ENV
     log:
         log_path("ingest", "{shard}"),
     benchmark:
         bench_path("ingest", "{shard}")
     shell:
-        "{PY} -m pipeline.ingest shard --listing {input.listing:q} --raw-dir {params.raw_dir:q}"
+        "python -m pipeline.ingest shard --listing {input.listing:q} --raw-dir {params.raw_dir:q}"
         " --metadata-decisions '{input.metadata}' --output {output:q} --config {params.cfg:q}"
         " > {log:q} 2>&1"

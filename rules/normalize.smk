@@ -8,10 +8,12 @@ rule normalize:
     params:
         cfg=stage_config("normalize"),
     threads: 1
+    conda:
+        CONDA_ENV
     log:
         log_path("normalize", "{shard}"),
     benchmark:
         bench_path("normalize", "{shard}")
     shell:
-        "{PY} -m pipeline.normalize --input {input.manifest:q} --output {output:q}"
+        "python -m pipeline.normalize --input {input.manifest:q} --output {output:q}"
         " --config {params.cfg:q} --threads {threads} > {log:q} 2>&1"
