@@ -69,11 +69,14 @@ def write_config(workdir: Path, overrides: dict | None = None) -> Path:
 
 
 def run_snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True,
-                  timeout: float = 1800) -> subprocess.CompletedProcess:
-    """Run the real workflow in ``workdir`` (a subprocess, as a user would)."""
+                  timeout: float = 1800, configfiles=()) -> subprocess.CompletedProcess:
+    """Run the real workflow in ``workdir`` (a subprocess, as a user would).
+
+    ``configfiles`` are passed after the test config, like a user's character file.
+    """
     cfg = write_config(workdir, overrides)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(workdir), "--configfile", str(cfg), "--cores", "2", *args]
+           str(workdir), "--configfile", str(cfg), *map(str, configfiles), "--cores", "2", *args]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
@@ -81,9 +84,11 @@ def run_snakemake(workdir: Path, *args: str, overrides: dict | None = None, chec
     return proc
 
 
-def scheduled_jobs(workdir: Path, target: str, overrides: dict | None = None) -> dict[str, int]:
+def scheduled_jobs(workdir: Path, target: str, overrides: dict | None = None,
+                   configfiles=()) -> dict[str, int]:
     """{rule: count} that `snakemake -n` would run for ``target`` (empty when up to date)."""
-    proc = run_snakemake(workdir, target, "-n", "--quiet", "rules", overrides=overrides)
+    proc = run_snakemake(workdir, target, "-n", "--quiet", "rules", overrides=overrides,
+                         configfiles=configfiles)
     jobs: dict[str, int] = {}
     out = proc.stdout + proc.stderr
     table = out.split("Job stats:", 1)

@@ -46,8 +46,13 @@ def test_rerun_schedules_exactly_what_changed(workdir):
     # up to date: a dry run schedules nothing but the (output-less) target itself
     assert set(scheduled_jobs(workdir, "dataset")) <= {"dataset"}
 
-    # a normalize setting reruns normalize (every shard) and export, nothing upstream
-    jobs = scheduled_jobs(workdir, "dataset", overrides={"normalize": {"quality": 80}})
+    # a character file naming one normalize key overrides only that key (the rest of the
+    # block stays, or the 32 px outputs would change and everything rerun); that setting
+    # reruns normalize (every shard) and export, nothing upstream
+    character = workdir / "characters" / "tiny.yaml"
+    character.parent.mkdir()
+    character.write_text("normalize:\n  quality: 80\n")
+    jobs = scheduled_jobs(workdir, "dataset", configfiles=[character])
     assert {k: v for k, v in jobs.items() if k != "dataset"} == {"normalize": 2, "export": 1}
 
     # one new raw image reruns only its shard's per-image jobs, plus the gathers
@@ -62,3 +67,10 @@ def test_rerun_schedules_exactly_what_changed(workdir):
     # sources are never modified, moved or deleted
     (raw / "new_one.png").unlink()
     assert digests(raw) == before
+
+
+def test_lint_is_clean(workdir):
+    copy_testdata(workdir / "raw", {"anime_miku_noisy.jpg"})
+    proc = run_snakemake(workdir, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
