@@ -2,18 +2,22 @@ rule clean:
     """Per-image filters and hashes (size floors, monochrome, pixel hash, perceptual hash)."""
     input:
         manifest=f"{R}/crop/{{shard}}/manifest.tsv",
+        sources=f"{R}/ingest/{{shard}}/manifest.tsv",  # source file sizes (already upstream)
         code=stage_code("clean"),
     output:
         f"{R}/clean/{{shard}}/manifest.tsv",
     params:
         cfg=stage_config("clean"),
     threads: 1
+    conda:
+        CONDA_ENV
     log:
         log_path("clean", "{shard}"),
     benchmark:
         bench_path("clean", "{shard}")
     shell:
-        "{PY} -m pipeline.clean shard --input {input.manifest:q} --output {output:q}"
+        "python -m pipeline.clean shard --input {input.manifest:q} --sources {input.sources:q}"
+        " --output {output:q}"
         " --config {params.cfg:q} --threads {threads} > {log:q} 2>&1"
 
 
@@ -26,10 +30,12 @@ rule dedup:
         f"{R}/clean/dedup.tsv",
     params:
         cfg=stage_config("clean"),
+    conda:
+        CONDA_ENV
     log:
         log_path("dedup"),
     benchmark:
         bench_path("dedup")
     shell:
-        "{PY} -m pipeline.clean dedup --output {output:q} --config {params.cfg:q}"
+        "python -m pipeline.clean dedup --output {output:q} --config {params.cfg:q}"
         " {input.manifests:q} > {log:q} 2>&1"

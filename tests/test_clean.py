@@ -1,0 +1,358 @@
+"""clean stage: size floors, monochrome, hashes (per shard) and exact/near dedup (gather),
+on the real images of ../shared/testdata and real snakemake runs."""
+from __future__ import annotations
+
+import copy
+import io
+import itertools
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import REPO, TESTDATA, copy_testdata, run_snakemake, scheduled_jobs, testdata_rows
+from pipeline.clean import (clean_row, dedup, hamming, hex_to_words, near_duplicate_clusters,
+                            near_pairs, source_sizes, unique_colors)
+from pipeline.ingest import ingest_file, shard_of, source_id
+from pipeline.manifest import Row, read_manifest
+
+DEFAULTS = yaml.safe_load((REPO / "config.yaml").read_text())
+CLEAN = DEFAULTS["clean"]
+GRAY = {r["file"] for r in testdata_rows() if r["grayscale"] == "yes"}
+NOISY = "anime_miku_noisy.jpg"
+# other encodings of anime_miku_noisy.jpg (MANIFEST.tsv): near duplicates of it
+NOISY_VARIANTS = ["broken/neardup_of_anime_miku_noisy.jpg", "broken/cmyk.jpg",
+                  "broken/exif_orient6.jpg", "broken/palette.gif", "broken/lab_colorspace.tif"]
+
+
+def clean_cfg(**near):
+    cfg = copy.deepcopy(CLEAN)
+    cfg["near_duplicates"].update(near)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ingested() -> list[Row]:
+    """Real ingest rows (decode check, file sizes) for every testdata file."""
+    return [ingest_file(r["file"], str(TESTDATA), DEFAULTS["ingest"], None) for r in testdata_rows()]
+
+
+def clean_all(ingested, cfg) -> dict[str, Row]:
+    sizes = source_sizes(ingested)
+    return {r.source: clean_row(r, cfg, sizes) for r in ingested if r.kept}
+
+
+@pytest.fixture(scope="module")
+def cleaned(ingested) -> dict[str, Row]:
+    return clean_all(ingested, CLEAN)
+
+
+# ---------------------------------------------------------------- per image
+
+def test_grayscale_sepia_and_tone_are_monochrome(cleaned):
+    for name in GRAY:  # gray JPEG, sepia JPEG, 16-bit gray PNG, manga screentone
+        assert cleaned[name].reason == "monochrome", name
+        assert cleaned[name].details["colorful_fraction"] < CLEAN["monochrome"]["min_colorful_fraction"]
+    assert cleaned["broken/sepia_of_anime_miku_noisy.jpg"].details["monochrome_by"] == ["chroma"]
+
+
+def test_colour_images_are_kept(cleaned):
+    # the flat single-colour 6000x4000 canvas is monochrome by any definition
+    colour = [n for n in cleaned if n not in GRAY and n != "broken/huge_6000x4000.png"]
+    assert len(colour) >= 20
+    for name in colour:
+        assert cleaned[name].kept, (name, cleaned[name].reason, cleaned[name].details)
+    assert cleaned["broken/huge_6000x4000.png"].reason == "monochrome"
+
+
+def test_colour_count_test_is_the_seeds(ingested):
+    """`identify %k` < 257: catches clean grays, misses nothing colourful except palettes."""
+    by_colors = clean_all([r for r in ingested if r.source in
+                           ("broken/gray16.png", "broken/palette.gif", NOISY)],
+                          {**CLEAN, "monochrome": {**CLEAN["monochrome"], "method": "colors"}})
+    assert by_colors["broken/gray16.png"].reason == "monochrome"
+    assert by_colors[NOISY].kept and by_colors[NOISY].details["unique_colors"] > 256
+    # the seed's weakness: a colour palette GIF has <= 256 colours; chroma keeps it
+    assert by_colors["broken/palette.gif"].details["unique_colors"] <= 256
+    assert by_colors["broken/palette.gif"].reason == "monochrome"
+
+
+def test_gray_jpeg_with_chroma_noise_is_monochrome(tmp_path):
+    """A gray picture saved as a colour JPEG with chroma noise: > 256 colours (the seed's
+    test misses it), yet no hue departs from the gray tint."""
+    gray = np.asarray(Image.open(TESTDATA / "broken/gray_of_anime_miku_noisy.jpg").convert("RGB"),
+                      dtype=np.int16)
+    noise = np.random.default_rng(0).integers(-3, 4, size=gray.shape)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(gray + noise, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
+    path = tmp_path / "noisy_gray.jpg"
+    path.write_bytes(buf.getvalue())
+    row = clean_row(Row(id="x", source="noisy_gray.jpg", path=str(path)),
+                    {**CLEAN, "monochrome": {**CLEAN["monochrome"], "method": "both"}})
+    assert unique_colors(Image.open(path).convert("RGB")) > 256
+    assert row.reason == "monochrome"
+    assert row.details["monochrome_by"] == ["chroma"]
+
+
+def test_size_floors(ingested):
+    small = next(r for r in ingested if r.source == "anime_miku_small.png")  # 228 x 159
+    sizes = source_sizes(ingested)
+    assert clean_row(small, {**CLEAN, "min_side": 159}, sizes).kept
+    too_small = clean_row(small, {**CLEAN, "min_side": 160}, sizes)
+    assert too_small.reason == "too_small"
+    assert too_small.details["side"] == 159 and too_small.details["min_side"] == 160
+
+    size = (TESTDATA / "anime_miku_small.png").stat().st_size
+    # a face row from crop carries no size: it comes from the ingest manifest via parent_id
+    face = Row(id=f"{small.id}-f0", source=small.source, parent_id=small.id, path=small.path,
+               width=228, height=159)
+    dropped = clean_row(face, {**CLEAN, "min_file_bytes": size + 1}, sizes)
+    assert dropped.reason == "file_too_small" and dropped.details["file_bytes"] == size
+    kept = clean_row(face, {**CLEAN, "min_file_bytes": size}, sizes)
+    assert kept.kept and kept.details["file_bytes"] == size
+
+
+def test_kept_rows_point_at_upstream_pixels_and_carry_hashes(cleaned, ingested):
+    by_source = {r.source: r for r in ingested}
+    row = cleaned[NOISY]
+    assert row.path == by_source[NOISY].path  # no pixels rewritten
+    assert len(row.details["phash"]) == 16 and len(row.details["pixel_sha256"]) == 64
+    assert "phash_mirror" not in row.details  # flips off by default
+    # the same decoded pixels give the same digest whatever the file
+    assert (cleaned["broken/dup_exact_of_anime_miku_noisy.jpg"].details["pixel_sha256"]
+            == row.details["pixel_sha256"])
+    assert cleaned["broken/alpha.png"].details["pixel_sha256"] == \
+        cleaned["anime_miku_small.png"].details["pixel_sha256"]
+    assert cleaned["broken/cmyk.jpg"].details["pixel_sha256"] != row.details["pixel_sha256"]
+
+
+def test_unreadable_image_is_dropped_not_raised():
+    row = Row(id="t", source="broken/truncated.jpg", path=str(TESTDATA / "broken/truncated.jpg"))
+    out = clean_row(row, CLEAN)
+    assert out.reason == "decode_error" and "truncated" in out.details["error"]
+
+
+# ---------------------------------------------------------------- dedup on real images
+
+def verdicts(rows: list[Row]) -> dict[str, tuple[str, str | None]]:
+    source_of = {r.id: r.source for r in rows}
+    return {r.source: (r.reason or "keep", source_of.get(r.details.get("duplicate_of")))
+            for r in rows}
+
+
+def test_dedup_testdata(cleaned):
+    kept = [r for r in cleaned.values() if r.kept]
+    out = dedup(kept, CLEAN)
+    assert len(out) == len(kept)
+    v = verdicts(out)
+    # same pixels, same size: the larger file, then the smaller id, is kept
+    assert v["photo_2008_001009.jpg"] == ("exact_duplicate", "broken/<img src=x onerror=alert(1)>.png")
+    assert v["anime_miku_small.png"] == ("exact_duplicate", "broken/alpha.png")
+    exact_pair = sorted([NOISY, "broken/dup_exact_of_anime_miku_noisy.jpg"], key=source_id)
+    assert v[exact_pair[1]] == ("exact_duplicate", exact_pair[0])
+    # re-encodings of the same picture: one cluster, the largest file at full size is kept
+    cluster = [exact_pair[0], *NOISY_VARIANTS]
+    best = max(cluster, key=lambda s: (cleaned[s].width * cleaned[s].height,
+                                       cleaned[s].details["file_bytes"]))
+    assert best == "broken/lab_colorspace.tif"
+    for name in cluster:
+        if name != best:
+            assert v[name] == ("near_duplicate", best), name
+    assert v["anime_miku_small_noisy.jpg"] == ("near_duplicate", "broken/alpha.png")
+    assert v["broken/unicode name ü 顔 $(touch x).jpg"] == \
+        ("near_duplicate", "broken/<img src=x onerror=alert(1)>.png")
+    assert v["broken/flip_of_anime_miku_noisy.jpg"] == ("keep", None)  # flips off
+    near = {r.source: r.details for r in out if r.reason == "near_duplicate"}
+    assert all(0 <= d["distance"] <= CLEAN["near_duplicates"]["radius"] for d in near.values())
+    # everything else is a distinct picture
+    dropped = {s for s, (reason, _) in v.items() if reason != "keep"}
+    assert len(dropped) == 10
+    assert {s for s, (reason, _) in v.items() if reason == "keep"} >= {
+        "anime_miku_CC_BY-NC.jpg", "noface_city.jpg", "photo_dogs.jpg", "broken/alpha.png"}
+
+
+def test_dedup_flips_matches_mirrored_copy(ingested):
+    cleaned = clean_all(ingested, clean_cfg(flips=True))
+    assert len(cleaned[NOISY].details["phash_mirror"]) == 16
+    out = {r.source: r for r in dedup([r for r in cleaned.values() if r.kept], clean_cfg(flips=True))}
+    flip = out["broken/flip_of_anime_miku_noisy.jpg"]
+    assert flip.reason == "near_duplicate"
+    assert flip.details["mirrored"] is True and flip.details["distance"] <= 4
+    assert out["anime_miku_CC_BY-NC.jpg"].kept
+
+
+@pytest.mark.parametrize("method", ["dhash", "whash"])
+def test_other_hashes_find_the_same_re_encodings(ingested, method):
+    names = [NOISY, "broken/neardup_of_anime_miku_noisy.jpg", "anime_miku_small.png",
+             "anime_miku_small_noisy.jpg", "anime_miku_CC_BY-NC.jpg", "photo_dogs.jpg"]
+    cleaned = clean_all([r for r in ingested if r.source in names], clean_cfg(method=method))
+    assert method in cleaned[NOISY].details and "phash" not in cleaned[NOISY].details
+    v = verdicts(dedup(list(cleaned.values()), clean_cfg(method=method)))
+    assert v["broken/neardup_of_anime_miku_noisy.jpg"] == ("near_duplicate", NOISY)
+    assert v["anime_miku_small_noisy.jpg"] == ("near_duplicate", "anime_miku_small.png")
+    assert {s for s, (reason, _) in v.items() if reason == "keep"} == \
+        {NOISY, "anime_miku_small.png", "anime_miku_CC_BY-NC.jpg", "photo_dogs.jpg"}
+
+
+def test_256_bit_hashes(ingested):
+    names = [NOISY, "broken/neardup_of_anime_miku_noisy.jpg", "anime_miku_CC_BY-NC.jpg"]
+    cfg = clean_cfg(hash_size=16, radius=16)
+    cleaned = clean_all([r for r in ingested if r.source in names], cfg)
+    assert len(cleaned[NOISY].details["phash"]) == 64
+    v = verdicts(dedup(list(cleaned.values()), cfg))
+    assert v["broken/neardup_of_anime_miku_noisy.jpg"] == ("near_duplicate", NOISY)
+    assert v["anime_miku_CC_BY-NC.jpg"] == ("keep", None)
+
+
+# ---------------------------------------------------------------- dedup rules and search
+
+def hashed_row(id_, phash, width=100, height=100, file_bytes=1000, digest=None):
+    return Row(id=id_, source=f"{id_}.png", path=f"{id_}.png", width=width, height=height,
+               details={"phash": phash, "pixel_sha256": digest or f"sha-{id_}",
+                        "file_bytes": file_bytes})
+
+
+def test_clusters_are_transitive_and_keep_the_best_member():
+    # a-b and b-c within radius 4, a-c at 8: one cluster (single linkage)
+    a, b, c = "0000000000000000", "000000000000000f", "00000000000000ff"
+    rows = [hashed_row("a", a, file_bytes=5000), hashed_row("b", b, 200, 200),
+            hashed_row("c", c, 200, 200, file_bytes=2000), hashed_row("d", "ffffffffffffffff")]
+    out = {r.id: r for r in dedup(rows, CLEAN)}
+    assert out["c"].kept  # most pixels, then the larger file
+    assert out["b"].details == {**rows[1].details, "duplicate_of": "c", "distance": 4}
+    assert out["a"].details["duplicate_of"] == "c" and out["a"].details["distance"] == 8
+    assert out["d"].kept
+    # ties on size and file: the smallest id stays, whatever the input order
+    twins = [hashed_row("z", a), hashed_row("y", b)]
+    for order in (twins, twins[::-1]):
+        assert [r.id for r in dedup(order, CLEAN) if r.kept] == ["y"]
+
+
+def test_exact_duplicates_switch():
+    rows = [hashed_row("a", "0000000000000000", digest="same"),
+            hashed_row("b", "ffffffffffffffff", digest="same")]  # (impossible, but isolates the test)
+    assert [r.reason for r in dedup(rows, CLEAN)] == ["", "exact_duplicate"]
+    cfg = {**CLEAN, "exact_duplicates": False}
+    assert [r.reason for r in dedup(rows, cfg)] == ["", ""]
+    cfg = {**CLEAN, "near_duplicates": {**CLEAN["near_duplicates"], "method": "none"}}
+    assert [r.reason for r in dedup(rows[:1] + [hashed_row("c", "0000000000000001")], cfg)] == ["", ""]
+
+
+def random_clustered_hashes(n: int, nbits: int, radius: int, seed: int) -> np.ndarray:
+    """n hashes around n/10 centres, each 0..radius+2 random bits away from its centre."""
+    rng = np.random.default_rng(seed)
+    words = max(1, nbits // 64)
+    centres = rng.integers(0, np.iinfo(np.uint64).max, size=(n // 10, words), dtype=np.uint64,
+                           endpoint=True)
+    out = centres[rng.integers(0, len(centres), n)].copy()
+    for row in out:
+        for bit in rng.choice(nbits, size=rng.integers(0, radius + 3), replace=False):
+            row[bit // 64] ^= np.uint64(1) << np.uint64(63 - bit % 64)
+    return out
+
+
+@pytest.mark.parametrize("nbits,radius", [(64, 0), (64, 4), (64, 9), (256, 0), (256, 16)])
+def test_near_pairs_equals_brute_force(nbits, radius):
+    words = random_clustered_hashes(1500, nbits, radius, seed=radius)
+    i, j, d = near_pairs(words, nbits, radius)
+    ii, jj = np.triu_indices(len(words), 1)
+    dist = hamming(words[ii], words[jj])
+    expected = set(zip(ii[dist <= radius].tolist(), jj[dist <= radius].tolist()))
+    assert len(expected) > 100
+    assert set(zip(i.tolist(), j.tolist())) == expected
+    assert len(i) == len(expected)  # each pair once
+    assert (d == hamming(words[i], words[j])).all()
+
+
+def test_clusters_match_union_of_brute_force_pairs():
+    words = random_clustered_hashes(600, 64, 4, seed=1)
+    mirrored = random_clustered_hashes(600, 64, 4, seed=2)
+    labels = near_duplicate_clusters(words, 64, 4, mirrored)
+    parent = list(range(600))
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+    def all_distances(x, y):  # brute force, every pair
+        return np.bitwise_count(x[:, None, 0] ^ y[None, :, 0]).astype(int)
+    close = np.minimum.reduce([all_distances(words, words), all_distances(words, mirrored),
+                               all_distances(mirrored, words), all_distances(mirrored, mirrored)])
+    for a, b in zip(*np.nonzero(close <= 4)):
+        parent[find(int(a))] = find(int(b))
+    roots = [find(k) for k in range(600)]
+    assert len(set(roots)) < 500  # the data does cluster
+    for a, b in itertools.combinations(range(600), 2):
+        assert (labels[a] == labels[b]) == (roots[a] == roots[b])
+
+
+def test_hex_to_words_round_trip():
+    hexes = ["8000000000000001", "00000000000000ff"]
+    words = hex_to_words(hexes, 64)
+    assert words.dtype == np.uint64 and words.shape == (2, 1)
+    assert [f"{int(w):016x}" for w in words[:, 0]] == hexes
+    long = "f" * 16 + "0" * 47 + "1"
+    assert hex_to_words([long], 256).tolist() == [[2**64 - 1, 0, 0, 1]]
+
+
+# ---------------------------------------------------------------- the workflow
+
+TARGET = "results/tiny/clean/dedup.tsv"
+RAW = [NOISY, "broken/dup_exact_of_anime_miku_noisy.jpg", "broken/neardup_of_anime_miku_noisy.jpg",
+       "broken/flip_of_anime_miku_noisy.jpg", "broken/sepia_of_anime_miku_noisy.jpg",
+       "broken/gray_of_anime_miku_noisy.jpg", "anime_miku_small.png", "anime_miku_small_noisy.jpg",
+       "photo_2008_001009.jpg"]
+
+
+def funnel(rows: list[Row]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.reason or "keep"] = counts.get(r.reason or "keep", 0) + 1
+    return counts
+
+
+def test_workflow_funnel_and_local_reruns(workdir):
+    copy_testdata(workdir / "raw", RAW)
+    run_snakemake(workdir, TARGET)
+    shards = [read_manifest(workdir / f"results/tiny/clean/{s}/manifest.tsv") for s in "01"]
+    clean_rows = [r for rows in shards for r in rows]
+    assert funnel(clean_rows) == {"keep": 7, "monochrome": 2}
+    for r in clean_rows:  # crop.method none: the source file itself, never rewritten
+        assert r.path == str(workdir / "raw" / r.source)
+    assert sorted(p.name for p in (workdir / "results/tiny/clean/0").iterdir()) == ["manifest.tsv"]
+
+    rows = read_manifest(workdir / TARGET)
+    assert funnel(rows) == {"keep": 4, "exact_duplicate": 1, "near_duplicate": 2}
+    v = verdicts(rows)
+    exact_keeper, exact_dup = sorted([NOISY, RAW[1]], key=source_id)
+    assert v[exact_dup] == ("exact_duplicate", exact_keeper)
+    assert v["broken/neardup_of_anime_miku_noisy.jpg"] == ("near_duplicate", exact_keeper)
+    assert v["anime_miku_small_noisy.jpg"] == ("near_duplicate", "anime_miku_small.png")
+    assert v["broken/flip_of_anime_miku_noisy.jpg"] == ("keep", None)
+
+    assert scheduled_jobs(workdir, TARGET) == {}
+    # a new image reruns only its shard's per-image jobs plus the gather
+    new = "photo_2008_002079.jpg"
+    copy_testdata(workdir / "raw", [new])
+    assert scheduled_jobs(workdir, TARGET) == {"ingest": 1, "crop": 1, "clean": 1, "dedup": 1}
+    untouched = workdir / f"results/tiny/clean/{1 - shard_of(new, 2)}/manifest.tsv"
+    before = untouched.stat().st_mtime_ns
+    run_snakemake(workdir, TARGET)
+    assert untouched.stat().st_mtime_ns == before
+    rows = read_manifest(workdir / TARGET)
+    assert funnel(rows) == {"keep": 5, "exact_duplicate": 1, "near_duplicate": 2}
+
+    # turning flips on re-hashes every shard (params changed) but ingest and crop stay
+    flips = {"clean": {"near_duplicates": {"flips": True}}}
+    assert scheduled_jobs(workdir, TARGET, flips) == {"clean": 2, "dedup": 1}
+    run_snakemake(workdir, TARGET, overrides=flips)
+    rows = read_manifest(workdir / TARGET)
+    assert funnel(rows) == {"keep": 4, "exact_duplicate": 1, "near_duplicate": 3}
+    v = verdicts(rows)
+    # the mirrored copy joins the cluster; same size, and its file is the larger one
+    flip = "broken/flip_of_anime_miku_noisy.jpg"
+    assert v[flip] == ("keep", None)
+    assert v[exact_keeper] == ("near_duplicate", flip)
+    assert next(r for r in rows if r.source == exact_keeper).details["mirrored"] is True
