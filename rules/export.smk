@@ -1,7 +1,7 @@
 rule export:
     """Gather: every normalized, non-duplicate image -> TFRecords (+ ZIP), deterministic."""
     input:
-        manifests=shard_manifests("normalize"),
+        manifests=shard_manifests("augment" if config["augment"]["enabled"] else "normalize"),
         dedup=f"{R}/clean/dedup.tsv",
         code=stage_code("export"),
     output:

@@ -6,18 +6,22 @@ rule upscale:
     output:
         f"{R}/upscale/{{shard}}/manifest.tsv",
     params:
-        cfg=json.dumps({**config["upscale"], "target": config["normalize"]["resolution"]},
-                       sort_keys=True),
+        # target and background decide the pixels written here, so they are params too
+        cfg=json.dumps({**config["upscale"], "target": config["normalize"]["resolution"],
+                        "background": config["normalize"]["background"]}, sort_keys=True),
         cache=f"{config['cache_dir']}/upscale",
     threads: 2
     resources:
-        gpu=1 if config["upscale"]["method"] == "waifu2x" else 0,
+        # a cluster profile places waifu2x on a GPU node; `gpu: cpu` and Lanczos need none
+        gpu=1 if config["upscale"]["method"] == "waifu2x" and config["upscale"]["gpu"] != "cpu" else 0,
         mem_mb=4000,
         runtime=60,
+    conda:
+        CONDA_ENV
     log:
         log_path("upscale", "{shard}"),
     benchmark:
         bench_path("upscale", "{shard}")
     shell:
-        "{PY} -m pipeline.upscale --input {input.manifest:q} --output {output:q}"
+        "python -m pipeline.upscale --input {input.manifest:q} --output {output:q}"
         " --config {params.cfg:q} --cache {params.cache:q} --threads {threads} > {log:q} 2>&1"

@@ -1,0 +1,22 @@
+rule augment:
+    """Optional (augment.enabled): `copies` new images per normalized face, the seed's ops."""
+    input:
+        manifest=f"{R}/normalize/{{shard}}/manifest.tsv",
+        code=stage_code("augment"),
+    output:
+        f"{R}/augment/{{shard}}/manifest.tsv",
+    params:
+        # new images are encoded exactly like normalize's: its size, format and quality
+        cfg=json.dumps({**config["augment"],
+                        **{k: config["normalize"][k] for k in ("resolution", "format", "quality")}},
+                       sort_keys=True),
+    threads: 1
+    conda:
+        CONDA_ENV
+    log:
+        log_path("augment", "{shard}"),
+    benchmark:
+        bench_path("augment", "{shard}")
+    shell:
+        "python -m pipeline.augment --input {input.manifest:q} --output {output:q}"
+        " --config {params.cfg:q} --threads {threads} > {log:q} 2>&1"
