@@ -1,0 +1,274 @@
+"""rank: score every dataset image with the fine-tuned Discriminator, worst first.
+
+The D's minibatch-stddev layer makes an image's logit depend on the other images of its
+group, so each image is scored in ``shuffles`` random batches (fresh permutation each
+time, seeded) and the scores are averaged; ``mirror`` also averages the horizontally
+flipped batch. Every batch is full: the last one is padded with other dataset images,
+whose extra logits are discarded. Runs on the GPU when TensorFlow sees one.
+
+    python -m pipeline.rank --manifest R/export/manifest.tsv --network R/finetune/network-final.npz \
+        --output R/rank/scores.tsv --histogram R/rank/histogram.png --config JSON
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from pipeline.manifest import Row, atomic_write_bytes, atomic_write_text, kept, load_config_arg, read_manifest
+
+SCORE_COLUMNS = ["id", "score", "std", "source", "crop_box", "path"]
+# Only these keys change the scores; the rule passes just them, so editing
+# drop_bottom_fraction or the rejects path does not rerun the (GPU) rank job.
+SCORING_KEYS = ("group_size", "shuffles", "mirror", "seed", "batch")
+# Where crop records the region it cut, first match wins: "crop" (left, top, right,
+# bottom) for box crops, "quad" (4 corners) for FFHQ alignment, "box" (the detection).
+CROP_BOX_KEYS = ("crop_box", "crop", "quad", "box")
+
+
+# ---------------------------------------------------------------- batch plan
+
+def plan_batches(n: int, group_size: int, shuffles: int, seed: int, batch: int) -> tuple[np.ndarray, int]:
+    """Image indices for every D call, as an array [shuffles, calls, call_size].
+
+    Row ``k`` holds a fresh permutation of ``range(n)`` (the first ``n`` slots, each
+    image exactly once) followed by padding taken from other images, so every call has
+    ``call_size`` images, a multiple of ``group_size``. Returns (plan, call_size).
+    """
+    if n <= 0:
+        raise ValueError("nothing to rank")
+    groups_needed = -(-n // group_size)
+    call_size = min(max(batch // group_size, 1), groups_needed) * group_size
+    slots = -(-n // call_size) * call_size
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(shuffles):
+        perm = rng.permutation(n)
+        pad = slots - n
+        if pad:
+            last_call = perm[(n // call_size) * call_size:]
+            # companions from outside the last call when there are enough, else any image
+            others = np.setdiff1d(np.arange(n), last_call, assume_unique=True)
+            pool = others if len(others) >= pad else np.arange(n)
+            perm = np.concatenate([perm, rng.choice(pool, pad, replace=pad > len(pool))])
+        rows.append(perm)
+    return np.stack(rows).reshape(shuffles, slots // call_size, call_size), call_size
+
+
+def collect_scores(plan: np.ndarray, logits: np.ndarray, n: int) -> np.ndarray:
+    """Per-shuffle score of every image [shuffles, n] from the logits of ``plan``'s layout.
+
+    Only the first ``n`` slots of a shuffle are counted (the rest are padding).
+    """
+    shuffles = plan.shape[0]
+    flat_idx = plan.reshape(shuffles, -1)[:, :n]
+    flat_logits = logits.reshape(shuffles, -1)[:, :n]
+    scores = np.empty((shuffles, n), dtype=np.float64)
+    for k in range(shuffles):
+        scores[k, flat_idx[k]] = flat_logits[k]
+    return scores
+
+
+# ---------------------------------------------------------------- scoring
+
+def _image_dataset(paths: list[str], resolution: int | None):
+    """tf.data pipeline: file -> NHWC float32 in [-1, 1] (what the gan/ networks take)."""
+    import tensorflow as tf
+
+    def load(path):
+        img = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        if resolution is not None:
+            img = tf.ensure_shape(img, [resolution, resolution, 3])
+        return tf.cast(img, tf.float32) / 127.5 - 1.0
+
+    return tf.data.Dataset.from_tensor_slices(paths).map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                                                         deterministic=True)
+
+
+def score_paths(D, paths: list[str], cfg: dict, resolution: int | None = None,
+                progress: bool = True) -> tuple[np.ndarray, dict]:
+    """Scores [shuffles, n] (mirror already averaged in) of the images at ``paths``.
+
+    ``D`` maps NHWC float32 in [-1, 1] to logits [N]. Also returns timing stats.
+    """
+    import tensorflow as tf
+
+    n = len(paths)
+    plan, call_size = plan_batches(n, cfg["group_size"], cfg["shuffles"], cfg["seed"],
+                                   cfg.get("batch", 64))
+    flat = plan.reshape(-1)
+    images = _image_dataset([paths[i] for i in flat], resolution).batch(call_size).prefetch(2)
+
+    @tf.function(reduce_retracing=True)
+    def d_logits(x):
+        logits = tf.reshape(D(x), [-1])
+        if cfg["mirror"]:
+            # the flipped batch keeps the same companions, flipped too
+            logits = (logits + tf.reshape(D(tf.reverse(x, axis=[2])), [-1])) / 2
+        return logits
+
+    out = np.empty(flat.shape, dtype=np.float64)
+    start = time.perf_counter()
+    with tqdm(total=len(flat), desc="rank", unit="img", mininterval=2, disable=not progress) as bar:
+        pos = 0
+        for x in images:
+            logits = d_logits(x).numpy()
+            out[pos:pos + len(logits)] = logits
+            pos += len(logits)
+            bar.update(len(logits))
+    elapsed = time.perf_counter() - start
+    evaluations = len(flat) * (2 if cfg["mirror"] else 1)
+    stats = {"images": n, "seconds": elapsed, "images_per_second": n / elapsed,
+             "d_evaluations_per_second": evaluations / elapsed, "call_size": call_size,
+             "padding_per_shuffle": plan.shape[1] * call_size - n}
+    return collect_scores(plan, out, n), stats
+
+
+# ---------------------------------------------------------------- scores.tsv
+
+def _rounded(value):
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return round(value, 2) if isinstance(value, float) else value
+
+
+def crop_box(details: dict) -> list | None:
+    """The source region an image was cut from, or None for a whole image."""
+    for key in CROP_BOX_KEYS:
+        box = details.get(key)
+        if isinstance(box, (list, tuple)) and box:
+            return _rounded(box)
+    return None
+
+
+@dataclass(frozen=True)
+class Score:
+    id: str
+    score: float
+    std: float
+    source: str
+    crop_box: list | None
+    path: str
+
+
+def rank_rows(rows: list[Row], per_shuffle: np.ndarray) -> list[Score]:
+    """Scores sorted worst (lowest D logit) first; ties broken by id for determinism."""
+    mean, std = per_shuffle.mean(axis=0), per_shuffle.std(axis=0)
+    scored = [Score(r.id, float(m), float(s), r.source, crop_box(r.details), r.path)
+              for r, m, s in zip(rows, mean, std)]
+    return sorted(scored, key=lambda s: (s.score, s.id))
+
+
+def format_scores(scores: list[Score]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(SCORE_COLUMNS)
+    for s in scores:
+        box = json.dumps(s.crop_box, separators=(",", ":")) if s.crop_box is not None else ""
+        writer.writerow([s.id, f"{s.score:.6f}", f"{s.std:.6f}", s.source, box, s.path])
+    return buf.getvalue()
+
+
+def read_scores(path: str | os.PathLike) -> list[Score]:
+    """scores.tsv back as Score rows, in file order (worst first)."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [Score(r["id"], float(r["score"]), float(r["std"]), r["source"],
+                      json.loads(r["crop_box"]) if r["crop_box"] else None, r["path"])
+                for r in csv.DictReader(f, delimiter="\t")]
+
+
+# ---------------------------------------------------------------- histogram
+
+def histogram_png(values, width: int = 640, height: int = 320, bins: int | None = None) -> bytes:
+    """A bar chart of the score distribution as PNG bytes (PIL only)."""
+    values = np.asarray(values, dtype=np.float64)
+    bins = bins or int(np.clip(np.sqrt(len(values)) * 2, 5, 60))
+    counts, edges = np.histogram(values, bins=bins)
+    im = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(im)
+    font = ImageFont.load_default()
+    left, right, top, bottom = 48, 16, 28, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    draw.text((left, 6), f"Discriminator score, n={len(values)} (left = worst)", fill="black", font=font)
+    peak = max(int(counts.max()), 1)
+    bar_w = plot_w / len(counts)
+    for i, c in enumerate(counts):
+        x0 = left + i * bar_w
+        y0 = top + plot_h * (1 - c / peak)
+        draw.rectangle([x0 + 1, y0, x0 + bar_w - 1, top + plot_h], fill=(70, 110, 180))
+    draw.line([left, top + plot_h, left + plot_w, top + plot_h], fill="black")
+    draw.line([left, top, left, top + plot_h], fill="black")
+    draw.text((4, top - 4), str(peak), fill="black", font=font)
+    draw.text((4, top + plot_h - 10), "0", fill="black", font=font)
+    for x, value in ((left, edges[0]), (left + plot_w / 2, (edges[0] + edges[-1]) / 2),
+                     (left + plot_w, edges[-1])):
+        label = f"{value:.3g}"
+        tw = draw.textlength(label, font=font)
+        draw.line([x, top + plot_h, x, top + plot_h + 4], fill="black")
+        draw.text((min(max(x - tw / 2, 0), width - tw), top + plot_h + 8), label, fill="black", font=font)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- CLI
+
+def configure_devices() -> str:
+    """Deterministic kernels (same seed, same scores, also on GPU); GPU memory grown as
+    needed rather than all taken. Returns which device scores."""
+    import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    tf.config.experimental.enable_op_determinism()
+    return f"GPU x{len(gpus)}" if gpus else "CPU"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True, help="R/export/manifest.tsv (the dataset)")
+    p.add_argument("--network", required=True, help="gan.checkpoint .npz with the D")
+    p.add_argument("--output", required=True, help="scores.tsv to write")
+    p.add_argument("--histogram", required=True, help="histogram.png to write")
+    p.add_argument("--config", required=True, help="the rank block as JSON")
+    a = p.parse_args(argv)
+    cfg = load_config_arg(a.config)
+    rows = list(kept(read_manifest(a.manifest)))
+    if not rows:
+        raise SystemExit(f"rank: {a.manifest} lists no images")
+
+    device = configure_devices()
+    from gan.checkpoint import load_network
+    _G, D, _Gs, _extra = load_network(a.network)
+    d_group = getattr(D, "mbstd_group_size", None)
+    if d_group and d_group != cfg["group_size"]:
+        print(f"rank: warning: rank.group_size={cfg['group_size']} but the D's minibatch-stddev "
+              f"group is {d_group}", file=sys.stderr)
+    resolution = rows[0].width or None
+    d_resolution = getattr(D, "resolution", None)
+    if resolution and d_resolution and resolution != d_resolution:
+        raise SystemExit(f"rank: the dataset is {resolution} px but the D of {a.network} takes "
+                         f"{d_resolution} px (finetune at normalize.resolution)")
+    print(f"rank: {len(rows)} images on {device}, {cfg['shuffles']} shuffles"
+          f"{' + mirror' if cfg['mirror'] else ''}, group size {cfg['group_size']}", flush=True)
+    per_shuffle, stats = score_paths(D, [r.path for r in rows], cfg, resolution)
+    scores = rank_rows(rows, per_shuffle)
+    atomic_write_bytes(a.histogram, histogram_png([s.score for s in scores]))
+    atomic_write_text(a.output, format_scores(scores))  # last: its presence means done
+    print(f"rank: {stats['images_per_second']:.1f} images/s "
+          f"({stats['d_evaluations_per_second']:.1f} D evaluations/s, {stats['seconds']:.1f} s, "
+          f"{stats['call_size']} images per D call); worst {scores[0].score:.4f} {scores[0].id}, "
+          f"best {scores[-1].score:.4f} {scores[-1].id}")
+
+
+if __name__ == "__main__":
+    main()

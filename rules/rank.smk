@@ -1,3 +1,6 @@
+from pipeline.rank import SCORING_KEYS  # noqa: E402
+
+
 rule rank:
     """Discriminator score for every dataset image, averaged over reshuffled batches."""
     input:
@@ -8,16 +11,21 @@ rule rank:
         scores=f"{R}/rank/scores.tsv",
         histogram=f"{R}/rank/histogram.png",
     params:
-        cfg=stage_config("rank"),
+        # only the keys that change scores: editing drop_bottom_fraction or the
+        # rejects path reruns ranked_export, not this (GPU) job
+        cfg=json.dumps({k: config["rank"][k] for k in SCORING_KEYS}, sort_keys=True),
+    threads: 4
     resources:
         gpu=1,
         mem_mb=8000,
         runtime=120,
+    conda:
+        CONDA_ENV
     log:
         log_path("rank"),
     benchmark:
         bench_path("rank")
     shell:
-        "{PY} -m pipeline.rank --manifest {input.manifest:q} --network {input.network:q}"
+        "python -m pipeline.rank --manifest {input.manifest:q} --network {input.network:q}"
         " --output {output.scores:q} --histogram {output.histogram:q}"
         " --config {params.cfg:q} > {log:q} 2>&1"

@@ -20,14 +20,17 @@ rule ranked_export:
         drop_bottom=config["rank"]["drop_bottom_fraction"],
         name=config["name"],
         folder=f"{R}/ranked",
+        rejects=REJECTS,  # read only if it exists; the input above tracks its edits
+    conda:
+        CONDA_ENV
     log:
         log_path("ranked_export"),
     benchmark:
         bench_path("ranked_export")
     shell:
-        "{PY} -m pipeline.export --name {params.name:q} --folder {params.folder:q}"
+        "python -m pipeline.export --name {params.name:q} --folder {params.folder:q}"
         " --config {params.cfg:q} --from-export {input.manifest:q} --scores {input.scores:q}"
-        " --rejects '{input.rejects}' --drop-bottom-fraction {params.drop_bottom}"
+        " --rejects {params.rejects:q} --drop-bottom-fraction {params.drop_bottom}"
         " > {log:q} 2>&1"
 
 
@@ -41,7 +44,7 @@ rule report:
         ranked=RANKED["manifest"],
         scores=f"{R}/rank/scores.tsv",
         histogram=f"{R}/rank/histogram.png",
-        network=FINAL_NETWORK,
+        network=FINAL_NETWORK,  # its samples/ grids are done when it is
         rejects=rejects_input,
         code=stage_code("report"),
     output:
@@ -49,16 +52,22 @@ rule report:
         provenance=f"{R}/provenance.tsv",
     params:
         cfg=stage_config("report"),
-        results=R,
+        name=config["name"],
+        samples=f"{R}/finetune/samples",
         rejects=REJECTS,
+    conda:
+        CONDA_ENV
     log:
         log_path("report"),
     benchmark:
         bench_path("report")
     shell:
-        "{PY} -m pipeline.report --results {params.results:q} --rejects {params.rejects:q}"
-        " --output {output.html:q} --provenance {output.provenance:q}"
-        " --config {params.cfg:q} > {log:q} 2>&1"
+        "python -m pipeline.report --name {params.name:q} --dataset {input.dataset:q}"
+        " --dedup {input.dedup:q} --ranked {input.ranked:q} --scores {input.scores:q}"
+        " --histogram {input.histogram:q} --samples {params.samples:q}"
+        " --rejects {params.rejects:q} --output {output.html:q}"
+        " --provenance {output.provenance:q} --config {params.cfg:q}"
+        " {input.stage_manifests:q} > {log:q} 2>&1"
 
 
 rule ranked_dataset:

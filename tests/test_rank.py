@@ -1,0 +1,204 @@
+"""rank: batch plan, shuffle/mirror averaging with a real (tiny) StyleGAN2 D, scores.tsv, CLI."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO, TESTDATA
+from pipeline.imaging import load_rgb
+from pipeline.manifest import Row, write_manifest
+from pipeline.rank import (SCORE_COLUMNS, collect_scores, crop_box, format_scores, histogram_png,
+                           plan_batches, rank_rows, read_scores, score_paths)
+
+RES = 32
+FILES = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png", "anime_tone.png",
+         "noface_city.jpg", "photo_dogs.jpg", "photo_2008_001009.jpg", "broken/cmyk.jpg",
+         "broken/<img src=x onerror=alert(1)>.png"]
+CFG = {"group_size": 4, "shuffles": 3, "mirror": True, "seed": 0, "batch": 64}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[str]:
+    """Real test images made RES x RES (what normalize hands to export)."""
+    out = tmp_path_factory.mktemp("normalized")
+    paths = []
+    for i, name in enumerate(FILES):
+        im, _ = load_rgb(TESTDATA / name)
+        path = out / f"{i:02d}.png"
+        im.resize((RES, RES), Image.Resampling.LANCZOS).save(path)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def discriminator():
+    from gan.networks import Discriminator
+    return Discriminator(RES, channel_base=256, channel_max=32, mbstd_group_size=4, seed=7)
+
+
+# ---------------------------------------------------------------- batch plan
+
+@pytest.mark.parametrize("n,group,shuffles,batch", [(9, 4, 3, 64), (3, 4, 2, 64), (100, 4, 2, 16),
+                                                    (64, 4, 1, 64), (10, 1, 2, 3)])
+def test_plan_scores_each_image_once_per_shuffle_in_full_batches(n, group, shuffles, batch):
+    plan, call_size = plan_batches(n, group, shuffles, seed=1, batch=batch)
+    assert plan.shape[0] == shuffles and plan.shape[2] == call_size
+    assert call_size % group == 0 and call_size <= max(batch, group)
+    for k in range(shuffles):
+        row = plan[k].reshape(-1)
+        assert sorted(row[:n]) == list(range(n))  # every image exactly once
+        padding = row[n:]
+        assert len(padding) < call_size  # only the last call is padded
+        last_call = set(row[(n // call_size) * call_size:n])
+        if n - len(last_call) >= len(padding):  # enough other images exist: pad with them
+            assert not set(padding) & last_call
+    same, _ = plan_batches(n, group, shuffles, seed=1, batch=batch)
+    assert np.array_equal(plan, same)
+
+
+def test_plan_changes_with_seed_and_between_shuffles():
+    a, _ = plan_batches(40, 4, 3, seed=0, batch=8)
+    b, _ = plan_batches(40, 4, 3, seed=1, batch=8)
+    assert not np.array_equal(a, b)
+    assert not np.array_equal(a[0], a[1])
+
+
+def test_collect_scores_ignores_padding():
+    plan, call_size = plan_batches(5, 4, 2, seed=3, batch=64)  # 3 padding slots per shuffle
+    logits = np.where(np.arange(plan.size) % call_size < 5, plan.reshape(-1) * 10.0, -999.0)
+    scores = collect_scores(plan, logits.reshape(plan.shape), 5)
+    assert np.array_equal(scores, np.tile(np.arange(5) * 10.0, (2, 1)))
+
+
+# ---------------------------------------------------------------- scoring with a real D
+
+def test_scores_are_shuffle_and_mirror_averages_of_real_d_logits(images, discriminator):
+    import tensorflow as tf
+    per_shuffle, stats = score_paths(discriminator, images, CFG, RES, progress=False)
+    n = len(images)
+    assert per_shuffle.shape == (CFG["shuffles"], n) and stats["images"] == n
+
+    # recompute by hand: every planned call through D, plain and mirrored, then averaged
+    plan, _ = plan_batches(n, CFG["group_size"], CFG["shuffles"], CFG["seed"], CFG["batch"])
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in images])
+    x_all = pixels.astype(np.float32) / 127.5 - 1
+    logits = np.stack([
+        np.stack([(discriminator(tf.constant(x_all[call])).numpy()
+                   + discriminator(tf.constant(x_all[call][:, :, ::-1])).numpy()) / 2
+                  for call in plan[k]]) for k in range(CFG["shuffles"])])
+    expected = collect_scores(plan, logits, n)
+    np.testing.assert_allclose(per_shuffle, expected, rtol=1e-4, atol=1e-5)
+
+    # minibatch-stddev couples companions: the same image scores differently per shuffle
+    assert per_shuffle.std(axis=0).max() > 0
+    again, _ = score_paths(discriminator, images, CFG, RES, progress=False)
+    assert np.array_equal(per_shuffle, again)  # deterministic for a seed
+    other, _ = score_paths(discriminator, images, {**CFG, "seed": 1}, RES, progress=False)
+    assert not np.array_equal(per_shuffle, other)
+
+
+def test_mirror_off_scores_plain_images_only(images, discriminator):
+    import tensorflow as tf
+    cfg = {**CFG, "mirror": False, "shuffles": 1}
+    per_shuffle, _ = score_paths(discriminator, images[:4], cfg, RES, progress=False)
+    x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in images[:4]]).astype(np.float32) / 127.5 - 1
+    plan, _ = plan_batches(4, 4, 1, 0, 64)
+    logits = discriminator(tf.constant(x[plan[0, 0]])).numpy()
+    np.testing.assert_allclose(per_shuffle[0, plan[0, 0]], logits, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- scores.tsv and histogram
+
+def test_rank_rows_sorted_worst_first_with_crop_boxes(tmp_path):
+    rows = [Row(id=f"s{i}-f0", source=f"dir/{i}.jpg", path=f"n/{i}.png",
+                details={"box": [i, 2 * i, 10 + i, 12 + 2 * i]} if i % 2 else {}) for i in range(4)]
+    per_shuffle = np.array([[3.0, -1.0, 2.0, -1.0], [1.0, -3.0, 2.0, -1.0]])
+    scores = rank_rows(rows, per_shuffle)
+    assert [s.id for s in scores] == ["s1-f0", "s3-f0", "s0-f0", "s2-f0"]  # tie at 2.0: by id
+    assert scores[0].score == -2.0 and scores[0].std == 1.0
+    assert scores[0].crop_box == [1, 2, 11, 14] and scores[-1].crop_box is None
+    text = format_scores(scores)
+    assert text.splitlines()[0].split("\t") == SCORE_COLUMNS
+    (tmp_path / "scores.tsv").write_text(text, encoding="utf-8")
+    back = read_scores(tmp_path / "scores.tsv")
+    assert [(s.id, s.score, s.crop_box, s.source) for s in back] == \
+        [(s.id, s.score, s.crop_box, s.source) for s in scores]
+
+
+def test_crop_box_keys():
+    assert crop_box({"crop_box": [1.234, 2, 3, 4]}) == [1.23, 2, 3, 4]
+    assert crop_box({"box": [0, 0, 5, 5]}) == [0, 0, 5, 5]
+    # crop.py: "box" is the detection (x, y, w, h), "crop" the square actually cut
+    assert crop_box({"box": [10, 10, 5, 5], "crop": [8, 8, 17, 17]}) == [8, 8, 17, 17]
+    assert crop_box({"quad": [[0.123, 1.0], [2, 3.456]], "box": [1, 1, 2, 2]}) == [[0.12, 1.0], [2, 3.46]]
+    assert crop_box({"faces": 2}) is None
+
+
+def test_histogram_is_a_drawn_png(tmp_path):
+    values = np.random.default_rng(0).normal(size=500)
+    path = tmp_path / "h.png"
+    path.write_bytes(histogram_png(values))
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size == (640, 320)
+        arr = np.asarray(im.convert("RGB"))
+    bar_blue = np.all(arr == (70, 110, 180), axis=-1)
+    assert bar_blue.sum() > 1000  # bars were drawn
+    cols = bar_blue.any(axis=0).nonzero()[0]
+    heights = bar_blue.sum(axis=0)
+    # a normal sample: bars near the middle are taller than at the edges
+    mid = (cols[0] + cols[-1]) // 2
+    assert heights[mid - 8:mid + 8].max() > 2 * heights[cols[0]:cols[0] + 8].max()
+
+
+# ---------------------------------------------------------------- the CLI on a real checkpoint
+
+def test_cli_ranks_dataset_manifest(tmp_path, images, discriminator):
+    from gan.checkpoint import save_network
+    from gan.networks import Generator, Discriminator
+    G = Generator(RES, latent_dim=16, mapping_layers=1, channel_base=256, channel_max=32, seed=1)
+    D = Discriminator(RES, channel_base=256, channel_max=32, seed=2)
+    save_network(tmp_path / "net.npz", G, D, G, {"kimg": 0})
+    rows = [Row(id=f"{i:016x}", source=name, path=p, width=RES, height=RES,
+                details={"index": i, "crop_box": [i, i, i + 40, i + 40]})
+            for i, (name, p) in enumerate(zip(FILES, images))]
+    write_manifest(tmp_path / "manifest.tsv", rows)
+    cmd = [sys.executable, "-m", "pipeline.rank", "--manifest", str(tmp_path / "manifest.tsv"),
+           "--network", str(tmp_path / "net.npz"), "--output", str(tmp_path / "rank" / "scores.tsv"),
+           "--histogram", str(tmp_path / "rank" / "histogram.png"), "--config", json.dumps(CFG)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "images/s" in proc.stdout and "CPU" in proc.stdout
+    scores = read_scores(tmp_path / "rank" / "scores.tsv")
+    assert sorted(s.id for s in scores) == sorted(r.id for r in rows)
+    assert [s.score for s in scores] == sorted(s.score for s in scores)
+    by_id = {r.id: r for r in rows}
+    for s in scores:
+        assert s.source == by_id[s.id].source and s.path == by_id[s.id].path
+        assert s.crop_box == by_id[s.id].details["crop_box"]
+    with Image.open(tmp_path / "rank" / "histogram.png") as im:
+        assert im.format == "PNG"
+    # same D, same seed: the CLI matches the library call
+    per_shuffle, _ = score_paths(D, images, CFG, RES, progress=False)
+    np.testing.assert_allclose(sorted(s.score for s in scores), np.sort(per_shuffle.mean(0)), atol=2e-6)
+
+
+def test_cli_refuses_a_d_of_another_resolution(tmp_path, images):
+    from gan.checkpoint import save_network
+    from gan.networks import Discriminator, Generator
+    G = Generator(64, latent_dim=16, mapping_layers=1, channel_base=256, channel_max=16, seed=1)
+    save_network(tmp_path / "net64.npz", G, Discriminator(64, channel_base=256, channel_max=16), G, {})
+    write_manifest(tmp_path / "manifest.tsv", [Row(id="a", source="a.png", path=images[0], width=RES, height=RES)])
+    # a subprocess: the CLI switches TF to deterministic kernels for its whole process
+    proc = subprocess.run([sys.executable, "-m", "pipeline.rank", "--manifest", str(tmp_path / "manifest.tsv"),
+                           "--network", str(tmp_path / "net64.npz"), "--output", str(tmp_path / "scores.tsv"),
+                           "--histogram", str(tmp_path / "h.png"), "--config", json.dumps(CFG)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert re.search(r"32 px but the D .* takes 64 px", proc.stderr), proc.stderr[-2000:]
+    assert not (tmp_path / "scores.tsv").exists()
