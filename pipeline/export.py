@@ -15,7 +15,6 @@ with fixed timestamps so two runs give the same bytes.
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import math
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from pipeline.manifest import (Row, ShardDir, atomic_write_with, kept, load_config_arg,
                                read_manifest, read_manifests, write_manifest)
+from pipeline.rank import read_scores
 
 SHUFFLE_SEED = 123  # NVIDIA dataset_tool.py: TFRecordExporter.choose_shuffled_order
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date ZIP can store: fixed for reproducibility
@@ -49,11 +49,6 @@ def read_rejects(path: str | os.PathLike | None) -> set[str]:
         return set()
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     return {s for line in lines if (s := line.split("#", 1)[0].strip())}
-
-
-def read_scores(path: str | os.PathLike) -> dict[str, float]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return {r["id"]: float(r["score"]) for r in csv.DictReader(f, delimiter="\t")}
 
 
 def ranked_rows(dataset: list[Row], scores: dict[str, float], rejects: set[str],
@@ -194,7 +189,7 @@ def main(argv=None) -> None:
     folder = Path(a.folder)
     if a.from_export:
         dataset = list(kept(read_manifest(a.from_export)))
-        scores = read_scores(a.scores) if a.scores else {}
+        scores = {s.id: s.score for s in read_scores(a.scores)} if a.scores else {}
         rejects = read_rejects(a.rejects.strip() or None)
         unknown = rejects - {r.id for r in dataset} - {r.source for r in dataset}
         if unknown:

@@ -115,7 +115,8 @@ def test_dedup_drops_and_ranked_reexport(tmp_path):
     assert not (out / "tiny.zip").exists()
 
     scores = tmp_path / "scores.tsv"
-    scores.write_text("id\tscore\n" + "".join(f"{r.id}\t{float(i)}\n" for i, r in enumerate(listed)))
+    scores.write_text("id\tscore\tstd\tsource\tcrop_box\tpath\n" + "".join(
+        f"{r.id}\t{float(i)}\t0.0\t{r.source}\t\t{r.path}\n" for i, r in enumerate(listed)))
     rejects = tmp_path / "rejects.txt"
     rejects.write_text(f"# from the review page\n{listed[3].id}\n{listed[5].source}\n")
     export.main(["--name", "tiny", "--folder", str(tmp_path / "ranked"), "--config", '{"zip": true}',
