@@ -7,6 +7,8 @@ rule finetune:
     input:
         tfrecords=DATASET["tfrecords"],
         code=sorted(str(p) for p in (BASE / "gan").glob("*.py")),
+        # a missing pretrained file stops the run before it starts, with snakemake's message
+        pretrained=[config["finetune"]["pretrained"]] if config["finetune"]["pretrained"] else [],
     output:
         FINAL_NETWORK,
     params:
@@ -17,10 +19,12 @@ rule finetune:
         gpu=1,
         mem_mb=16000,
         runtime=24 * 60,
+    conda:
+        CONDA_ENV
     log:
         log_path("finetune"),
     benchmark:
         bench_path("finetune")
     shell:
-        "{PY} -m gan.train --data {params.tfrecord_dir:q} --run-dir {params.run_dir:q}"
+        "python -m gan.train --data {params.tfrecord_dir:q} --run-dir {params.run_dir:q}"
         " --config {params.cfg:q} --output {output:q} > {log:q} 2>&1"
