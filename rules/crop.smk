@@ -1,17 +1,30 @@
+from pipeline.crop import model_files, used_models  # noqa: E402
+
+
 rule crop:
     """Find faces (anime cascade, dlib + FFHQ alignment, or none) and cut square crops."""
     input:
         manifest=f"{R}/ingest/{{shard}}/manifest.tsv",
+        # the model files crop.method reads, resolved as the stage resolves them (config ->
+        # env var -> default): a changed file reruns crop, and only for the method that
+        # reads it; a missing one stops the run before any job, saying how to get it
+        models=lambda wildcards: model_files(config["crop"], config["models"]),
         code=stage_code("crop"),
     output:
         f"{R}/crop/{{shard}}/manifest.tsv",
     params:
-        cfg=stage_config("crop", "models"),
+        # only the model paths the method reads: moving a model it does not use reruns nothing
+        cfg=lambda wildcards: json.dumps(
+            {"crop": config["crop"], "models": used_models(config["crop"], config["models"])},
+            sort_keys=True,
+        ),
     threads: 2
+    conda:
+        CONDA_ENV
     log:
         log_path("crop", "{shard}"),
     benchmark:
         bench_path("crop", "{shard}")
     shell:
-        "{PY} -m pipeline.crop --input {input.manifest:q} --output {output:q}"
+        "python -m pipeline.crop --input {input.manifest:q} --output {output:q}"
         " --config {params.cfg:q} --threads {threads} > {log:q} 2>&1"
