@@ -38,9 +38,10 @@ from pipeline.manifest import (Row, ShardDir, atomic_write_text, dumps_details, 
 from pipeline.rank import Score, read_scores
 
 # Per-shard stages in data-flow order; dedup (a gather over clean) applies at export.
-SHARD_STAGES = ("ingest", "crop", "clean", "upscale", "normalize")
-FUNNEL = ("ingest", "crop", "clean", "upscale", "normalize", "dedup", "export", "ranked")
+SHARD_STAGES = ("ingest", "crop", "clean", "upscale", "normalize", "augment")
+FUNNEL = ("ingest", "crop", "clean", "upscale", "normalize", "augment", "dedup", "export", "ranked")
 RECEIVES_FROM = {"crop": "ingest", "clean": "crop", "upscale": "clean", "normalize": "upscale",
+                 "augment": "normalize",
                  "dedup": "clean", "export": "normalize", "ranked": "export"}
 PROVENANCE_COLUMNS = ["id", "source", "parent_id", "last_stage", "action", "reason", "score",
                       "path", "details"]
@@ -74,6 +75,8 @@ def funnel(stages: dict[str, list[Row]]) -> list[FunnelRow]:
             continue
         rows = stages[stage]
         prev = RECEIVES_FROM.get(stage)
+        if stage == "export" and "augment" in stages:
+            prev = "augment"  # the optional stage sits between normalize and export
         received = kept_count[prev] if prev in kept_count else len(rows)
         dropped = Counter(r.reason or "unspecified" for r in rows if not r.kept)
         if stage == "export":

@@ -69,6 +69,20 @@ def dataset_outputs(folder):
     return outs
 
 
+# The review page's rejects file (optional).
+REJECTS = config["rank"]["rejects"] or f"characters/{config['name']}.rejects.txt"
+
+
+def rejects_input(wildcards):
+    # optional: creating or editing the file reruns only the re-export and the report
+    return [REJECTS] if Path(REJECTS).exists() else []
+
+
+# Per-image stages in order; the report's funnel reads their shard manifests.
+PER_SHARD_STAGES = ["ingest", "crop", "clean", "upscale", "normalize"] + (
+    ["augment"] if config["augment"]["enabled"] else []
+)
+
 DATASET = dataset_outputs(f"{R}/export")
 RANKED = dataset_outputs(f"{R}/ranked")
 

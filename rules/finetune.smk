@@ -13,8 +13,8 @@ rule finetune:
         FINAL_NETWORK,
     params:
         cfg=stage_config("finetune"),
-        tfrecord_dir=f"{R}/export/tfrecords",
-        run_dir=f"{R}/finetune",
+        tfrecord_dir=lambda wildcards, input: os.path.dirname(input.tfrecords[0]),
+        run_dir=lambda wildcards, output: os.path.dirname(output[0]),
     resources:
         gpu=1,
         mem_mb=16000,

@@ -1,11 +1,3 @@
-REJECTS = config["rank"]["rejects"] or f"characters/{config['name']}.rejects.txt"
-
-
-def rejects_input(wildcards):
-    # optional: creating or editing the file reruns only the re-export and the report
-    return [REJECTS] if Path(REJECTS).exists() else []
-
-
 rule ranked_export:
     """The dataset minus rejects minus the worst drop_bottom_fraction, re-exported."""
     input:
@@ -19,7 +11,7 @@ rule ranked_export:
         cfg=stage_config("export"),
         drop_bottom=config["rank"]["drop_bottom_fraction"],
         name=config["name"],
-        folder=f"{R}/ranked",
+        folder=lambda wildcards, output: os.path.dirname(output.manifest),
         rejects=REJECTS,  # read only if it exists; the input above tracks its edits
     conda:
         CONDA_ENV
@@ -37,8 +29,7 @@ rule ranked_export:
 rule report:
     """Static HTML review page: funnel, samples, histogram, bottom/top-k with reject toggles."""
     input:
-        stage_manifests=[m for stage in ("ingest", "crop", "clean", "upscale", "normalize")
-                         for m in shard_manifests(stage)],
+        stage_manifests=[m for stage in PER_SHARD_STAGES for m in shard_manifests(stage)],
         dedup=f"{R}/clean/dedup.tsv",
         dataset=DATASET["manifest"],
         ranked=RANKED["manifest"],
