@@ -30,13 +30,13 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, SHARED, TESTDATA, machine  # noqa: E402
+from conftest import voc_boxes  # noqa: E402
+
 from pipeline import crop, ingest  # noqa: E402
 from pipeline.manifest import Row, read_manifest, write_manifest  # noqa: E402
 
-SHARED = Path(os.environ.get("FACEPREP_SHARED", REPO.parent / "shared")).resolve()
-TESTDATA = SHARED / "testdata"
 CASCADE = Path(os.environ.get("FACEPREP_ANIMEFACE_CASCADE", SHARED / "models" / "lbpcascade_animeface.xml"))
 CROP_DEFAULTS = yaml.safe_load((REPO / "config.yaml").read_text())["crop"]
 INGEST_CFG = {"extensions": ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"],
@@ -115,15 +115,6 @@ def detection_metrics(rows: list[Row], expected: dict[str, dict], truth: dict | 
     return text
 
 
-def voc_boxes() -> dict[str, list[tuple]]:
-    import dlib
-    boxes = {}
-    for xml in ("dlib_training_boxes.xml", "dlib_testing_boxes.xml"):
-        meta = dlib.image_dataset_metadata.load_image_dataset_metadata(str(TESTDATA / xml))
-        for image in meta.images:
-            boxes["photo_" + image.filename] = [
-                (b.rect.left(), b.rect.top(), b.rect.width(), b.rect.height()) for b in image.boxes]
-    return boxes
 
 
 def main() -> None:
@@ -186,9 +177,7 @@ def main() -> None:
                            + detection_metrics(rows, expected, truth if photo else None))
             print(quality[-1], file=sys.stderr)
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    print(f"\n## crop\n\n{datetime.date.today().isoformat()}, {os.cpu_count()} cores ({cpu}), "
+    print(f"\n## crop\n\n{datetime.date.today().isoformat()}, {machine()}, "
           f"Python {platform.python_version()}; other jobs shared the CPU, so timings are noisy.\n"
           f"Command: `python bench/bench_crop.py {' '.join(sys.argv[1:])}`.\n\n"
           f"Throughput: one shard job as the rule runs it (fresh process, model loading included) "

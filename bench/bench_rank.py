@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import TESTDATA  # noqa: E402
+
 from pipeline.imaging import decode_check, load_rgb  # noqa: E402
 from pipeline.rank import score_paths  # noqa: E402
-
-TESTDATA = Path(os.environ.get("FACEPREP_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "testdata"
 
 
 def make_images(folder: Path, resolution: int, count: int) -> list[str]:

@@ -18,14 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import TESTDATA, cpu_model  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipeline import upscale  # noqa: E402
-
-TESTDATA = Path(os.environ.get("FACEPREP_SHARED", REPO.parent / "shared")) / "testdata"
 
 
 def crops(sizes):
@@ -108,15 +105,6 @@ def stage_timings(threads, count=8):
             out.append((label, f"{count} x 128 -> 256", (time.perf_counter() - start) / count))
     return out
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ and apply the optional Danbooru-style metadata filter.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os

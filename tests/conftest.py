@@ -59,6 +59,17 @@ def copy_testdata(dest: Path, files=None) -> Path:
             shutil.copyfile(TESTDATA / row["file"], target)
     return dest
 
+def voc_boxes() -> dict[str, list[tuple]]:
+    """The annotated photo faces (x, y, w, h), read with dlib's own dataset loader."""
+    import dlib
+    boxes = {}
+    for xml in ("dlib_training_boxes.xml", "dlib_testing_boxes.xml"):
+        meta = dlib.image_dataset_metadata.load_image_dataset_metadata(str(TESTDATA / xml))
+        for image in meta.images:
+            boxes["photo_" + image.filename] = [
+                (b.rect.left(), b.rect.top(), b.rect.width(), b.rect.height()) for b in image.boxes]
+    return boxes
+
 
 def write_config(workdir: Path, overrides: dict | None = None) -> Path:
     cfg = deep_merge(TINY_CONFIG, overrides or {})

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import CASCADE, REPO, TESTDATA, copy_testdata, run_snakemake, scheduled_jobs, testdata_rows
+from conftest import (CASCADE, REPO, TESTDATA, copy_testdata, run_snakemake, scheduled_jobs,
+                      testdata_rows, voc_boxes)
 
 from pipeline import crop, ingest
 from pipeline.imaging import load_rgb
@@ -66,16 +67,6 @@ def faces_per_source(rows) -> dict[str, list[Row]]:
     return found
 
 
-def voc_boxes() -> dict[str, list[tuple]]:
-    """The annotated photo faces (x, y, w, h), read with dlib's own dataset loader."""
-    import dlib
-    boxes = {}
-    for xml in ("dlib_training_boxes.xml", "dlib_testing_boxes.xml"):
-        meta = dlib.image_dataset_metadata.load_image_dataset_metadata(str(TESTDATA / xml))
-        for image in meta.images:
-            boxes["photo_" + image.filename] = [
-                (b.rect.left(), b.rect.top(), b.rect.width(), b.rect.height()) for b in image.boxes]
-    return boxes
 
 
 @pytest.fixture(scope="module")
