@@ -128,7 +128,8 @@ def write_tfrecords(rows: list[Row], folder: Path, name: str) -> list[int]:
                         "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=quant.shape)),
                         "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[quant.tobytes()])),
                     }))
-                    writer.write(example.SerializeToString())
+                    # deterministic: protobuf may otherwise order the map differently per process
+                    writer.write(example.SerializeToString(deterministic=True))
         finally:
             for w in writers:
                 w.close()

@@ -52,7 +52,7 @@ def encode(im: Image.Image, path: Path, fmt: str, quality: int) -> None:
         # 4:4:4 chroma: StyleGAN learns the artefacts of 4:2:0 subsampling otherwise
         im.save(path, format="JPEG", quality=quality, subsampling=0, optimize=False)
     else:
-        im.save(path, format="PNG", compress_level=6)
+        im.save(path, format="PNG", compress_level=1)  # lossless anyway; 2x faster than 6
 
 
 def validation_error(path: str | Path, resolution: int, fmt: str) -> str:

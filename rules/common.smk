@@ -31,8 +31,11 @@ SHARDS = [f"{i:0{len(str(config['shards'] - 1))}d}" for i in range(config["shard
 
 
 def stage_code(stage):
-    """A stage's module as an input: editing it reruns that stage (checksum, not mtime)."""
-    return str(BASE / "pipeline" / f"{stage}.py")
+    """A stage's module as an input: editing it reruns that stage (checksum, not mtime).
+
+    local(): with a cluster's default storage provider the code stays on this machine.
+    """
+    return local(str(BASE / "pipeline" / f"{stage}.py"))
 
 
 def stage_config(*blocks):

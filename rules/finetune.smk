@@ -6,7 +6,7 @@ rule finetune:
     snapshot in results/<name>/finetune/snapshots/ (kept across reruns: not an output)."""
     input:
         tfrecords=DATASET["tfrecords"],
-        code=sorted(str(p) for p in (BASE / "gan").glob("*.py")),
+        code=[local(str(p)) for p in sorted((BASE / "gan").glob("*.py"))],
         # a missing pretrained file stops the run before it starts, with snakemake's message
         pretrained=[config["finetune"]["pretrained"]] if config["finetune"]["pretrained"] else [],
     output:

@@ -1,0 +1,298 @@
+"""faceprep against the seed's shell recipe, on the same ~2,000 images.
+
+    python bench/compare.py [--total 2000] [--workdir /tmp/faceprep-compare] [--min-face 48]
+
+Builds the corpus from ../shared/testdata: every file once as it is (broken ones included),
+plus variants of each decodable image (random crop/shift, scale, colour jitter, JPEG
+quality) so they are not exact duplicates, up to --total files. Then runs, each from a fresh
+output folder on the same corpus:
+  seed      bench/seed_pipeline.sh (crop.py under GNU parallel, fdupes, %k < 257, mogrify,
+            identify) with the same minimum face size;
+  faceprep  `snakemake --cores 2 dataset` with crop animeface, the same min_face, upscale
+            lanczos (the seed recipe has no upscaling step; waifu2x would time a neural
+            network against nothing), PNG 512 like the seed, TFRecords + ZIP export.
+Prints images/second for both, the ratio, and the faces kept, scored with MANIFEST.tsv:
+a kept face is correct when its source (or the original it is a variant of) is an anime
+image with a face that is not grayscale; faces from photos, no-face images and grayscale
+or sepia images are wrong for an anime dataset. The variants are near duplicates by
+construction, which faceprep drops and fdupes does not; so faceprep's faces are also scored
+as an exact-only dedup would keep them (its near-duplicate drops put back).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import yaml
+from PIL import Image, ImageEnhance, ImageOps
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+TESTDATA = Path(os.environ.get("FACEPREP_SHARED", REPO.parent / "shared")) / "testdata"
+CASCADE = TESTDATA.parent / "models" / "lbpcascade_animeface.xml"
+# files that are not worth many copies: unreadable, or 24 megapixels of one colour
+ONCE = {"broken/truncated.jpg", "broken/zero_bytes.jpg", "broken/text_named.jpg",
+        "broken/huge_6000x4000.png"}
+
+
+def manifest_rows() -> list[dict]:
+    with open(TESTDATA / "MANIFEST.tsv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def anime_face_count(row: dict) -> int:
+    """Faces a correct anime dataset takes from this original (0: none belong in it)."""
+    # derived files are made from anime_miku_*, except the copies of a photo
+    anime = row["kind"] == "anime" or (row["kind"] == "derived" and "photo_" not in row["notes"])
+    if not anime or row["grayscale"] == "yes":
+        return 0
+    return int(row["expected_faces"]) if row["expected_faces"].isdigit() else 1
+
+
+# The anime originals show three distinct faces: anime_miku_noisy and anime_miku_small are
+# the same drawing (other background, other size) and every derived file is made from one
+# of them; the horizontal flip is a face of its own for a dataset without flips.
+ANIME_PICTURES = ("full-body miku", "portrait miku", "mirrored portrait miku")
+
+
+def anime_picture(row: dict) -> str:
+    if row["file"] == "anime_miku_CC_BY-NC.jpg":
+        return ANIME_PICTURES[0]
+    return ANIME_PICTURES[2] if "flip" in row["notes"] else ANIME_PICTURES[1]
+
+
+def variant(im: Image.Image, rng: random.Random) -> Image.Image:
+    """A slightly different take on ``im``: crop/shift, scale, brightness/contrast/colour."""
+    w, h = im.size
+    left, top = rng.uniform(0, 0.05) * w, rng.uniform(0, 0.05) * h
+    right, bottom = w - rng.uniform(0, 0.05) * w, h - rng.uniform(0, 0.05) * h
+    im = im.crop((int(left), int(top), int(right), int(bottom)))
+    scale = rng.uniform(0.9, 1.1)
+    im = im.resize((max(1, int(im.width * scale)), max(1, int(im.height * scale))),
+                   Image.Resampling.BICUBIC)
+    im = ImageEnhance.Brightness(im).enhance(rng.uniform(0.93, 1.07))
+    im = ImageEnhance.Contrast(im).enhance(rng.uniform(0.93, 1.07))
+    if im.mode == "RGB":
+        im = ImageEnhance.Color(im).enhance(rng.uniform(0.9, 1.1))
+    return im
+
+
+def decodable_bases(rows: list[dict]) -> list[tuple[dict, Image.Image]]:
+    """The originals that get variants, in MANIFEST order (v/<n>/ is the n-th of them)."""
+    bases = []
+    for row in rows:
+        if row["file"] in ONCE:
+            continue
+        try:
+            with Image.open(TESTDATA / row["file"]) as im:
+                im = ImageOps.exif_transpose(im)
+                gray = im.mode in ("L", "I", "I;16", "1")
+                bases.append((row, im.convert("L" if gray else "RGB")))
+        except OSError:
+            continue
+    return bases
+
+
+def build_corpus(raw: Path, total: int, seed: int = 0) -> None:
+    """raw/<file> for every testdata file, then raw/v/<n>/<k>.jpg variants up to ``total``."""
+    rng = random.Random(seed)
+    rows = manifest_rows()
+    for row in rows:
+        dest = raw / row["file"]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(TESTDATA / row["file"], dest)
+    bases = decodable_bases(rows)
+    per_base = max(0, (total - len(rows)) // len(bases))
+    extra = total - len(rows) - per_base * len(bases)
+    for n, (row, base) in enumerate(bases):
+        for k in range(per_base + (1 if n < extra else 0)):
+            dest = raw / f"v/{n:02d}/{k:03d}.jpg"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            variant(base, rng).save(dest, quality=rng.randint(80, 95))
+
+
+def corpus_origin(raw: Path) -> dict[str, dict]:
+    """{corpus file: MANIFEST row of the original it is (a variant of)}."""
+    rows = manifest_rows()
+    by_file = {row["file"]: row for row in rows}
+    bases = [row for row, _ in decodable_bases(rows)]
+    origin = {}
+    for p in raw.rglob("*"):
+        if p.is_file():
+            rel = p.relative_to(raw).as_posix()
+            origin[rel] = bases[int(rel.split("/")[1])] if rel.startswith("v/") else by_file[rel]
+    return origin
+
+
+def seed_kept_sources(raw: Path, out: Path) -> list[str]:
+    """The source of every face the seed kept (<n>-<k>.png: line n of OUT.map.tsv)."""
+    source_of = {}
+    with open(f"{out}.map.tsv", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            num, path = line.rstrip("\n").split("\t", 1)
+            source_of[num] = os.path.relpath(path, raw)
+    return [source_of[p.name.split("-", 1)[0]] for p in out.iterdir()]
+
+
+def faceprep_kept_sources(results: Path) -> tuple[list[str], list[str]]:
+    """Sources of the exported faces, and of the faces dropped as near duplicates."""
+    from pipeline.manifest import read_manifest
+
+    kept = [r.source for r in read_manifest(results / "export" / "manifest.tsv") if r.kept]
+    near = [r.source for r in read_manifest(results / "clean" / "dedup.tsv")
+            if r.reason == "near_duplicate"]
+    return kept, near
+
+
+def run_seed(raw: Path, out: Path, min_face: int) -> dict:
+    env = {**os.environ, "PYTHON": sys.executable, "FACEPREP_ANIMEFACE_CASCADE": str(CASCADE)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(["bash", str(REPO / "bench" / "seed_pipeline.sh"), str(raw), str(out),
+                           str(min_face), str(len(os.sched_getaffinity(0)))],
+                          capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"seed pipeline failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    steps = {m.group(1): float(m.group(2))
+             for m in re.finditer(r"^SEED_TIME (\w+) ([\d.]+)$", proc.stdout, re.M)}
+    kept = seed_kept_sources(raw, out)
+    bad = int(re.search(r"^SEED_BAD_SIZE (\d+)$", proc.stdout, re.M).group(1))
+    return {"wall_s": round(wall, 2), "steps_s": steps, "kept_sources": kept,
+            "not_512": bad}
+
+
+def run_faceprep(raw: Path, workdir: Path, min_face: int, shards: int, upscale: str,
+                 fmt: str) -> dict:
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / "compare_config.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "compare", "raw_dir": str(raw), "shards": shards,
+        "results_dir": str(workdir / "results"), "cache_dir": str(workdir / "cache"),
+        "crop": {"method": "animeface", "min_face": min_face},
+        "upscale": {"method": upscale},
+        "normalize": {"resolution": 512, "format": fmt},
+    }))
+    env = {**os.environ, "FACEPREP_ANIMEFACE_CASCADE": str(CASCADE)}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+           str(workdir), "--configfile", str(config), "--cores", "2", "dataset"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"faceprep failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    from pipeline.manifest import read_manifest
+
+    results = workdir / "results" / "compare"
+    kept, near = faceprep_kept_sources(results)
+    export = read_manifest(results / "export" / "manifest.tsv")
+    bad = 0
+    for r in export:
+        if r.kept:
+            with Image.open(r.path if os.path.isabs(r.path) else workdir / r.path) as im:
+                bad += im.size != (512, 512)
+    return {"wall_s": round(wall, 2), "job_seconds_by_rule": rule_seconds(results),
+            "kept_sources": kept, "not_512": bad, "near_dup_sources": near}
+
+
+def rule_seconds(results: Path) -> dict[str, float]:
+    """Snakemake's `benchmark:` wall seconds, summed over each rule's jobs."""
+    totals: dict[str, float] = {}
+    for tsv in sorted((results / "benchmarks").glob("*/*.tsv")):
+        with open(tsv, newline="") as f:
+            first = next(csv.DictReader(f, delimiter="\t"))
+        totals[tsv.parent.name] = round(totals.get(tsv.parent.name, 0) + float(first["s"]), 2)
+    return totals
+
+
+def score(kept_sources: list[str], origin: dict[str, dict]) -> dict:
+    """Correct faces: per source, at most as many as its original has anime faces."""
+    per_source = Counter(kept_sources)
+    correct = wrong = extra = 0
+    for source, n in per_source.items():
+        expected = anime_face_count(origin[source])
+        correct += min(n, expected)
+        extra += max(0, n - expected) if expected else 0
+        wrong += n if not expected else 0
+    originals = {origin[s]["file"] for s in per_source if anime_face_count(origin[s])}
+    pictures = {anime_picture(origin[s]) for s in per_source if anime_face_count(origin[s])}
+    return {"kept": len(kept_sources), "correct": correct, "wrong_source": wrong,
+            "extra_from_anime_source": extra, "anime_originals_covered": len(originals),
+            "distinct_anime_faces": f"{len(pictures)} of {len(ANIME_PICTURES)}"}
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                  if line.startswith("model name")), "unknown CPU")
+    return f"nproc {len(os.sched_getaffinity(0))}, {model}"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--total", type=int, default=2000, help="corpus size (files)")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/faceprep-compare"))
+    ap.add_argument("--min-face", type=int, default=48,
+                    help="cascade minSize for both (the anime faces in testdata are 70-144 px)")
+    ap.add_argument("--shards", type=int, default=4, help="faceprep shards (2 x cores here)")
+    ap.add_argument("--only", choices=["seed", "faceprep"])
+    ap.add_argument("--upscale", choices=["lanczos", "none", "waifu2x"], default="lanczos",
+                    help="faceprep's upscale method; `none` pads small faces like the seed")
+    ap.add_argument("--format", choices=["png", "jpg"], default="png",
+                    help="faceprep's dataset image format (the seed writes PNG)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="score the outputs already in --workdir (no runs, no timings)")
+    args = ap.parse_args(argv)
+    raw = args.workdir / "raw"
+    if args.rescore:
+        origin = corpus_origin(raw)
+        report = {}
+        seed_out = args.workdir / "seed_out"
+        if seed_out.is_dir():
+            report["seed"] = score(seed_kept_sources(raw, seed_out), origin)
+        results = args.workdir / "faceprep" / "results" / "compare"
+        if results.is_dir():
+            kept, near = faceprep_kept_sources(results)
+            report["faceprep"] = {**score(kept, origin),
+                                  "if_near_duplicates_kept": score(kept + near, origin)}
+        print(json.dumps(report, indent=2))
+        return
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    build_corpus(raw, args.total)
+    origin = corpus_origin(raw)
+    n_files = sum(1 for p in raw.rglob("*") if p.is_file())
+    expected = sum(anime_face_count(row) for row in origin.values())
+    report = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
+              "command": " ".join([Path(sys.executable).name, *sys.argv]),
+              "corpus_files": n_files, "anime_faces_in_corpus": expected}
+    runs = {}
+    if args.only != "faceprep":
+        runs["seed"] = run_seed(raw, args.workdir / "seed_out", args.min_face)
+    if args.only != "seed":
+        runs["faceprep"] = run_faceprep(raw, args.workdir / "faceprep", args.min_face, args.shards,
+                                        args.upscale, args.format)
+    for name, run in runs.items():
+        kept = run.pop("kept_sources")
+        near = run.pop("near_dup_sources", None)
+        report[name] = {**run, "images_per_s": round(n_files / run["wall_s"], 2),
+                        **score(kept, origin)}
+        if near is not None:
+            # the seed has no near-duplicate step: score what an exact-only dedup would keep
+            report[name]["near_duplicates_dropped"] = len(near)
+            report[name]["if_near_duplicates_kept"] = score(kept + near, origin)
+    if len(runs) == 2:
+        report["speedup_faceprep_over_seed"] = round(
+            report["faceprep"]["images_per_s"] / report["seed"]["images_per_s"], 2)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
