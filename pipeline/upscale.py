@@ -15,6 +15,11 @@ output was wrong (magenta blotches, 20.6 dB against 29.5 dB on the CPU). When
 waifu2x cannot run at all (library or model missing, an error on one image) the image is
 enlarged with Lanczos and its row says ``upscaler: lanczos`` and why (``fallback``).
 
+Lanczos enlargement is left to normalize's single Lanczos resize to exactly R x R: 2x
+passes here followed by that resize would resample twice and cost a PNG round trip per
+face (about 40% of a whole CPU run), for the same geometry. Such rows keep their upstream
+path and record ``upscaler: lanczos`` with ``by: normalize`` and the planned factor.
+
 Results of waifu2x are kept in a content-addressed cache (key: decoded pixels, model,
 noise, target, library version), so a rerun never upscales the same face twice.
 """
@@ -226,8 +231,13 @@ class Upscaler:
     def row(self, row: Row, out: ShardDir) -> Row:
         if self.method == "none":
             return row.keep(details={"upscaler": "none"})
-        if row.width > 0 and row.height > 0 and passes_needed(row.width, row.height, self.target) == 0:
-            return row.keep(details=record({"upscaler": "none", "factor": 1}))
+        if row.width > 0 and row.height > 0:
+            passes = passes_needed(row.width, row.height, self.target)
+            if passes == 0:
+                return row.keep(details=record({"upscaler": "none", "factor": 1}))
+            if self.method == "lanczos":  # nothing to decode: normalize's resize does it
+                return row.keep(details=record({"upscaler": "lanczos", "by": "normalize",
+                                                "factor": 2 ** passes, "from": [row.width, row.height]}))
         try:
             im, _notes = load_rgb(row.path, self.background)
             passes = passes_needed(im.width, im.height, self.target)
@@ -244,13 +254,9 @@ class Upscaler:
                 return row.keep(path=final_path, width=done[0], height=done[1], details=record(details))
         else:
             details["upscaler"] = "lanczos"
-        try:
-            big = lanczos_upscale(im, passes)
-            save_png(big, tmp_path)
-        except Exception as e:  # e.g. out of memory on an absurd aspect ratio
-            tmp_path.unlink(missing_ok=True)
-            return row.drop("upscale_error", details={**record(details), "error": f"{type(e).__name__}: {e}"})
-        return row.keep(path=final_path, width=big.width, height=big.height, details=record(details))
+        # Lanczos (chosen, or the recorded waifu2x fallback): normalize's resize does it
+        details["by"] = "normalize"
+        return row.keep(width=im.width, height=im.height, details=record(details))
 
     def _waifu2x(self, im: Image.Image, passes: int, dest: Path, details: dict):
         """Write the waifu2x result to ``dest`` and return its size; None after recording

@@ -11,7 +11,7 @@ import pytest
 from conftest import TESTDATA, run_snakemake
 from PIL import Image
 
-from pipeline import upscale
+from pipeline import normalize, upscale
 from pipeline.manifest import Row, ShardDir, read_manifest, write_manifest
 
 SMALL = TESTDATA / "anime_miku_small.png"       # 228 x 159 RGBA
@@ -94,13 +94,18 @@ def test_lanczos_and_none_sizes_and_untouched_large_images(tmp_path):
                 width=100, height=100),
             Row(id="dropped", source="y", path="", action="drop", reason="too_small")]
     small, large, gone = run_cli(tmp_path / "l", rows, cfg(method="lanczos"))
-    assert (small.width, small.height, small.details["upscaler"], small.details["upscale"]["factor"]) == \
-        (912, 636, "lanczos", 4)
-    with Image.open(small.path) as im:
-        assert (im.format, im.mode, im.size) == ("PNG", "RGB", (912, 636))
-    assert small.path.startswith(str(tmp_path / "l" / "upscale" / "0"))
+    # Lanczos is left to normalize's one resize to exactly R: recorded, path unchanged
+    assert (small.width, small.height, small.details["upscaler"], small.details["upscale"]["factor"],
+            small.details["upscale"]["by"]) == (228, 159, "lanczos", 4, "normalize")
+    assert small.path == str(SMALL)
     assert large.path == str(LARGE) and large.details["upscaler"] == "none"
-    assert gone.reason == "decode_error" and not gone.kept
+    assert gone.kept and gone.details["upscaler"] == "lanczos"  # not decoded here: normalize drops it
+    with ShardDir(tmp_path / "norm") as out:
+        normalized, = normalize.normalize_shard([small], out, {
+            "resolution": 512, "fit": "pad", "format": "png", "quality": 95, "background": [0, 0, 0]})
+    with Image.open(normalized.path) as im:
+        assert im.size == (512, 512)
+    assert normalized.details["normalize"]["scale"] > 2  # the enlargement happened there
     none_rows = run_cli(tmp_path / "n", rows[:2], cfg(method="none"))
     assert [r.path for r in none_rows] == [str(SMALL), str(LARGE)]
     assert all(r.details == {"upscaler": "none"} for r in none_rows)
@@ -166,8 +171,8 @@ def test_unavailable_waifu2x_falls_back_to_lanczos_and_says_so(tmp_path):
     with ShardDir(tmp_path / "out") as out:
         got, = upscale.Upscaler(cfg(target=128), tmp_path / "cache",
                                 engine_factory=no_library).shard([row], out)
-    assert got.kept and (got.width, got.height) == (320, 224)
-    assert got.details["upscaler"] == "lanczos"
+    assert got.kept and (got.width, got.height) == (80, 56)  # normalize's resize enlarges it
+    assert got.details["upscaler"] == "lanczos" and got.details["upscale"]["factor"] == 4
     assert "libvulkan.so.1" in got.details["upscale"]["fallback"]
     assert not (tmp_path / "cache").exists()  # a fallback result is never cached as waifu2x
 
