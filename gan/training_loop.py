@@ -145,6 +145,20 @@ def with_precision(net, mixed_precision: bool):
     return clone
 
 
+def verify_sha256(path: str, expected: str | None) -> None:
+    """Refuse a downloaded model whose sha256 differs from the one the config names."""
+    if not expected:
+        return
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    if h.hexdigest() != expected.lower():
+        raise SystemExit(f"finetune: {path} has sha256 {h.hexdigest()}, but "
+                         f"finetune.pretrained_sha256 says {expected}: re-download it")
+
+
 def build_networks(cfg: dict, resolution: int, channels: int, snapshot: Path | None,
                    mixed_precision: bool = False):
     """(G, D, Gs, extra, how): from a snapshot, the pretrained file, or fresh (seeded)."""
@@ -155,6 +169,7 @@ def build_networks(cfg: dict, resolution: int, channels: int, snapshot: Path | N
         how = f"snapshot {snapshot}"
     elif cfg.get("pretrained"):
         pretrained = str(cfg["pretrained"])
+        verify_sha256(pretrained, cfg.get("pretrained_sha256"))
         if pretrained.endswith(".pkl"):
             from gan import legacy
             # a pickle above the dataset resolution is cropped to it (see gan.legacy)

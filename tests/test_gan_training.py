@@ -305,3 +305,16 @@ def test_mixed_precision_step_runs_and_updates(op_determinism_restored):
         assert np.isfinite([float(r.g_loss), float(r.d_loss)]).all()
     changed = [n for n, v in D.named_variables().items() if not np.array_equal(v.numpy(), before[n])]
     assert len(changed) == len(before)
+
+
+def test_pretrained_file_is_checked_against_its_sha256(tmp_path):
+    import hashlib
+
+    from gan.training_loop import verify_sha256
+    model = tmp_path / "model.pkl"
+    model.write_bytes(b"weights as downloaded")
+    good = hashlib.sha256(model.read_bytes()).hexdigest()
+    verify_sha256(str(model), None)           # no checksum configured: nothing to check
+    verify_sha256(str(model), good.upper())   # hex case does not matter
+    with pytest.raises(SystemExit, match="re-download"):
+        verify_sha256(str(model), "0" * 64)
