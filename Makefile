@@ -31,7 +31,7 @@ $(VENV)/.installed: requirements.txt
 
 demo: setup
 	$(BIN)/python demo/make_raw.py demo/raw
-	$(BIN)/snakemake --cores $(CORES) --configfile characters/demo.yaml ranked_dataset
+	$(BIN)/snakemake ranked_dataset --cores $(CORES) --configfile characters/demo.yaml
 	@echo
 	@echo "report:          results/demo/report/index.html"
 	@echo "ranked dataset:  results/demo/ranked/ (tfrecords/, demo.zip, manifest.tsv)"

@@ -1,6 +1,7 @@
 # faceprep: raw images of one character -> clean, uniform, ranked StyleGAN dataset.
 #   snakemake --cores 16 ranked_dataset                        (config.yaml)
-#   snakemake --cores 16 --configfile characters/holo.yaml ranked_dataset
+#   snakemake ranked_dataset --cores 16 --configfile characters/holo.yaml  (target first:
+#   --configfile takes every word after it)
 # This file only loads config and includes rules; logic lives in pipeline/ and gan/.
 
 configfile: workflow.source_path("config.yaml")

@@ -1,5 +1,6 @@
 """The workflow as a user runs it: real snakemake subprocesses on a tiny config."""
 import hashlib
+import re
 import shutil
 
 from conftest import TESTDATA, copy_testdata, run_snakemake, scheduled_jobs
@@ -74,3 +75,24 @@ def test_lint_is_clean(workdir):
     proc = run_snakemake(workdir, "--lint", check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_make_demo_command_plans_the_whole_loop(tmp_path):
+    """The README's main command, as the Makefile runs it, on the demo's real raw folder."""
+    import shlex
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    plan = subprocess.run(["make", "-n", "demo", "BIN=venvbin"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout
+    line = next(x for x in plan.splitlines() if x.startswith("venvbin/snakemake "))
+    subprocess.run([sys.executable, str(REPO / "demo" / "make_raw.py"), str(tmp_path / "demo" / "raw")],
+                   check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", *shlex.split(line)[1:], "-n", "--quiet",
+                           "rules", "--directory", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    for rule in ("ingest", "crop", "clean", "dedup", "upscale", "normalize", "export", "finetune",
+                 "rank", "ranked_export", "report"):
+        assert re.search(rf"^{rule}\s+\d+$", out, re.M), (rule, out)
