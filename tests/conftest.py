@@ -71,6 +71,27 @@ def voc_boxes() -> dict[str, list[tuple]]:
     return boxes
 
 
+def normalize_files(workdir: Path, files, ids=None, **settings) -> Path:
+    """Run the real normalize CLI on ``files``; returns its manifest (ids i0, i1... or ``ids``).
+
+    ``settings`` override the normalize block (64 px, pad, jpg q95, black background).
+    """
+    import json
+
+    from pipeline import normalize
+    from pipeline.manifest import Row, write_manifest
+    ids = ids or [f"i{n}" for n in range(len(files))]
+    rows = [Row(id=i, source=Path(f).name, path=str(f), width=1, height=1) for i, f in zip(ids, files)]
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_manifest(workdir / "upstream.tsv", rows)
+    out = workdir / "normalize" / "0" / "manifest.tsv"
+    cfg = {"resolution": 64, "fit": "pad", "format": "jpg", "quality": 95, "background": [0, 0, 0],
+           **settings}
+    normalize.main(["--input", str(workdir / "upstream.tsv"), "--output", str(out),
+                    "--config", json.dumps(cfg), "--threads", "2"])
+    return out
+
+
 def write_config(workdir: Path, overrides: dict | None = None) -> Path:
     cfg = deep_merge(TINY_CONFIG, overrides or {})
     cfg.setdefault("raw_dir", str(workdir / "raw"))

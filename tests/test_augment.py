@@ -5,7 +5,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, TESTDATA, run_snakemake
+from conftest import REPO, TESTDATA, normalize_files, run_snakemake
 from PIL import Image
 from PIL.JpegImagePlugin import get_sampling
 
@@ -24,13 +24,8 @@ def cfg(**kw):
 
 def normalized(tmp_path, fmt="jpg", resolution=64):
     """Real normalize output for FACES: (its manifest path, its rows)."""
-    rows = [Row(id=f"face{n}", source=f.name, path=str(f), width=1, height=1)
-            for n, f in enumerate(FACES)]
-    write_manifest(tmp_path / "clean.tsv", rows)
-    out = tmp_path / "normalize" / "0" / "manifest.tsv"
-    normalize.main(["--input", str(tmp_path / "clean.tsv"), "--output", str(out), "--config",
-                    json.dumps({"resolution": resolution, "fit": "crop", "format": fmt,
-                                "quality": 95, "background": [0, 0, 0]})])
+    out = normalize_files(tmp_path, FACES, ids=[f"face{n}" for n in range(len(FACES))],
+                          resolution=resolution, fit="crop", format=fmt)
     return out, read_manifest(out)
 
 

@@ -5,10 +5,10 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import TESTDATA
+from conftest import TESTDATA, normalize_files
 from PIL import Image
 
-from pipeline import export, normalize
+from pipeline import export
 from pipeline.manifest import Row, read_manifest, write_manifest
 
 tf = pytest.importorskip("tensorflow")
@@ -18,14 +18,9 @@ SOURCES = ["anime_miku_noisy.jpg", "anime_miku_CC_BY-NC.jpg", "photo_dogs.jpg", 
 
 
 def normalized_dataset(tmp_path, resolution=32, fmt="png"):
-    rows = [Row(id=f"id{n:02d}", source=name, path=str(TESTDATA / name), width=1, height=1)
-            for n, name in enumerate(SOURCES)]
-    write_manifest(tmp_path / "up.tsv", rows)
-    norm = tmp_path / "normalize" / "0" / "manifest.tsv"
-    normalize.main(["--input", str(tmp_path / "up.tsv"), "--output", str(norm), "--config",
-                    json.dumps({"resolution": resolution, "fit": "crop", "format": fmt,
-                                "quality": 95, "background": [0, 0, 0]})])
-    return norm
+    return normalize_files(tmp_path, [TESTDATA / name for name in SOURCES],
+                           ids=[f"id{n:02d}" for n in range(len(SOURCES))],
+                           resolution=resolution, fit="crop", format=fmt)
 
 
 def run_export(tmp_path, norm, dedup=None, zip_=True, folder="export"):

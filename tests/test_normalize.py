@@ -1,30 +1,18 @@
-import json
 
 import numpy as np
 import pytest
-from conftest import TESTDATA
+from conftest import TESTDATA, normalize_files
 from PIL import Image
 
 from pipeline import normalize
 from pipeline.imaging import load_rgb
-from pipeline.manifest import Row, read_manifest, write_manifest
+from pipeline.manifest import read_manifest
 
 ORIGINAL = TESTDATA / "anime_miku_noisy.jpg"  # 400 x 279, the source of most broken/ files
 
 
-def cfg(**kw):
-    return {"resolution": 64, "fit": "pad", "format": "jpg", "quality": 95,
-            "background": [0, 0, 0], **kw}
-
-
 def run_normalize(tmp_path, files, **kw):
-    rows = [Row(id=f"i{n}", source=f.name, path=str(f), width=1, height=1)
-            for n, f in enumerate(files)]
-    write_manifest(tmp_path / "in.tsv", rows)
-    out = tmp_path / "norm" / "0" / "manifest.tsv"
-    normalize.main(["--input", str(tmp_path / "in.tsv"), "--output", str(out),
-                    "--config", json.dumps(cfg(**kw)), "--threads", "2"])
-    return read_manifest(out)
+    return read_manifest(normalize_files(tmp_path, files, **kw))
 
 
 def upright_original(size):
