@@ -37,8 +37,7 @@ from pipeline.manifest import (Row, ShardDir, atomic_write_text, dumps_details, 
                                load_config_arg, read_manifest)
 from pipeline.rank import Score, read_scores
 
-# Per-shard stages in data-flow order; dedup (a gather over clean) applies at export.
-SHARD_STAGES = ("ingest", "crop", "clean", "upscale", "normalize", "augment")
+# Stages in data-flow order; dedup (a gather over clean) applies at export.
 FUNNEL = ("ingest", "crop", "clean", "upscale", "normalize", "augment", "dedup", "export", "ranked")
 RECEIVES_FROM = {"crop": "ingest", "clean": "crop", "upscale": "clean", "normalize": "upscale",
                  "augment": "normalize",
