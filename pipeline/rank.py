@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -27,6 +27,7 @@ from tqdm import tqdm
 from pipeline.manifest import Row, atomic_write_bytes, atomic_write_text, kept, load_config_arg, read_manifest
 
 SCORE_COLUMNS = ["id", "score", "std", "source", "crop_box", "path"]
+SIGNAL_PREFIX = "signal:"
 # Only these keys change the scores; the rule passes just them, so editing
 # drop_bottom_fraction or the rejects path does not rerun the (GPU) rank job.
 SCORING_KEYS = ("group_size", "shuffles", "mirror", "seed", "batch")
@@ -158,6 +159,9 @@ class Score:
     source: str
     crop_box: list | None
     path: str
+    # the named signals the combined score was made from (e.g. {"logit": .., "knn": ..}),
+    # written as `signal:<name>` columns after the fixed ones; empty for a plain ranking
+    signals: dict = field(default_factory=dict)
 
 
 def rank_rows(rows: list[Row], per_shuffle: np.ndarray) -> list[Score]:
@@ -171,10 +175,12 @@ def rank_rows(rows: list[Row], per_shuffle: np.ndarray) -> list[Score]:
 def format_scores(scores: list[Score]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-    writer.writerow(SCORE_COLUMNS)
+    names = sorted({name for s in scores for name in s.signals})
+    writer.writerow(SCORE_COLUMNS + [SIGNAL_PREFIX + n for n in names])
     for s in scores:
         box = json.dumps(s.crop_box, separators=(",", ":")) if s.crop_box is not None else ""
-        writer.writerow([s.id, f"{s.score:.6f}", f"{s.std:.6f}", s.source, box, s.path])
+        writer.writerow([s.id, f"{s.score:.6f}", f"{s.std:.6f}", s.source, box, s.path]
+                        + [f"{s.signals[n]:.6f}" if n in s.signals else "" for n in names])
     return buf.getvalue()
 
 
@@ -182,7 +188,9 @@ def read_scores(path: str | os.PathLike) -> list[Score]:
     """scores.tsv back as Score rows, in file order (worst first)."""
     with open(path, newline="", encoding="utf-8") as f:
         return [Score(r["id"], float(r["score"]), float(r["std"]), r["source"],
-                      json.loads(r["crop_box"]) if r["crop_box"] else None, r["path"])
+                      json.loads(r["crop_box"]) if r["crop_box"] else None, r["path"],
+                      {k[len(SIGNAL_PREFIX):]: float(v) for k, v in r.items()
+                       if k.startswith(SIGNAL_PREFIX) and v != ""})
                 for r in csv.DictReader(f, delimiter="\t")]
 
 
