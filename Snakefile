@@ -24,3 +24,14 @@ rule all:
     default_target: True
     input:
         rules.ranked_dataset.input,
+
+
+onerror:
+    # The console ends with what went wrong: the failing job's log tail and path, or the
+    # one-line reason of an intentional stop (pipeline/console.py).
+    from pipeline.console import failure_report
+
+    _text = failure_report(log)
+    if _text:
+        print(f"Complete log(s): {', '.join(map(str, log))}\n{_text}", file=sys.stderr)
+        sys.exit(1)  # snakemake prints nothing after this, so the reason stays the last line

@@ -154,7 +154,7 @@ def augment_row(row: Row, out: ShardDir, cfg: dict) -> list[Row]:
         record = {"op": op, **params, "seed": cfg["seed"]}
         tmp_path, final_path = out.path(f"{new_id}.{fmt}")
         try:
-            encode(apply(im, op, params), tmp_path, fmt, cfg["quality"])
+            encode(apply(im, op, params), tmp_path, fmt, cfg.get("quality", 95))
             error = validation_error(tmp_path, res, fmt)
         except Exception as e:
             error = f"{type(e).__name__}: {e}"

@@ -11,6 +11,13 @@ with fixed timestamps so two runs give the same bytes.
     python -m pipeline.export --name N --folder R/export --config JSON --dedup DEDUP NORM_MANIFESTS...
     python -m pipeline.export --name N --folder R/ranked --config JSON --from-export R/export/manifest.tsv \
         --scores R/rank/scores.tsv --rejects FILE --drop-bottom-fraction F
+    python -m pipeline.export --name N --folder R/export --tfrecords-of R/export/manifest.tsv
+    python -m pipeline.export --name N --folder R/export --zip-of R/export/manifest.tsv
+
+Config ``tfrecords: false`` / ``zip: false`` skip those files (the manifest still records
+each image's ``tfrecord_position``); ``--tfrecords-of`` / ``--zip-of`` write them later
+for an exported manifest, the same bytes a one-step export writes. The workflow uses
+them as separate rules, so a setting that changes only the ZIP never retrains.
 """
 from __future__ import annotations
 
@@ -96,6 +103,13 @@ def shuffled_order(n: int) -> np.ndarray:
     return order
 
 
+def record_positions(n: int) -> list[int]:
+    """The TFRecord position of each of ``n`` images (rows in id order)."""
+    position = np.empty(n, dtype=np.int64)
+    position[shuffled_order(n)] = np.arange(n)
+    return position.tolist()
+
+
 def check_images(rows: list[Row]) -> int:
     """All images must share one power-of-two square size; refuse the export otherwise."""
     sizes = {(r.width, r.height) for r in rows}
@@ -133,9 +147,7 @@ def write_tfrecords(rows: list[Row], folder: Path, name: str) -> list[int]:
         finally:
             for w in writers:
                 w.close()
-    position = np.empty(len(rows), dtype=np.int64)
-    position[order] = np.arange(len(rows))
-    return position.tolist()
+    return record_positions(len(rows))
 
 
 def zip_name(index: int) -> str:
@@ -165,7 +177,10 @@ def export(rows: list[Row], folder: Path, name: str, cfg: dict, extra_rows: list
     """Write TFRecords, ZIP (if configured) and the manifest (last) for ``rows`` (kept)."""
     if not rows:
         raise SystemExit("export: no images left to export (see the stage manifests for why)")
-    positions = write_tfrecords(rows, folder / "tfrecords", name)
+    if cfg.get("tfrecords", True):
+        positions = write_tfrecords(rows, folder / "tfrecords", name)
+    else:
+        positions = record_positions(len(rows))
     if cfg.get("zip", True):
         write_zip(rows, folder / f"{name}.zip")
     listed = [r.keep(details={"index": i, "tfrecord_position": positions[i]})
@@ -178,8 +193,10 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--name", required=True)
     p.add_argument("--folder", required=True)
-    p.add_argument("--config", required=True)
+    p.add_argument("--config", default="{}")
     p.add_argument("--dedup", help="R/clean/dedup.tsv")
+    p.add_argument("--tfrecords-of", help="write the TFRecords of this exported manifest")
+    p.add_argument("--zip-of", help="write the ZIP of this exported manifest")
     p.add_argument("manifests", nargs="*", help="normalize shard manifests")
     p.add_argument("--from-export", help="re-export this dataset manifest (ranked_dataset)")
     p.add_argument("--scores")
@@ -188,6 +205,17 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     cfg = load_config_arg(a.config)
     folder = Path(a.folder)
+    if a.tfrecords_of or a.zip_of:
+        listed = sorted(kept(read_manifest(a.tfrecords_of or a.zip_of)),
+                        key=lambda r: r.details["index"])
+        if not listed:
+            raise SystemExit("export: no images left to export (see the stage manifests for why)")
+        if a.tfrecords_of:
+            write_tfrecords(listed, folder / "tfrecords", a.name)
+        else:
+            write_zip(listed, folder / f"{a.name}.zip")
+        print(f"export: {len(listed)} images -> {folder}")
+        return
     if a.from_export:
         dataset = list(kept(read_manifest(a.from_export)))
         scores = {s.id: s.score for s in read_scores(a.scores)} if a.scores else {}

@@ -79,7 +79,7 @@ def normalize_row(row: Row, out: ShardDir, cfg: dict) -> Row:
     res, fmt = cfg["resolution"], cfg["format"]
     square, fit_notes = fit_square(im, res, cfg["fit"], cfg["background"])
     tmp_path, final_path = out.path(f"{row.id}.{fmt}")
-    encode(square, tmp_path, fmt, cfg["quality"])
+    encode(square, tmp_path, fmt, cfg.get("quality", 95))  # rules pass it only for jpg
     error = validation_error(tmp_path, res, fmt)
     details = {"normalize": {**notes, **fit_notes, "from": [im.width, im.height]}}
     if error:

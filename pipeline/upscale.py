@@ -2,7 +2,12 @@
 passes until it reaches the target, with waifu2x (as the seed does) or Lanczos.
 
     python -m pipeline.upscale --input CLEAN_MANIFEST --output MANIFEST --config JSON
+                               [--duplicates R/clean/dedup/<shard>.tsv]
                                [--cache cache/upscale] [--threads 2]
+
+Runs after the dedup gather: faces that dedup dropped (``--duplicates``, that shard's
+drop rows) are not touched, so no face is upscaled and then thrown away; they are listed
+here as dropped with dedup's reason and details (every received image has a row).
 
 Config (the ``upscale`` block plus ``target`` = normalize.resolution and, optionally,
 ``background`` for images with alpha): method waifu2x|lanczos|none, model art|photo,
@@ -291,9 +296,13 @@ class Upscaler:
         details.setdefault("cache", "off")
         return big.size
 
-    def shard(self, rows: list[Row], out: ShardDir) -> list[Row]:
+    def shard(self, rows: list[Row], out: ShardDir, duplicates: dict[str, Row] | None = None) -> list[Row]:
+        """Every kept row: dedup's duplicates dropped untouched, the rest upscaled as needed."""
+        duplicates = duplicates or {}
         todo = [r for r in rows if r.kept]
-        return [self.row(r, out) for r in tqdm(todo, desc="upscale", unit="img", mininterval=2)]
+        return [r.drop(duplicates[r.id].reason, details=duplicates[r.id].details)
+                if r.id in duplicates else self.row(r, out)
+                for r in tqdm(todo, desc="upscale", unit="img", mininterval=2)]
 
 
 def record(info: dict) -> dict:
@@ -318,14 +327,16 @@ def summary(rows: list[Row]) -> str:
 def main(argv=None) -> None:
     p = stage_argparser(__doc__)
     p.add_argument("--cache", default="", help="content-addressed cache folder (cache/upscale)")
+    p.add_argument("--duplicates", default="", help="this shard's dedup drop rows (skipped)")
     a = p.parse_args(argv)
+    duplicates = {r.id: r for r in read_manifest(a.duplicates) if not r.kept} if a.duplicates else {}
     cfg = load_config_arg(a.config)
     output = Path(a.output)
     # rules pass the manifest path; its folder is the shard folder
     folder, name = (output.parent, output.name) if output.suffix == ".tsv" else (output, "manifest.tsv")
     upscaler = Upscaler(cfg, a.cache or None, a.threads)
     with ShardDir(folder) as out:
-        rows = upscaler.shard(read_manifest(a.input), out)
+        rows = upscaler.shard(read_manifest(a.input), out, duplicates)
         out.write_manifest(rows, name)
     print(summary(rows))
 

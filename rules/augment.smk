@@ -7,9 +7,7 @@ rule augment:
         f"{R}/augment/{{shard}}/manifest.tsv",
     params:
         # new images are encoded exactly like normalize's: its size, format and quality
-        cfg=json.dumps({**config["augment"],
-                        **{k: config["normalize"][k] for k in ("resolution", "format", "quality")}},
-                       sort_keys=True),
+        cfg=json.dumps({**config["augment"], **encode_keys()}, sort_keys=True),
     threads: 1
     conda:
         CONDA_ENV

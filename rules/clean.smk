@@ -1,3 +1,14 @@
+# Which clean keys each half reads (pipeline/clean.py): a key edit reruns only its half.
+CLEAN_SHARD = {k: config["clean"][k] for k in ("min_side", "min_file_bytes", "monochrome")}
+CLEAN_SHARD["near_duplicates"] = {k: config["clean"]["near_duplicates"][k]
+                                  for k in ("method", "hash_size", "flips")}  # hashes only
+CLEAN_DEDUP = {k: config["clean"][k] for k in ("exact_duplicates", "near_duplicates")}
+DEDUP_SHARDS = f"{R}/clean/dedup"
+# Only named by the stop message (no param: editing them must not rerun dedup).
+STOP_HINTS = json.dumps({"crop": {k: config["crop"][k] for k in ("method", "min_face")},
+                         "clean": {"min_side": config["clean"]["min_side"]}}, sort_keys=True)
+
+
 rule clean:
     """Per-image filters and hashes (size floors, monochrome, pixel hash, perceptual hash)."""
     input:
@@ -7,7 +18,7 @@ rule clean:
     output:
         f"{R}/clean/{{shard}}/manifest.tsv",
     params:
-        cfg=stage_config("clean"),
+        cfg=json.dumps(CLEAN_SHARD, sort_keys=True),
     threads: 1
     conda:
         CONDA_ENV
@@ -21,15 +32,25 @@ rule clean:
         " --config {params.cfg:q} --threads {threads} > {log:q} 2>&1"
 
 
-rule dedup:
-    """Gather: exact and near duplicates across all shards; keeps the best of each cluster."""
+# A checkpoint: after it runs Snakemake re-reads each shard's duplicates file and reruns
+# upscale/normalize only where its content changed (a dry run, which cannot know yet,
+# lists every shard's upscale and normalize after dedup).
+checkpoint dedup:
+    """Gather: exact and near duplicates across all shards; keeps the best of each cluster.
+    Then: each shard's duplicates for upscale, a console line per stage so far, and a
+    one-line stop when no face is left."""
     input:
         manifests=shard_manifests("clean"),
-        code=stage_code("clean"),
+        stages=shard_manifests("ingest") + shard_manifests("crop"),
+        code=[stage_code("clean"), stage_code("survivors")],
     output:
-        f"{R}/clean/dedup.tsv",
+        tsv=f"{R}/clean/dedup.tsv",
+        shards=expand(f"{DEDUP_SHARDS}/{{shard}}.tsv", shard=SHARDS),
     params:
-        cfg=stage_config("clean"),
+        cfg=json.dumps(CLEAN_DEDUP, sort_keys=True),
+        stages=" ".join(f"{stage}={shlex.quote(m)}" for stage in ("ingest", "crop", "clean")
+                        for m in shard_manifests(stage)),
+        shards=" ".join(SHARDS),
     conda:
         CONDA_ENV
     log:
@@ -37,5 +58,14 @@ rule dedup:
     benchmark:
         bench_path("dedup")
     shell:
-        "python -m pipeline.clean dedup --output {output:q} --config {params.cfg:q}"
-        " {input.manifests:q} > {log:q} 2>&1"
+        "python -m pipeline.clean dedup --output {output.tsv:q} --config {params.cfg:q}"
+        " {input.manifests:q} > {log:q} 2>&1;"
+        " python -m pipeline.survivors --dedup {output.tsv:q} --out-dir {DEDUP_SHARDS:q}"
+        " --shards {params.shards} --config {STOP_HINTS:q} {params.stages}"
+        " 2>&1 | python -m pipeline.console tee --append {log:q}"
+
+
+def shard_duplicates(wildcards):
+    """Upscale's input: its shard's duplicates, known once the dedup checkpoint ran."""
+    checkpoints.dedup.get()
+    return f"{DEDUP_SHARDS}/{wildcards.shard}.tsv"

@@ -6,15 +6,31 @@ import shlex
 import sys
 from pathlib import Path
 
+import yaml
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
 
-validate(config, schema="../schemas/config.schema.yaml")
-
 BASE = Path(workflow.basedir)
 sys.path.insert(0, str(BASE))
+from pipeline.console import auto_shards, config_error  # noqa: E402
 from pipeline.ingest import list_raw_dir, write_shard_listings  # noqa: E402
+
+
+def stop_now(message):
+    """End before any job with one line (snakemake's own wrapping would bury it)."""
+    print(f"faceprep: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+# Our own check first: one line naming the key (and "did you mean"); snakemake's
+# validate then fills in the defaults.
+with open(BASE / "schemas" / "config.schema.yaml") as _f:
+    _problem = config_error(config, yaml.safe_load(_f))
+if _problem:
+    stop_now(_problem)
+validate(config, schema="../schemas/config.schema.yaml")
 
 # Every stage runs as `python -m pipeline.<stage>` with snakemake's own interpreter and the
 # package root on PYTHONPATH, so the workflow runs from any --directory and any venv.
@@ -27,7 +43,18 @@ shell.prefix(
 CONDA_ENV = str(BASE / "environment.yml")
 
 R = f"{config['results_dir']}/{config['name']}"
-SHARDS = [f"{i:0{len(str(config['shards'] - 1))}d}" for i in range(config["shards"])]
+
+# The raw folder is listed at parse time (seconds for 100k files).
+RAW_FILES = list_raw_dir(config["raw_dir"])
+if not RAW_FILES:
+    stop_now(f"raw_dir {config['raw_dir']!r} holds no files: put the character's images there "
+             "(sub-folders are searched too)")
+if not any(Path(f[0]).suffix.lower().lstrip(".") in config["ingest"]["extensions"] for f in RAW_FILES):
+    stop_now(f"raw_dir {config['raw_dir']!r} holds {len(RAW_FILES)} files but none ends in "
+             f"ingest.extensions ({', '.join(config['ingest']['extensions'])})")
+# shards: auto picks from the number of raw files (1 below 100, at most 64).
+N_SHARDS = auto_shards(len(RAW_FILES)) if config["shards"] == "auto" else config["shards"]
+SHARDS = [f"{i:0{len(str(N_SHARDS - 1))}d}" for i in range(N_SHARDS)]
 
 
 def stage_code(stage):
@@ -60,13 +87,13 @@ def metadata_inputs(wildcards):
     return [f"{R}/ingest/metadata_decisions.tsv"] if config["ingest"]["metadata"] else []
 
 
-def dataset_outputs(folder):
+def dataset_outputs(folder, tfrecords=True):
     """TFRecords for every level (NVIDIA layout), the manifest and, if asked, the ZIP."""
     levels = range(int(math.log2(config["normalize"]["resolution"])), 1, -1)
-    outs = {
-        "manifest": f"{folder}/manifest.tsv",
-        "tfrecords": [f"{folder}/tfrecords/{config['name']}-r{lvl:02d}.tfrecords" for lvl in levels],
-    }
+    outs = {"manifest": f"{folder}/manifest.tsv"}
+    if tfrecords:
+        outs["tfrecords"] = [f"{folder}/tfrecords/{config['name']}-r{lvl:02d}.tfrecords"
+                             for lvl in levels]
     if config["export"]["zip"]:
         outs["zip"] = f"{folder}/{config['name']}.zip"
     return outs
@@ -86,11 +113,12 @@ PER_SHARD_STAGES = ["ingest", "crop", "clean", "upscale", "normalize"] + (
     ["augment"] if config["augment"]["enabled"] else []
 )
 
+# R/export always has TFRecords rules can ask for (training reads them); the `dataset`
+# target asks only when export.tfrecords is on. R/ranked has them only when it is on.
 DATASET = dataset_outputs(f"{R}/export")
-RANKED = dataset_outputs(f"{R}/ranked")
+RANKED = dataset_outputs(f"{R}/ranked", config["export"]["tfrecords"])
 
 
-# The raw folder is listed at parse time; a shard's listing file is rewritten only when
-# its (path, size, mtime) lines change, so untouched shards keep their mtime and are
-# not redone.
-write_shard_listings(list_raw_dir(config["raw_dir"]), f"{R}/listing", SHARDS)
+# A shard's listing file is rewritten only when its (path, size, mtime) lines change, so
+# untouched shards keep their mtime and are not redone.
+write_shard_listings(RAW_FILES, f"{R}/listing", SHARDS)

@@ -1,6 +1,16 @@
 from pipeline.crop import model_files, used_models  # noqa: E402
 
 
+def crop_keys(crop):
+    """The crop keys pipeline/crop.py reads for the chosen method (none: nothing else)."""
+    keys = {"animeface": ["scale_factor", "min_neighbors", "min_face", "max_faces", "margin", "border"],
+            "dlib": ["dlib_detector", "dlib_upsample", "min_face", "max_faces", "align"],
+            "none": []}[crop["method"]]
+    if crop["method"] == "dlib" and crop["align"] == "box":
+        keys += ["margin", "border"]  # the FFHQ quad has its own framing
+    return {k: crop[k] for k in ["method", *keys]}
+
+
 rule crop:
     """Find faces (anime cascade, dlib + FFHQ alignment, or none) and cut square crops."""
     input:
@@ -15,7 +25,8 @@ rule crop:
     params:
         # only the model paths the method reads: moving a model it does not use reruns nothing
         cfg=lambda wildcards: json.dumps(
-            {"crop": config["crop"], "models": used_models(config["crop"], config["models"])},
+            {"crop": crop_keys(config["crop"]),
+             "models": used_models(config["crop"], config["models"])},
             sort_keys=True,
         ),
     threads: 2

@@ -6,7 +6,9 @@ rule metadata_filter:
     output:
         f"{R}/ingest/metadata_decisions.tsv",
     params:
-        cfg=stage_config("ingest"),
+        # the tag/rating filter only; the per-file checks are ingest's
+        cfg=json.dumps({k: config["ingest"][k] for k in ("tags_include", "tags_exclude", "ratings")},
+                       sort_keys=True),
     conda:
         CONDA_ENV
     log:
@@ -27,7 +29,8 @@ rule ingest:
     output:
         f"{R}/ingest/{{shard}}/manifest.tsv",
     params:
-        cfg=stage_config("ingest"),
+        # tags and ratings are decided by metadata_filter (its decisions are an input)
+        cfg=json.dumps({k: config["ingest"][k] for k in ("extensions", "max_pixels")}, sort_keys=True),
         raw_dir=config["raw_dir"],
     conda:
         CONDA_ENV

@@ -1,3 +1,10 @@
+def encode_keys(*extra):
+    """The normalize keys that decide the written files; quality only for JPEG."""
+    norm = config["normalize"]
+    keys = [*extra, "resolution", "format"] + (["quality"] if norm["format"] == "jpg" else [])
+    return {k: norm[k] for k in keys}
+
+
 rule normalize:
     """Exactly R x R 8-bit sRGB JPEG/PNG (EXIF, ICC, modes, alpha, pad|crop), validated."""
     input:
@@ -6,7 +13,7 @@ rule normalize:
     output:
         f"{R}/normalize/{{shard}}/manifest.tsv",
     params:
-        cfg=stage_config("normalize"),
+        cfg=json.dumps(encode_keys("fit", "background"), sort_keys=True),
     threads: 1
     conda:
         CONDA_ENV

@@ -1,0 +1,199 @@
+"""console: what a user sees while the workflow runs.
+
+Snakemake's console lists jobs; the useful lines (what each stage kept and dropped, why a
+job failed) live in ``results/<name>/logs/``. This module puts them on the console:
+
+- ``say(text)``: a stage (or training loop) marks a line for the console. It prints
+  ``[faceprep] text`` on stderr, which the rule sends through ``tee`` below.
+- ``python -m pipeline.console tee LOG [--append]``: a rule's pipe
+  (``cmd 2>&1 | python -m pipeline.console tee {log}``) writes every line to the job's log
+  and echoes the marked ones on the console (stderr), as they come. Any stage can use it:
+  finetune's tick lines (kimg, sec/kimg, losses, ETA) only need ``say()`` and the pipe.
+  The rule's shell runs with ``set -o pipefail``, so the stage's exit status is kept.
+- ``python -m pipeline.console summary STAGE=MANIFEST... ``: one line per finished stage
+  (kept / dropped by reason), printed by the gathers (dedup, export) once every shard of
+  the stages before them is done.
+- ``failure_report(snakemake_log)``: for the Snakefile's ``onerror``: the failing job's
+  log path and its last lines; an intentional stop (a last log line starting ``faceprep:``)
+  is shown as that one line, last on the console.
+- ``config_error(config, schema)``: the one line naming a bad key, with "did you mean".
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+MARK = "[faceprep] "
+STOP = "faceprep: "  # an intentional, actionable stop: the log's last line starts with it
+
+
+def say(text: str) -> None:
+    """Mark ``text`` for the console (see ``tee``); it also stays in the job's log."""
+    for line in str(text).splitlines() or [""]:
+        print(MARK + line, file=sys.stderr, flush=True)
+
+
+def stop(text: str, code: int = 1):
+    """End a stage with one actionable line (the last line of its log and of the console)."""
+    print(STOP + text, file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+# ---------------------------------------------------------------- shards
+
+def auto_shards(n_files: int) -> int:
+    """Shards for ``shards: auto``: 1 below 100 files, x2 per x4 files, at most 64.
+
+    Powers of two with wide steps, so adding a few files rarely changes the count (a new
+    count reshuffles every shard and reruns every per-image job).
+    """
+    shards = 1
+    while shards < 64 and n_files >= 100 * 4 ** int(math.log2(shards)):
+        shards *= 2
+    return shards
+
+
+# ---------------------------------------------------------------- config errors
+
+def _schema_at(schema: dict, path) -> dict:
+    node = schema
+    for part in path:
+        if isinstance(part, int):
+            node = node.get("items", {})
+        else:
+            node = node.get("properties", {}).get(part, {})
+    return node
+
+
+def config_error(config: dict, schema: dict) -> str | None:
+    """None if ``config`` fits ``schema``, else one line naming the key (and a "did you
+    mean" for a misspelled one). The first error in document order is reported."""
+    import jsonschema
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    if not errors:
+        return None
+    e = errors[0]
+    where = ".".join(str(p) for p in e.absolute_path)
+    if e.validator == "additionalProperties":
+        known = sorted(_schema_at(schema, e.absolute_path).get("properties", {}))
+        extra = sorted(set(e.instance) - set(known)) if isinstance(e.instance, dict) else []
+        key = extra[0] if extra else "?"
+        full = f"{where}.{key}" if where else key
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"; did you mean '{f'{where}.' if where else ''}{close[0]}'?" if close else \
+            f"; known keys{f' of {where}' if where else ''}: {', '.join(known)}"
+        return f"config error: unknown key '{full}'{hint}"
+    if e.validator == "required":
+        return f"config error: {e.message}{f' in {where}' if where else ''}"
+    return f"config error: {where or '(top level)'} = {e.instance!r}: {e.message}"
+
+
+# ---------------------------------------------------------------- stage summaries
+
+def stage_summary(stage: str, rows) -> str:
+    """'crop: 43 kept, 12 dropped (no_face 10, decode_error 2)'."""
+    rows = list(rows)
+    kept = sum(r.kept for r in rows)
+    dropped = Counter(r.reason or "unspecified" for r in rows if not r.kept)
+    text = f"{stage}: {kept} kept"
+    if dropped:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0])))
+        text += f", {sum(dropped.values())} dropped ({reasons})"
+    return text
+
+
+# ---------------------------------------------------------------- failing jobs
+
+ERROR_BLOCK = re.compile(r"^Error in rule (\S+):\n(?P<body>(?:[ \t]+.*\n?)*)", re.M)
+LOG_LINE = re.compile(r"^\s+log: (.+?)(?: \(check log file\(s\) for error details\))?$", re.M)
+
+
+def failed_jobs(snakemake_log_text: str) -> list[tuple[str, list[str]]]:
+    """(rule, [job log paths]) of every failed job named in snakemake's own log."""
+    out = []
+    for m in ERROR_BLOCK.finditer(snakemake_log_text):
+        logs = [p.strip() for lm in LOG_LINE.finditer(m.group("body")) for p in lm.group(1).split(",")]
+        out.append((m.group(1), logs))
+    return out
+
+
+def tail(path: str | Path, lines: int = 15) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    # tqdm redraws with \r: keep the last state of each line
+    return [ln.rsplit("\r", 1)[-1] for ln in text.rstrip("\n").split("\n")][-lines:]
+
+
+def failure_report(snakemake_logs, workdir: str | Path = ".", lines: int = 15) -> str:
+    """What the console should end with after a failed run."""
+    text = ""
+    for p in snakemake_logs or []:
+        try:
+            text += Path(p).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            pass
+    jobs = failed_jobs(text)
+    if not jobs:
+        return ""
+    parts, stops = [], []
+    for rule, logs in jobs:
+        for log in logs:
+            path = Path(workdir) / log
+            last = [ln for ln in tail(path, lines) if ln.strip()]
+            if last and last[-1].startswith(STOP):
+                stops.append(last[-1])
+                continue
+            parts.append(f"--- rule {rule} failed; last lines of {log}:")
+            parts.extend("    " + ln for ln in last)
+        if not logs:
+            parts.append(f"--- rule {rule} failed (it has no log)")
+    if parts:
+        parts.append("After fixing the cause, rerun the same command; if Snakemake says the "
+                      "directory is locked (a killed run), run it once with --unlock first.")
+    return "\n".join(parts + sorted(set(stops)))
+
+
+# ---------------------------------------------------------------- CLI
+
+def tee_main(log: str, append: bool) -> None:
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab" if append else "wb") as out:
+        for raw in sys.stdin.buffer:
+            out.write(raw)
+            out.flush()
+            if raw.startswith(MARK.encode()):
+                sys.stderr.write("faceprep: " + raw[len(MARK):].decode("utf-8", "replace"))
+                sys.stderr.flush()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("tee", help="copy stdin to LOG, echo [faceprep] lines on stderr")
+    t.add_argument("log")
+    t.add_argument("--append", action="store_true")
+    s = sub.add_parser("summary", help="one line per stage: STAGE=MANIFEST ...")
+    s.add_argument("stage_manifests", nargs="+")
+    a = p.parse_args(argv)
+    if a.cmd == "tee":
+        tee_main(a.log, a.append)
+        return
+    from pipeline.manifest import read_manifest
+    by_stage: dict[str, list] = {}
+    for item in a.stage_manifests:
+        stage, _, path = item.partition("=")
+        by_stage.setdefault(stage, []).extend(read_manifest(path))
+    for stage, rows in by_stage.items():
+        say(stage_summary(stage, rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""survivors: after the dedup gather, hand each shard its duplicates and stop early when
+nothing survived.
+
+    python -m pipeline.survivors --dedup R/clean/dedup.tsv --out-dir R/clean/dedup \
+        --shards 0 1 ... --config JSON ingest=M crop=M clean=M ...
+
+- ``<out-dir>/<shard>.tsv``: the dedup ``drop`` rows of that shard (manifest format, by
+  id). Upscale reads its shard's file and works only on the faces that survived dedup.
+  The content of a shard's file changes only when that shard's duplicates change, so
+  Snakemake (dedup is a checkpoint; inputs compared by checksum) reruns upscale and
+  normalize only for such shards.
+- Prints one console line per finished stage (ingest, crop, clean, dedup).
+- When no face is left it stops with one actionable line, e.g.
+  ``crop kept 0 faces >= 250 px; 14 faces were found at 70-140 px: lower crop.min_face``.
+  Config (the keys the message names): crop.method, crop.min_face, clean.min_side.
+"""
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from pipeline.console import say, stage_summary, stop
+from pipeline.ingest import shard_of
+from pipeline.manifest import Row, load_config_arg, read_manifest, write_manifest
+
+
+def split_duplicates(dedup: list[Row], shards: list[str]) -> dict[str, list[Row]]:
+    """The dropped rows of ``dedup`` per shard (the shard of the row's source file)."""
+    per: dict[str, list[Row]] = {s: [] for s in shards}
+    for r in dedup:
+        if not r.kept:
+            per[shards[shard_of(r.source, len(shards))]].append(r)
+    return {s: sorted(rows, key=lambda r: r.id) for s, rows in per.items()}
+
+
+def _reasons(rows: list[Row]) -> str:
+    c = Counter(r.reason or "unspecified" for r in rows if not r.kept)
+    return ", ".join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def why_nothing_left(stages: dict[str, list[Row]], cfg: dict) -> str | None:
+    """None when some face survived dedup; else the one line saying where all were lost
+    and which setting to change."""
+    if any(r.kept for r in stages.get("dedup", [])):
+        return None
+    ingest = stages.get("ingest", [])
+    if not any(r.kept for r in ingest):
+        return (f"ingest kept 0 of {len(ingest)} files ({_reasons(ingest)}): put readable "
+                f"images in raw_dir (extensions in ingest.extensions)")
+    crop = stages.get("crop", [])
+    crop_cfg = cfg.get("crop", {})
+    min_face = crop_cfg.get("min_face")
+    if not any(r.kept for r in crop):
+        # crop records faces it found below crop.min_face as details.small_faces [[x, y, w, h]]
+        sides = sorted(max(int(b[2]), int(b[3])) for r in crop
+                       for b in (r.details.get("small_faces") or []) if len(b) >= 4)
+        images = sum(r.kept for r in ingest)
+        if sides:
+            return (f"crop kept 0 faces >= {min_face} px; {len(sides)} faces were found at "
+                    f"{sides[0]}-{sides[-1]} px: lower crop.min_face (e.g. to {sides[0]})")
+        return (f"crop found no face >= {min_face} px in {images} images with crop.method "
+                f"{crop_cfg.get('method')} ({_reasons(crop)}): lower crop.min_face or try "
+                f"another crop.method")
+    clean = stages.get("clean", [])
+    return (f"clean kept 0 of {len(clean)} faces ({_reasons(clean)}): lower clean.min_side "
+            f"(now {cfg.get('clean', {}).get('min_side')}) or clean.monochrome settings")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dedup", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--config", default="{}")
+    p.add_argument("stage_manifests", nargs="*", help="STAGE=R/<stage>/<shard>/manifest.tsv")
+    a = p.parse_args(argv)
+    cfg = load_config_arg(a.config)
+    stages: dict[str, list[Row]] = {}
+    for item in a.stage_manifests:
+        stage, _, path = item.partition("=")
+        stages.setdefault(stage, []).extend(read_manifest(path))
+    stages["dedup"] = read_manifest(a.dedup)
+    for stage, rows in stages.items():
+        say(stage_summary(stage, rows))
+    message = why_nothing_left(stages, cfg)
+    if message:
+        stop(message)
+    for shard, rows in split_duplicates(stages["dedup"], a.shards).items():
+        write_manifest(Path(a.out_dir) / f"{shard}.tsv", rows)
+
+
+if __name__ == "__main__":
+    main()
