@@ -1,7 +1,7 @@
 rule augment:
     """Optional (augment.enabled): `copies` new images per normalized face, the seed's ops."""
     input:
-        manifest=f"{R}/normalize/{{shard}}/manifest.tsv",
+        manifest=after_dedup(f"{R}/normalize/{{shard}}/manifest.tsv"),
         code=stage_code("augment"),
     output:
         f"{R}/augment/{{shard}}/manifest.tsv",

@@ -65,7 +65,14 @@ checkpoint dedup:
         " 2>&1 | python -m pipeline.console tee --append {log:q}"
 
 
-def shard_duplicates(wildcards):
-    """Upscale's input: its shard's duplicates, known once the dedup checkpoint ran."""
-    checkpoints.dedup.get()
-    return f"{DEDUP_SHARDS}/{wildcards.shard}.tsv"
+def after_dedup(pattern):
+    """An input known once the dedup checkpoint ran. Every per-shard job after dedup uses
+    it, so Snakemake re-plans each of them (not only upscale) after dedup and keeps the
+    shards whose duplicates did not change."""
+    def input_function(wildcards):
+        checkpoints.dedup.get()
+        return pattern.format(shard=wildcards.shard)
+    return input_function
+
+
+shard_duplicates = after_dedup(f"{DEDUP_SHARDS}/{{shard}}.tsv")

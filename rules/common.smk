@@ -35,6 +35,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 # Every stage runs as `python -m pipeline.<stage>` with snakemake's own interpreter and the
 # package root on PYTHONPATH, so the workflow runs from any --directory and any venv.
 shell.prefix(
+    "set -euo pipefail; "  # snakemake's own strict mode, which a custom prefix replaces
     f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH"
     f" PYTHONPATH={shlex.quote(str(BASE))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
@@ -50,7 +51,8 @@ if not RAW_FILES:
     stop_now(f"raw_dir {config['raw_dir']!r} holds no files: put the character's images there "
              "(sub-folders are searched too)")
 if not any(Path(f[0]).suffix.lower().lstrip(".") in config["ingest"]["extensions"] for f in RAW_FILES):
-    stop_now(f"raw_dir {config['raw_dir']!r} holds {len(RAW_FILES)} files but none ends in "
+    stop_now(f"raw_dir {config['raw_dir']!r} holds {len(RAW_FILES)} "
+             f"file{'s' if len(RAW_FILES) > 1 else ''} but none ends in "
              f"ingest.extensions ({', '.join(config['ingest']['extensions'])})")
 # shards: auto picks from the number of raw files (1 below 100, at most 64).
 N_SHARDS = auto_shards(len(RAW_FILES)) if config["shards"] == "auto" else config["shards"]

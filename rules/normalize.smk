@@ -8,7 +8,7 @@ def encode_keys(*extra):
 rule normalize:
     """Exactly R x R 8-bit sRGB JPEG/PNG (EXIF, ICC, modes, alpha, pad|crop), validated."""
     input:
-        manifest=f"{R}/upscale/{{shard}}/manifest.tsv",
+        manifest=after_dedup(f"{R}/upscale/{{shard}}/manifest.tsv"),
         code=stage_code("normalize"),
     output:
         f"{R}/normalize/{{shard}}/manifest.tsv",
