@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import TESTDATA, run_snakemake
+from conftest import TESTDATA, copy_testdata, run_snakemake
 from PIL import Image
 
 from pipeline import normalize, upscale
@@ -198,6 +198,8 @@ def test_rule_runs_waifu2x_and_reuses_the_cache(workdir):
                        ("1", Row(id="l", source=LARGE.name, path=str(LARGE), width=600,
                                  height=600))):
         write_manifest(workdir / f"results/tiny/clean/{shard}/manifest.tsv", [row])
+        write_manifest(workdir / f"results/tiny/clean/dedup/{shard}.tsv", [])  # no duplicates
+    write_manifest(workdir / "results/tiny/clean/dedup.tsv", [])
     targets = [f"results/tiny/upscale/{s}/manifest.tsv" for s in "01"]
     over = {"upscale": {"method": "waifu2x"}, "normalize": {"resolution": 256}}
     run_snakemake(workdir, *targets, "--allowed-rules", "upscale", overrides=over)
@@ -213,3 +215,27 @@ def test_rule_runs_waifu2x_and_reuses_the_cache(workdir):
     small_again, = read_manifest(workdir / targets[0])
     assert small_again.details["upscale"]["cache"] == "hit"
     assert "0 cache hits" not in (workdir / "results/tiny/logs/upscale/0.log").read_text()
+
+
+def test_workflow_upscales_only_faces_that_survive_dedup(workdir):
+    """Dedup runs first: no face is upscaled and then dropped as a duplicate. Each
+    duplicate is listed by upscale as dropped with dedup's reason, untouched."""
+    copy_testdata(workdir / "raw", {"anime_miku_noisy.jpg", "broken/dup_exact_of_anime_miku_noisy.jpg",
+                                    "broken/neardup_of_anime_miku_noisy.jpg", "anime_miku_small.png",
+                                    "anime_miku_small_noisy.jpg", "broken/alpha.png"})
+    targets = [f"results/tiny/upscale/{s}/manifest.tsv" for s in "01"]
+    run_snakemake(workdir, *targets, overrides={"upscale": {"method": "waifu2x", "gpu": "cpu"},
+                                               "normalize": {"resolution": 256}})
+    R = workdir / "results" / "tiny"
+    dedup = {r.id: r for r in read_manifest(R / "clean" / "dedup.tsv")}
+    dropped = {i for i, r in dedup.items() if not r.kept}
+    rows = {r.id: r for t in targets for r in read_manifest(workdir / t)}
+    assert set(rows) == set(dedup)  # upscale lists every face it received
+    small_dropped = {i for i in dropped if min(dedup[i].width, dedup[i].height) < 256}
+    assert len(dropped) >= 3 and len(small_dropped) >= 2  # duplicates that needed upscaling
+    for i in dropped:
+        assert rows[i].action == "drop" and rows[i].reason == dedup[i].reason
+        assert "upscaler" not in rows[i].details and rows[i].path == dedup[i].path
+    upscaled = [r for r in rows.values() if r.details.get("upscaler") == "waifu2x"]
+    assert upscaled and all(r.id not in dropped for r in upscaled)
+    assert len(list((workdir / "cache" / "upscale").rglob("*.png"))) == len(upscaled)

@@ -49,18 +49,21 @@ def test_rerun_schedules_exactly_what_changed(workdir):
 
     # a character file naming one normalize key overrides only that key (the rest of the
     # block stays, or the 32 px outputs would change and everything rerun); that setting
-    # reruns normalize (every shard) and export, nothing upstream
+    # reruns normalize (every shard) and the dataset files, nothing upstream
     character = workdir / "characters" / "tiny.yaml"
     character.parent.mkdir()
-    character.write_text("normalize:\n  quality: 80\n")
+    character.write_text("normalize:\n  fit: crop\n")
     jobs = scheduled_jobs(workdir, "dataset", configfiles=[character])
-    assert {k: v for k, v in jobs.items() if k != "dataset"} == {"normalize": 2, "export": 1}
+    assert {k: v for k, v in jobs.items() if k != "dataset"} == {
+        "normalize": 2, "export": 1, "tfrecords": 1, "zip": 1}
 
-    # one new raw image reruns only its shard's per-image jobs, plus the gathers
+    # one new raw image: its shard's ingest/crop/clean plus the gathers; a dry run lists
+    # every shard after the dedup checkpoint (tests/test_reruns.py checks the real run)
     shutil.copyfile(TESTDATA / "anime_miku_small.png", raw / "new_one.png")
     jobs = scheduled_jobs(workdir, "dataset")
     assert {k: v for k, v in jobs.items() if k != "dataset"} == {
-        "ingest": 1, "crop": 1, "clean": 1, "upscale": 1, "normalize": 1, "dedup": 1, "export": 1}
+        "ingest": 1, "crop": 1, "clean": 1, "dedup": 1, "upscale": 2, "normalize": 2, "export": 1,
+        "tfrecords": 1, "zip": 1}
     shard = str(shard_of("new_one.png", 2))
     listing = (R / "listing" / f"{shard}.tsv").read_text()
     assert "new_one.png" in listing
