@@ -2,7 +2,7 @@
 nothing survived.
 
     python -m pipeline.survivors --dedup R/clean/dedup.tsv --out-dir R/clean/dedup \
-        --shards 0 1 ... --config JSON ingest=M crop=M clean=M ...
+        --shards 0 1 ... ingest=M crop=M clean=M ...
 
 - ``<out-dir>/<shard>.tsv``: the dedup ``drop`` rows of that shard (manifest format, by
   id). Upscale reads its shard's file and works only on the faces that survived dedup.
@@ -12,7 +12,8 @@ nothing survived.
 - Prints one console line per finished stage (ingest, crop, clean, dedup).
 - When no face is left it stops with one actionable line, e.g.
   ``crop kept 0 faces >= 250 px; 14 faces were found at 70-140 px: lower crop.min_face``.
-  Config (the keys the message names): crop.method, crop.min_face, clean.min_side.
+  The settings it names come from the drop rows (crop's ``method``/``min_face``,
+  clean's ``min_side``), so they are no params of this step.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from pipeline.console import say, stage_summary, stop
 from pipeline.ingest import shard_of
-from pipeline.manifest import Row, load_config_arg, read_manifest, write_manifest
+from pipeline.manifest import Row, read_manifest, write_manifest
 
 
 def split_duplicates(dedup: list[Row], shards: list[str]) -> dict[str, list[Row]]:
@@ -39,7 +40,12 @@ def _reasons(rows: list[Row]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def why_nothing_left(stages: dict[str, list[Row]], cfg: dict) -> str | None:
+def _setting(rows: list[Row], key: str):
+    """A setting a stage recorded in its drop rows' details (the first one found)."""
+    return next((r.details[key] for r in rows if key in r.details), "?")
+
+
+def why_nothing_left(stages: dict[str, list[Row]]) -> str | None:
     """None when some face survived dedup; else the one line saying where all were lost
     and which setting to change."""
     if any(r.kept for r in stages.get("dedup", [])):
@@ -49,8 +55,7 @@ def why_nothing_left(stages: dict[str, list[Row]], cfg: dict) -> str | None:
         return (f"ingest kept 0 of {len(ingest)} files ({_reasons(ingest)}): put readable "
                 f"images in raw_dir (extensions in ingest.extensions)")
     crop = stages.get("crop", [])
-    crop_cfg = cfg.get("crop", {})
-    min_face = crop_cfg.get("min_face")
+    min_face = _setting(crop, "min_face")
     if not any(r.kept for r in crop):
         # crop records faces it found below crop.min_face as details.small_faces [[x, y, w, h]]
         sides = sorted(max(int(b[2]), int(b[3])) for r in crop
@@ -60,11 +65,16 @@ def why_nothing_left(stages: dict[str, list[Row]], cfg: dict) -> str | None:
             return (f"crop kept 0 faces >= {min_face} px; {len(sides)} faces were found at "
                     f"{sides[0]}-{sides[-1]} px: lower crop.min_face (e.g. to {sides[0]})")
         return (f"crop found no face >= {min_face} px in {images} images with crop.method "
-                f"{crop_cfg.get('method')} ({_reasons(crop)}): lower crop.min_face or try "
+                f"{_setting(crop, 'method')} ({_reasons(crop)}): lower crop.min_face or try "
                 f"another crop.method")
     clean = stages.get("clean", [])
-    return (f"clean kept 0 of {len(clean)} faces ({_reasons(clean)}): lower clean.min_side "
-            f"(now {cfg.get('clean', {}).get('min_side')}) or clean.monochrome settings")
+    reasons = {r.reason for r in clean if not r.kept}
+    hints = [hint for reason, hint in (
+        ("too_small", f"lower clean.min_side (now {_setting(clean, 'min_side')})"),
+        ("file_too_small", f"lower clean.min_file_bytes (now {_setting(clean, 'min_file_bytes')})"),
+        ("monochrome", "set clean.monochrome.method: none if the art is meant to be monochrome"),
+    ) if reason in reasons] or ["see the clean manifests in results/<name>/clean/"]
+    return f"clean kept 0 of {len(clean)} faces ({_reasons(clean)}): {'; '.join(hints)}"
 
 
 def main(argv=None) -> None:
@@ -72,10 +82,8 @@ def main(argv=None) -> None:
     p.add_argument("--dedup", required=True)
     p.add_argument("--out-dir", required=True)
     p.add_argument("--shards", nargs="+", required=True)
-    p.add_argument("--config", default="{}")
     p.add_argument("stage_manifests", nargs="*", help="STAGE=R/<stage>/<shard>/manifest.tsv")
     a = p.parse_args(argv)
-    cfg = load_config_arg(a.config)
     stages: dict[str, list[Row]] = {}
     for item in a.stage_manifests:
         stage, _, path = item.partition("=")
@@ -83,7 +91,7 @@ def main(argv=None) -> None:
     stages["dedup"] = read_manifest(a.dedup)
     for stage, rows in stages.items():
         say(stage_summary(stage, rows))
-    message = why_nothing_left(stages, cfg)
+    message = why_nothing_left(stages)
     if message:
         stop(message)
     for shard, rows in split_duplicates(stages["dedup"], a.shards).items():

@@ -3,10 +3,6 @@ CLEAN_SHARD = {k: config["clean"][k] for k in ("min_side", "min_file_bytes", "mo
 CLEAN_SHARD["near_duplicates"] = {k: config["clean"]["near_duplicates"][k]
                                   for k in ("method", "hash_size", "flips")}  # hashes only
 CLEAN_DEDUP = {k: config["clean"][k] for k in ("exact_duplicates", "near_duplicates")}
-DEDUP_SHARDS = f"{R}/clean/dedup"
-# Only named by the stop message (no param: editing them must not rerun dedup).
-STOP_HINTS = json.dumps({"crop": {k: config["crop"][k] for k in ("method", "min_face")},
-                         "clean": {"min_side": config["clean"]["min_side"]}}, sort_keys=True)
 
 
 rule clean:
@@ -51,6 +47,7 @@ checkpoint dedup:
         stages=" ".join(f"{stage}={shlex.quote(m)}" for stage in ("ingest", "crop", "clean")
                         for m in shard_manifests(stage)),
         shards=" ".join(SHARDS),
+        out_dir=lambda wildcards, output: os.path.dirname(output.shards[0]),
     conda:
         CONDA_ENV
     log:
@@ -60,19 +57,6 @@ checkpoint dedup:
     shell:
         "python -m pipeline.clean dedup --output {output.tsv:q} --config {params.cfg:q}"
         " {input.manifests:q} > {log:q} 2>&1;"
-        " python -m pipeline.survivors --dedup {output.tsv:q} --out-dir {DEDUP_SHARDS:q}"
-        " --shards {params.shards} --config {STOP_HINTS:q} {params.stages}"
+        " python -m pipeline.survivors --dedup {output.tsv:q} --out-dir {params.out_dir:q}"
+        " --shards {params.shards} {params.stages}"
         " 2>&1 | python -m pipeline.console tee --append {log:q}"
-
-
-def after_dedup(pattern):
-    """An input known once the dedup checkpoint ran. Every per-shard job after dedup uses
-    it, so Snakemake re-plans each of them (not only upscale) after dedup and keeps the
-    shards whose duplicates did not change."""
-    def input_function(wildcards):
-        checkpoints.dedup.get()
-        return pattern.format(shard=wildcards.shard)
-    return input_function
-
-
-shard_duplicates = after_dedup(f"{DEDUP_SHARDS}/{{shard}}.tsv")

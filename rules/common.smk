@@ -37,7 +37,9 @@ validate(config, schema="../schemas/config.schema.yaml")
 shell.prefix(
     "set -euo pipefail; "  # snakemake's own strict mode, which a custom prefix replaces
     f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH"
-    f" PYTHONPATH={shlex.quote(str(BASE))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f" PYTHONPATH={shlex.quote(str(BASE))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"
+    # not a param: where the caches live changes no output, so moving them reruns nothing
+    f" FACEPREP_CACHE_DIR={shlex.quote(os.path.abspath(config['cache_dir']))}; "
 )
 
 # The software every rule needs (used with --use-conda; otherwise the current env).
@@ -108,6 +110,55 @@ REJECTS = config["rank"]["rejects"] or f"characters/{config['name']}.rejects.txt
 def rejects_input(wildcards):
     # optional: creating or editing the file reruns only the re-export and the report
     return [REJECTS] if Path(REJECTS).exists() else []
+
+
+# ---------------------------------------------------------------- exact params
+# Each rule's params are exactly the keys its stage reads (README "what reruns").
+
+
+def crop_keys(crop):
+    """The crop keys pipeline/crop.py reads for the chosen method (none: nothing else)."""
+    keys = {"animeface": ["scale_factor", "min_neighbors", "min_face", "max_faces", "margin", "border"],
+            "dlib": ["dlib_detector", "dlib_upsample", "min_face", "max_faces", "align"],
+            "none": []}[crop["method"]]
+    if crop["method"] == "dlib" and crop["align"] == "box":
+        keys += ["margin", "border"]  # the FFHQ quad has its own framing
+    return {k: crop[k] for k in ["method", *keys]}
+
+
+def upscale_config():
+    """Exactly the keys pipeline/upscale.py reads for the chosen method: `none` reads
+    nothing else; `lanczos` only plans the factor (target) and, for images of unknown
+    size, decodes them (background); waifu2x reads its model, noise and device too."""
+    up, norm = config["upscale"], config["normalize"]
+    cfg = {"method": up["method"]}
+    if up["method"] != "none":
+        cfg.update(target=norm["resolution"], background=norm["background"])
+    if up["method"] == "waifu2x":
+        cfg.update({k: up[k] for k in ("model", "noise", "gpu")})
+    return json.dumps(cfg, sort_keys=True)
+
+
+def encode_keys(*extra):
+    """The normalize keys that decide the written files; quality only for JPEG."""
+    norm = config["normalize"]
+    keys = [*extra, "resolution", "format"] + (["quality"] if norm["format"] == "jpg" else [])
+    return {k: norm[k] for k in keys}
+
+
+def after_dedup(pattern):
+    """An input known once the dedup checkpoint ran. Every per-shard job after dedup uses
+    it, so Snakemake re-plans each of them (not only upscale) after dedup and keeps the
+    shards whose duplicates did not change."""
+    def input_function(wildcards):
+        checkpoints.dedup.get()  # defined in rules/clean.smk
+        return pattern.format(shard=wildcards.shard)
+    return input_function
+
+
+# each shard's dedup drop rows (written by the dedup checkpoint, rules/clean.smk)
+DEDUP_SHARDS = f"{R}/clean/dedup"
+shard_duplicates = after_dedup(f"{DEDUP_SHARDS}/{{shard}}.tsv")
 
 
 # Per-image stages in order; the report's funnel reads their shard manifests.

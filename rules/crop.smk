@@ -1,16 +1,6 @@
 from pipeline.crop import model_files, used_models  # noqa: E402
 
 
-def crop_keys(crop):
-    """The crop keys pipeline/crop.py reads for the chosen method (none: nothing else)."""
-    keys = {"animeface": ["scale_factor", "min_neighbors", "min_face", "max_faces", "margin", "border"],
-            "dlib": ["dlib_detector", "dlib_upsample", "min_face", "max_faces", "align"],
-            "none": []}[crop["method"]]
-    if crop["method"] == "dlib" and crop["align"] == "box":
-        keys += ["margin", "border"]  # the FFHQ quad has its own framing
-    return {k: crop[k] for k in ["method", *keys]}
-
-
 rule crop:
     """Find faces (anime cascade, dlib + FFHQ alignment, or none) and cut square crops."""
     input:

@@ -1,10 +1,3 @@
-def encode_keys(*extra):
-    """The normalize keys that decide the written files; quality only for JPEG."""
-    norm = config["normalize"]
-    keys = [*extra, "resolution", "format"] + (["quality"] if norm["format"] == "jpg" else [])
-    return {k: norm[k] for k in keys}
-
-
 rule normalize:
     """Exactly R x R 8-bit sRGB JPEG/PNG (EXIF, ICC, modes, alpha, pad|crop), validated."""
     input:

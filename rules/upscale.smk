@@ -1,20 +1,3 @@
-def upscale_config():
-    """Exactly the keys pipeline/upscale.py reads for the chosen method: `none` reads
-    nothing else; `lanczos` only plans the factor (target) and, for images of unknown
-    size, decodes them (background); waifu2x reads its model, noise and device too."""
-    up, norm = config["upscale"], config["normalize"]
-    cfg = {"method": up["method"]}
-    if up["method"] != "none":
-        cfg.update(target=norm["resolution"], background=norm["background"])
-    if up["method"] == "waifu2x":
-        cfg.update({k: up[k] for k in ("model", "noise", "gpu")})
-    return json.dumps(cfg, sort_keys=True)
-
-
-# Not a param: where the cache lives changes no output, so moving it reruns nothing.
-UPSCALE_CACHE = f"{config['cache_dir']}/upscale"
-
-
 rule upscale:
     """Faces below the target side, among those that survived dedup: waifu2x (GPU or CPU)
     or Lanczos; a content cache."""
@@ -40,5 +23,5 @@ rule upscale:
         bench_path("upscale", "{shard}")
     shell:
         "python -m pipeline.upscale --input {input.manifest:q} --duplicates {input.duplicates:q}"
-        " --output {output:q} --config {params.cfg:q} --cache {UPSCALE_CACHE:q}"
+        " --output {output:q} --config {params.cfg:q} --cache \"$FACEPREP_CACHE_DIR/upscale\""
         " --threads {threads} > {log:q} 2>&1"

@@ -84,3 +84,26 @@ def test_a_failing_job_shows_its_log_tail_and_path(workdir):
     assert "last lines of results/tiny/logs/crop/0.log:" in tail
     assert "RuntimeError" in tail  # dlib's own error, from the log
     assert "--unlock" in tail.strip().splitlines()[-1]
+
+
+def test_stop_messages_name_the_setting_from_the_manifests():
+    """The stop line reads the settings the stages recorded (crop's min_face, clean's
+    min_side) and, when crop lists them, the sizes of the faces it found too small."""
+    from pipeline.manifest import Row
+    from pipeline.survivors import why_nothing_left
+    src = [Row(id=f"s{i}", source=f"{i}.jpg") for i in range(3)]
+    small = [[10, 10, 70, 70], [5, 5, 140, 120]]
+    crop = [r.drop("no_face", details={"method": "animeface", "min_face": 250,
+                                       **({"small_faces": small} if r.id == "s0" else {})})
+            for r in src]
+    assert why_nothing_left({"ingest": src, "crop": crop, "clean": [], "dedup": []}) == (
+        "crop kept 0 faces >= 250 px; 2 faces were found at 70-140 px: lower crop.min_face "
+        "(e.g. to 70)")
+    no_hint = [r.drop("no_face", details={"method": "animeface", "min_face": 250}) for r in src]
+    assert "lower crop.min_face or try another crop.method" in why_nothing_left(
+        {"ingest": src, "crop": no_hint, "clean": [], "dedup": []})
+    faces = [Row(id=f"s{i}-f0", source=f"{i}.jpg") for i in range(3)]
+    clean = [f.drop("too_small", details={"side": 40, "min_side": 64}) for f in faces]
+    assert why_nothing_left({"ingest": src, "crop": faces, "clean": clean, "dedup": []}) == (
+        "clean kept 0 of 3 faces (too_small 3): lower clean.min_side (now 64)")
+    assert why_nothing_left({"ingest": src, "crop": faces, "clean": faces, "dedup": faces}) is None
