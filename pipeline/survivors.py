@@ -2,7 +2,7 @@
 nothing survived.
 
     python -m pipeline.survivors --dedup R/clean/dedup.tsv --out-dir R/clean/dedup \
-        --shards 0 1 ... ingest=M crop=M clean=M ...
+        --shards 0,1,... ingest=M crop=M clean=M ...
 
 - ``<out-dir>/<shard>.tsv``: the dedup ``drop`` rows of that shard (manifest format, by
   id). Upscale reads its shard's file and works only on the faces that survived dedup.
@@ -81,12 +81,14 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dedup", required=True)
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--shards", nargs="+", required=True)
+    p.add_argument("--shards", required=True, help="the shard names, comma-separated")
     p.add_argument("stage_manifests", nargs="*", help="STAGE=R/<stage>/<shard>/manifest.tsv")
     a = p.parse_args(argv)
     stages: dict[str, list[Row]] = {}
     for item in a.stage_manifests:
-        stage, _, path = item.partition("=")
+        stage, sep, path = item.partition("=")
+        if not sep:
+            raise SystemExit(f"survivors: expected STAGE=MANIFEST, got {item!r}")
         stages.setdefault(stage, []).extend(read_manifest(path))
     stages["dedup"] = read_manifest(a.dedup)
     for stage, rows in stages.items():
@@ -94,7 +96,7 @@ def main(argv=None) -> None:
     message = why_nothing_left(stages)
     if message:
         stop(message)
-    for shard, rows in split_duplicates(stages["dedup"], a.shards).items():
+    for shard, rows in split_duplicates(stages["dedup"], a.shards.split(",")).items():
         write_manifest(Path(a.out_dir) / f"{shard}.tsv", rows)
 
 

@@ -46,7 +46,7 @@ checkpoint dedup:
         cfg=json.dumps(CLEAN_DEDUP, sort_keys=True),
         stages=" ".join(f"{stage}={shlex.quote(m)}" for stage in ("ingest", "crop", "clean")
                         for m in shard_manifests(stage)),
-        shards=" ".join(SHARDS),
+        shards=",".join(SHARDS),
         out_dir=lambda wildcards, output: os.path.dirname(output.shards[0]),
     conda:
         CONDA_ENV

@@ -178,6 +178,7 @@ def test_unavailable_waifu2x_falls_back_to_lanczos_and_says_so(tmp_path):
 
 
 def test_rule_declares_gpu_only_for_waifu2x(workdir):
+    copy_testdata(workdir / "raw", {SMALL.name})  # an empty raw folder stops at parse time
     def upscale_resources(overrides):
         proc = run_snakemake(workdir, "results/tiny/upscale/0/manifest.tsv", "-n",
                              overrides=overrides)
