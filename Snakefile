@@ -35,3 +35,10 @@ onerror:
     if _text:
         print(f"Complete log(s): {', '.join(map(str, log))}\n{_text}", file=sys.stderr)
         sys.exit(1)  # snakemake prints nothing after this, so the reason stays the last line
+
+
+onsuccess:
+    from pipeline.console import outcome
+
+    for _line in outcome(R):
+        print(f"faceprep: {_line}", file=sys.stderr)

@@ -161,6 +161,30 @@ def failure_report(snakemake_logs, workdir: str | Path = ".", lines: int = 15) -
     return "\n".join(parts + sorted(set(stops)))
 
 
+# ---------------------------------------------------------------- the end of a run
+
+def outcome(results: str | Path) -> list[str]:
+    """What a finished run left in ``results`` (R): the dataset, the ranked dataset and
+    its drops by reason, the report, for the console's last lines."""
+    from pipeline.manifest import read_manifest
+    R = Path(results)
+    lines = []
+    for folder, what in (("export", "dataset"), ("ranked", "ranked dataset")):
+        manifest = R / folder / "manifest.tsv"
+        if manifest.is_file():
+            try:
+                rows = read_manifest(manifest)
+            except (OSError, ValueError):
+                continue
+            kept = sum(r.kept for r in rows)
+            dropped = Counter(r.reason for r in rows if not r.kept)
+            why = f" ({', '.join(f'{k} {v}' for k, v in sorted(dropped.items()))} dropped)" if dropped else ""
+            lines.append(f"{what}: {kept} images{why} -> {R / folder}/")
+    if (R / "report" / "index.html").is_file():
+        lines.append(f"report: {R / 'report' / 'index.html'}")
+    return lines
+
+
 # ---------------------------------------------------------------- CLI
 
 def tee_main(log: str, append: bool) -> None:

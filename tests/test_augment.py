@@ -148,6 +148,10 @@ def test_rule_runs_on_normalize_manifests(workdir):
                         str(workdir / f"results/tiny/normalize/{shard}/manifest.tsv"), "--config",
                         json.dumps({"resolution": 32, "fit": "pad", "format": "png",
                                     "quality": 95, "background": [0, 0, 0]})])
+        # per-shard rules after dedup wait for its checkpoint: record "no duplicates"
+        write_manifest(workdir / f"results/tiny/clean/dedup/{shard}.tsv", [])
+    write_manifest(workdir / "results/tiny/clean/dedup.tsv", [])
+    (workdir / "raw" / FACES[0].name).write_bytes(FACES[0].read_bytes())  # not an empty folder
     targets = [f"results/tiny/augment/{s}/manifest.tsv" for s in "01"]
     run_snakemake(workdir, *targets, "--allowed-rules", "augment",
                   overrides={"augment": {"enabled": True, "copies": 3}})

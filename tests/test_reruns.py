@@ -164,6 +164,12 @@ def test_adding_a_raw_image_runs_only_its_shard(built):
     proc = run_snakemake(built, "dataset")
     assert executed(proc) == {"ingest": 1, "crop": 1, "clean": 1, "dedup": 1, "upscale": 1,
                               "normalize": 1, "export": 1, "zip": 1, "tfrecords": 1, "dataset": 1}
+    # the console told the story: per-stage lines from the gathers, the dataset at the end
+    out = proc.stderr
+    assert "faceprep: ingest: 7 kept, 1 dropped (truncated 1)" in out
+    assert "faceprep: dedup: 5 kept, 2 dropped (exact_duplicate 1, near_duplicate 1)" in out
+    assert "faceprep: upscale: 5 kept, 2 dropped (exact_duplicate 1, near_duplicate 1)" in out
+    assert "faceprep: dataset: 5 images -> results/tiny/export/" in out
     shard = str(shard_of("added.jpg", 2))
     assert re.search(rf"wildcards: shard={shard}\b", proc.stdout + proc.stderr)
     assert not re.search(rf"wildcards: shard={1 - int(shard)}\b", proc.stdout + proc.stderr)
