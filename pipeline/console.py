@@ -91,7 +91,9 @@ def config_error(config: dict, schema: dict) -> str | None:
         return f"config error: unknown key '{full}'{hint}"
     if e.validator == "required":
         return f"config error: {e.message}{f' in {where}' if where else ''}"
-    return f"config error: {where or '(top level)'} = {e.instance!r}: {e.message}"
+    about = _schema_at(schema, e.absolute_path).get("description")
+    return (f"config error: {where or '(top level)'} = {e.instance!r}: {e.message}"
+            + (f" ({where}: {about})" if about else ""))
 
 
 # ---------------------------------------------------------------- stage summaries
