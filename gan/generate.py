@@ -248,5 +248,22 @@ def main(argv=None) -> None:
     print(json.dumps(index, sort_keys=True), flush=True)
 
 
+
+def figure_links(generate_dir: str | os.PathLike, relative_to: str | os.PathLike) -> list[tuple[str, str]]:
+    """[(label, path relative to ``relative_to``)] of the figures a finished generate run lists
+    in generate.json (for a report page to link); [] when there is none. No TensorFlow."""
+    generate_dir = Path(generate_dir)
+    try:
+        index = json.loads((generate_dir / "generate.json").read_text())
+    except (OSError, ValueError):
+        return []
+    files = index.get("files", {})
+    named = [("truncation sweep", files.get("truncation")), ("style mixing", files.get("style_mixing")),
+             (f"interpolation video ({index.get('video_format', '?')})", files.get("video"))]
+    named += [(Path(f).stem, f) for f in files.get("seeds", [])]
+    return [(label, os.path.relpath(generate_dir / f, relative_to)) for label, f in named
+            if f and (generate_dir / f).is_file()]
+
+
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ from conftest import REPO, copy_testdata, run_snakemake, scheduled_jobs
 from PIL import Image
 
 from gan import checkpoint
-from gan.generate import generate, video_format
+from gan.generate import figure_links, generate, video_format
 from gan.legacy import load_tf1_pickle
 from gan.networks import Discriminator, Generator
 
@@ -112,6 +112,10 @@ def test_export_model_and_generate_targets(workdir):
     assert index["video_format"] == video_format()[0]
     check_figures(out, index)
     assert (R / "logs" / "generate" / "all.log").exists()
+    links = dict(figure_links(out, R / "report"))   # what a report page links
+    assert links["truncation sweep"] == "../generate/truncation.png"
+    assert links[f"interpolation video ({index['video_format']})"] == f"../generate/{index['files']['video']}"
+    assert links["seed0002"] == "../generate/seeds/seed0002.png"
     # up to date afterwards; a generate setting reruns only generate
     assert scheduled_jobs(workdir, "export_model", overrides=overrides) == {}
     assert scheduled_jobs(workdir, "generate", overrides=overrides) == {}
