@@ -100,7 +100,8 @@ def _synthesize(Gs, ws: np.ndarray, batch: int) -> np.ndarray:
     from gan.dataset import to_uint8
     out = [to_uint8(Gs.synthesis(tf.constant(ws[i:i + batch]), noise_mode="const")).numpy()
            for i in range(0, len(ws), batch)]
-    return np.concatenate(out) if out else np.zeros((0, Gs.resolution, Gs.resolution, Gs.num_channels), np.uint8)
+    empty = np.zeros((0, Gs.resolution, Gs.resolution, Gs.num_channels), np.uint8)
+    return np.concatenate(out) if out else empty
 
 
 # ---------------------------------------------------------------- pictures

@@ -245,7 +245,8 @@ class Trainer:
         self.gs_pairs = [(gs_vars[n], v) for n, v in G.named_variables().items()]
 
         with strategy.scope():
-            self.opt_g = keras.optimizers.Adam(**loss_lib.lazy_adam_args(float(cfg["lr_g"]), self.pl_interval))
+            self.opt_g = keras.optimizers.Adam(
+                **loss_lib.lazy_adam_args(float(cfg["lr_g"]), self.pl_interval))
             self.pl_mean = tf.Variable(0.0, trainable=False, name="pl_mean")
             self.opt_d = keras.optimizers.Adam(
                 **loss_lib.lazy_adam_args(float(cfg["lr_d"]), self.r1_interval))

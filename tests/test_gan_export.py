@@ -100,10 +100,13 @@ def nvidia_d_vars(kw, family):
         s = f"{2 ** res}x{2 ** res}"
         out += [(f"{s}/Conv0/weight", (3, 3, nf(res - 1), nf(res - 1))), (f"{s}/Conv0/bias", (nf(res - 1),)),
                 (f"{s}/Conv1_down/weight", (3, 3, nf(res - 1), nf(res - 2))),
-                (f"{s}/Conv1_down/bias", (nf(res - 2),)), (f"{s}/Skip/weight", (1, 1, nf(res - 1), nf(res - 2)))]
+                (f"{s}/Conv1_down/bias", (nf(res - 2),)),
+                (f"{s}/Skip/weight", (1, 1, nf(res - 1), nf(res - 2)))]
     features = kw.get("mbstd_num_features", 1)
     group = kw.get("mbstd_group_size", 4 if family == "stylegan2" else None)
-    mbstd = features if (family == "stylegan2" and group > 1) or (family != "stylegan2" and features > 0) else 0
+    # stylegan2 adds the layer when group > 1, stylegan2-ada when features > 0
+    on = group > 1 if family == "stylegan2" else features > 0
+    mbstd = features if on else 0
     out += [("4x4/Conv/weight", (3, 3, nf(1) + mbstd, nf(1))), ("4x4/Conv/bias", (nf(1),)),
             ("4x4/Dense0/weight", (nf(1) * 16, nf(0))), ("4x4/Dense0/bias", (nf(0),)),
             ("Output/weight", (nf(0), 1)), ("Output/bias", (1,))]
@@ -190,7 +193,7 @@ def test_dlatent_avg_beta_none_means_not_tracked(tmp_path, fake_dnnlib):
     assert G.w_avg_beta == 1.0
     G(tf.random.normal([4, 16]), training=True)   # a training call tracks w_avg... unless off
     np.testing.assert_array_equal(G.w_avg.numpy(), values["G"]["dlatent_avg"])
-    values = nvidia_pickle(fake_dnnlib, tmp_path / "b.pkl", "stylegan2", {**g_kw, "dlatent_avg_beta": 0.9}, d_kw)
+    nvidia_pickle(fake_dnnlib, tmp_path / "b.pkl", "stylegan2", {**g_kw, "dlatent_avg_beta": 0.9}, d_kw)
     G, _, _ = load_tf1_pickle(tmp_path / "b.pkl")
     assert G.w_avg_beta == 0.9
 

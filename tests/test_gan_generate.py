@@ -105,7 +105,8 @@ def test_export_model_and_generate_targets(workdir):
         theirs = back.named_variables()
         for name, var in ours.named_variables().items():
             np.testing.assert_array_equal(theirs[name].numpy(), var.numpy(), err_msg=name)
-    assert checkpoint.read_meta(R / "model" / "tiny.npz")["extra"]["exported_from"].endswith("network-final.npz")
+    meta = checkpoint.read_meta(R / "model" / "tiny.npz")
+    assert meta["extra"]["exported_from"].endswith("network-final.npz")
 
     out = R / "generate"
     index = json.loads((out / "generate.json").read_text())

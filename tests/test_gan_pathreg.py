@@ -47,7 +47,8 @@ def test_penalty_moving_average_lazy_scaling_and_defaults():
     assert loss_lib.pl_weight_for({"pl_weight": "auto"}, 8192) == 0.0
     assert loss_lib.pl_weight_for({"pl_weight": 0.5}, 256) == 0.5
     cfg = resolve_config({})
-    assert (cfg["pl_weight"], cfg["pl_interval"], cfg["pl_decay"], cfg["pl_batch_shrink"]) == ("auto", 4, 0.01, 2)
+    defaults = (cfg["pl_weight"], cfg["pl_interval"], cfg["pl_decay"], cfg["pl_batch_shrink"])
+    assert defaults == ("auto", 4, 0.01, 2)
 
 
 def test_penalty_trains_mapping_and_synthesis():
