@@ -202,6 +202,12 @@ def generate(network: str | os.PathLike, outdir: str | os.PathLike, cfg: dict,
     """Write every figure of the module docstring into ``outdir``; returns the index."""
     cfg = resolve_config(cfg)
     outdir = Path(outdir)
+    import tensorflow as tf
+    for gpu in tf.config.list_physical_devices("GPU"):   # share a GPU instead of taking it all
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:   # already initialized in this process: keep its setting
+            pass
     Gs = load_generator(network)
     batch, psi = int(cfg["batch"]), float(cfg["psi"])
     fmt, why = video_format()

@@ -45,8 +45,9 @@ rule generate:
     params:
         cfg=json.dumps({k: v for k, v in config["generate"].items() if k != "network"}, sort_keys=True),
         outdir=GENERATE_DIR,
+    # no gpu resource: a few hundred images run on CPU in minutes; TF still uses a visible GPU
+    # (memory growth on, so it shares one with a rank job)
     resources:
-        gpu=1,
         mem_mb=8000,
         runtime=60,
     conda:
