@@ -110,6 +110,38 @@ def list_raw_dir(raw_dir: str | os.PathLike) -> list[tuple]:
     return found
 
 
+def _within(inner: str, outer: str) -> bool:
+    inner, outer = os.path.realpath(inner), os.path.realpath(outer)
+    return os.path.commonpath([inner, outer]) == outer
+
+
+def config_path_problem(cfg: dict, rejects: str | None = None) -> str:
+    """One line saying why these config paths cannot work together, or "".
+
+    Outputs inside raw_dir would be listed and ingested by the next run (which then never
+    settles); raw_dir inside an output folder could be deleted with it.
+    """
+    raw = cfg["raw_dir"]
+    for key in ("results_dir", "cache_dir"):
+        out = cfg.get(key)
+        if not out:
+            continue
+        if _within(out, raw):
+            return (f"faceprep: {key} {out!r} is inside raw_dir {raw!r}: every run would ingest "
+                    f"its own outputs; put {key} outside raw_dir")
+        if _within(raw, out):
+            return (f"faceprep: raw_dir {raw!r} is inside {key} {out!r}: outputs and sources "
+                    f"must not share a folder; move one of them")
+    metadata = (cfg.get("ingest") or {}).get("metadata")
+    if metadata and not os.path.isfile(metadata):
+        what = "a folder" if os.path.isdir(metadata) else "not a file"
+        return f"faceprep: ingest.metadata {metadata!r} is {what}; expected a JSONL file"
+    if rejects and os.path.isdir(rejects):
+        return (f"faceprep: the rejects file {rejects!r} (rank.rejects) is a folder; "
+                "expected a text file with one image id per line")
+    return ""
+
+
 def format_listing(entries) -> str:
     # JSON escapes tab/CR/LF; a 4th column only for problems keeps old listings valid
     return "".join(f"{json.dumps(e[0], ensure_ascii=False)}\t{e[1]}\t{e[2]}"

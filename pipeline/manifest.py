@@ -82,13 +82,27 @@ def tsv_field(value) -> str:
     """One TSV field, quoted like the csv module's (doubled quotes) whenever it holds a tab,
     quote, CR or LF. csv.writer leaves CR unquoted with a "\\n" line terminator, and a
     reader then splits the row."""
-    s = str(value)
+    s = "" if value is None else str(value)
     return f'"{s.replace(chr(34), chr(34) * 2)}"' if _QUOTE.search(s) else s
 
 
 def format_tsv(rows: Iterable[Iterable]) -> str:
     """Rows of fields as TSV text that ``csv.reader(f, delimiter="\\t")`` reads back exactly."""
     return "".join("\t".join(tsv_field(v) for v in row) + "\n" for row in rows)
+
+
+class tsv_writer:
+    """Drop-in for ``csv.writer(f, delimiter="\\t", lineterminator="\\n")`` that also
+    quotes CR (see ``tsv_field``)."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def writerow(self, row: Iterable) -> None:
+        self._f.write(format_tsv([row]))
+
+    def writerows(self, rows: Iterable[Iterable]) -> None:
+        self._f.write(format_tsv(rows))
 
 
 def format_manifest(rows: Iterable[Row]) -> str:
