@@ -387,3 +387,22 @@ def test_config_cannot_escape(workdir):
     assert not (workdir / "raw" / "results").exists()
     bad = run_snakemake(workdir, "dataset", "-n", overrides={"name": "-x"}, check=False)
     assert bad.returncode != 0 and "'-x' does not match" in bad.stdout + bad.stderr
+
+
+def test_metadata_with_bad_lines_through_a_real_run_in_an_awkward_results_dir(workdir):
+    raw = workdir / "raw"
+    for name in ("anime_miku_noisy.jpg", "noface_city.jpg"):
+        shutil.copyfile(TESTDATA / name, raw / name)
+    jsonl = workdir / "posts.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + json.dumps({"md5": "anime_miku_noisy", "tag_string": "miku"}).encode()
+                      + b"\n[1]\n" + json.dumps({"md5": "noface_city", "tags": {"a": 1}}).encode() + b"\n")
+    results = "res'ults dir"  # a quote and a space in every output path of the shell commands
+    run_snakemake(workdir, f"{results}/tiny/ingest/0/manifest.tsv", f"{results}/tiny/ingest/1/manifest.tsv",
+                  overrides={"results_dir": results, "ingest": {"metadata": str(jsonl),
+                                                                "tags_include": ["miku"]}})
+    R = workdir / results / "tiny"
+    rows = {r.source: r for r in read_manifests(sorted(R.glob("ingest/*/manifest.tsv")))}
+    assert rows["anime_miku_noisy.jpg"].kept
+    assert rows["noface_city.jpg"].reason == "metadata_malformed"
+    log = (R / "logs" / "metadata_filter" / "all.log").read_text()
+    assert "metadata line 2:" in log and "metadata line 3:" in log
