@@ -52,7 +52,10 @@ def _fd2_captured():
 
 
 def jpeg_damage(data: bytes) -> str:
-    """libjpeg's first corrupt-data / premature-end warning for these JPEG bytes, or ""."""
+    """libjpeg's first corrupt-data / premature-end warning for these JPEG bytes, or "".
+
+    Redirects the process's fd 2 while decoding: call it from one thread at a time
+    (ingest checks a shard's files one after another)."""
     import cv2
     with _fd2_captured() as err:
         cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)

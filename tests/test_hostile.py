@@ -162,7 +162,7 @@ def test_every_raw_path_accounted_for_and_any_name_survives_a_real_run(workdir):
     # ingest: exactly one row per expected path, with the expected verdict
     rows = read_manifests(sorted(R.glob("ingest/*/manifest.tsv")))
     counts = Counter(r.source for r in rows)
-    assert counts == Counter(expected), set(counts) ^ set(expected)
+    assert counts == Counter(list(expected)), set(counts) ^ set(expected)
     verdict = {r.source: ("keep" if r.kept else r.reason) for r in rows}
     assert verdict == expected
     by_source = {r.source: r for r in rows}
@@ -172,7 +172,7 @@ def test_every_raw_path_accounted_for_and_any_name_survives_a_real_run(workdir):
 
     # provenance: one row per raw path (crop method none: no faces split off), names exact
     prov = read_tsv(R / "provenance.tsv")
-    assert Counter(p["source"] for p in prov) == Counter(expected)
+    assert Counter(p["source"] for p in prov) == Counter(list(expected))
     for p in prov:
         if expected[p["source"]] != "keep":
             assert (p["last_stage"], p["action"], p["reason"]) == (
