@@ -66,16 +66,21 @@ def list_raw_dir(raw_dir: str | os.PathLike) -> list[tuple]:
         except OSError:
             found.append((rel, 0, 0, reason))
 
-    def walk(real_dir: str, rel_dir: str, ancestors: frozenset) -> None:
+    # an explicit stack, not recursion: a hostile tree may nest deeper than Python recurses
+    stack = [(root, "", frozenset({root}))]
+    while stack:
+        real_dir, rel_dir, ancestors = stack.pop()
         try:
             with os.scandir(real_dir) as it:
                 entries = list(it)
-        except OSError:
+        except OSError as e:
+            if not rel_dir:
+                raise SystemExit(f"faceprep: raw_dir {str(raw_dir)!r} cannot be listed: {e.strerror}")
             problem(rel_dir, real_dir, UNREADABLE_FOLDER)
-            return
+            continue
         for entry in entries:
             rel = os.path.join(rel_dir, entry.name) if rel_dir else entry.name
-            full = os.path.join(real_dir, entry.name)
+            full = os.path.join(real_dir, entry.name)  # real: real_dir is, entry is no link
             target = full
             if entry.is_symlink():
                 try:
@@ -93,19 +98,16 @@ def list_raw_dir(raw_dir: str | os.PathLike) -> list[tuple]:
                 problem(rel, full, DANGLING_SYMLINK if target != full else "unreadable")
                 continue
             if stat.S_ISDIR(st.st_mode):
-                real = os.path.realpath(target)
                 if entry.name.startswith("."):
                     problem(rel, full, HIDDEN_FOLDER)
-                elif real in ancestors:
+                elif target in ancestors:
                     problem(rel, full, SYMLINK_LOOP)
                 else:
-                    walk(real, rel, ancestors | {real})
+                    stack.append((target, rel, ancestors | {target}))
             elif stat.S_ISREG(st.st_mode):
                 found.append((rel, st.st_size, st.st_mtime_ns, ""))
             else:
                 problem(rel, full, NOT_A_FILE)
-
-    walk(root, "", frozenset({root}))
     found.sort()
     return found
 

@@ -222,6 +222,18 @@ def test_listing_round_trips_any_name(tmp_path):
     assert read_manifest(tmp_path / "m.tsv") == rows
 
 
+def test_listing_survives_nesting_deeper_than_python_recursion(tmp_path):
+    raw = tmp_path / "raw"
+    deep = str(raw)
+    os.mkdir(deep)
+    for _ in range(sys.getrecursionlimit() + 200):
+        deep = os.path.join(deep, "d")
+        os.mkdir(deep)
+    Path(deep, "x.png").write_bytes(b"x")
+    (entry,) = ingest.list_raw_dir(raw)
+    assert entry[0].endswith("/d/x.png") and entry[3] == ""
+
+
 def run_ingest(tmp_path: Path, raw: Path, cfg=CFG) -> list[Row]:
     ingest.write_shard_listings(ingest.list_raw_dir(raw), tmp_path / "listing", ["0"])
     out = tmp_path / "ingest" / "manifest.tsv"
