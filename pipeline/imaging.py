@@ -111,6 +111,7 @@ def decode_check(path: str | Path, max_pixels: int, keep_damaged: bool = False) 
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as im:
+                first_real_frame(im, info)  # the size checked is the size used
                 info.update(format=im.format, mode=im.mode, width=im.width, height=im.height)
                 if im.width * im.height > max_pixels:
                     info["max_pixels"] = max_pixels
@@ -174,17 +175,32 @@ def _icc_to_srgb(im: Image.Image, notes: dict) -> Image.Image:
         return im
 
 
+def first_real_frame(im: Image.Image, notes: dict | None = None) -> None:
+    """Move ``im`` (just opened) to the frame to use. Image.open is at the first frame, and
+    we never seek(0): a PSD refuses it (its frame 0 is the merged image, layers are 1..n).
+    A TIFF may start with a thumbnail page (NewSubfileType bit 0, "reduced resolution"):
+    use the first full page."""
+    if im.format != "TIFF" or not im.tag_v2.get(254, 0) & 1:
+        return
+    for page in range(1, getattr(im, "n_frames", 1)):
+        im.seek(page)
+        if not im.tag_v2.get(254, 0) & 1:
+            if notes is not None:
+                notes["page"] = page
+            return
+    im.seek(0)
+
+
 def load_rgb(path: str | Path | io.BytesIO, background: tuple[int, int, int] = (0, 0, 0)) -> tuple[Image.Image, dict]:
     """Open ``path`` as upright 8-bit sRGB ``RGB``. Returns (image, notes about what was done).
 
     EXIF orientation applied; ICC profile converted to sRGB; CMYK, LAB, 16-bit, float,
     palette and grayscale made RGB; alpha composited over ``background``; first frame
-    of an animation.
+    of an animation, merged image of a PSD, first full-resolution page of a TIFF.
     """
     notes: dict = {}
     with Image.open(path) as src:
-        # Image.open is at the first real frame: no seek(0), which a PSD refuses (its
-        # frame 0 is the merged image, layers are 1..n)
+        first_real_frame(src, notes)
         notes["mode"] = src.mode
         im = ImageOps.exif_transpose(src)  # copies, also when no orientation tag
         if im is src:

@@ -257,6 +257,12 @@ def test_damaged_images_dropped_or_kept_with_a_flag_and_first_frame_used(tmp_pat
         first = im.convert("RGB").resize((64, 64))
     frames = [first, Image.new("RGB", (64, 64), (255, 0, 255))]
     frames[0].save(raw / "anim.png", save_all=True, append_images=frames[1:])  # APNG
+    # a TIFF whose first page is a red thumbnail flagged "reduced resolution"
+    import tifffile
+    thumb = np.zeros((16, 16, 3), np.uint8)
+    thumb[..., 0] = 255
+    tifffile.imwrite(raw / "thumb_first.tif", thumb, subfiletype=1, photometric="rgb")
+    tifffile.imwrite(raw / "thumb_first.tif", np.asarray(first), append=True, photometric="rgb")
 
     rows = {r.source: r for r in run_ingest(tmp_path / "a", raw)}
     assert (rows["zeroed.jpg"].reason, rows["cut.png"].reason, rows["flipped.png"].reason) == (
@@ -264,6 +270,7 @@ def test_damaged_images_dropped_or_kept_with_a_flag_and_first_frame_used(tmp_pat
     assert "CRC" in rows["flipped.png"].details["damage"]
     assert rows["layered.jpg"].kept and rows["anim.png"].kept
     assert rows["anim.png"].details["frames"] == 2
+    assert (rows["thumb_first.tif"].width, rows["thumb_first.tif"].details["page"]) == (64, 1)
 
     kept = {r.source: r for r in run_ingest(tmp_path / "b", raw, {**CFG, "damaged": "keep"})}
     assert all(r.kept for r in kept.values())
@@ -276,8 +283,9 @@ def test_damaged_images_dropped_or_kept_with_a_flag_and_first_frame_used(tmp_pat
                                             "quality": 95, "background": [0, 0, 0]})])
     normed = {r.source: r for r in read_manifest(out)}
     assert normed["layered.jpg"].kept
-    with Image.open(normed["anim.png"].path) as im:
-        assert np.abs(np.asarray(im, np.int16) - np.asarray(first, np.int16)).mean() < 2
+    for name in ("anim.png", "thumb_first.tif"):
+        with Image.open(normed[name].path) as im:
+            assert np.abs(np.asarray(im, np.int16) - np.asarray(first, np.int16)).mean() < 2, name
 
 
 def mutate(data: bytes, rng: random.Random) -> tuple[str, bytes]:
