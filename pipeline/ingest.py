@@ -43,6 +43,10 @@ DANGLING_SYMLINK = "dangling_symlink"
 SYMLINK_LOOP = "symlink_loop"              # a link to itself or to a folder it is inside
 SYMLINK_OUTSIDE = "symlink_outside_raw_dir"
 NOT_A_FILE = "not_a_regular_file"          # FIFO, socket, device: opening one could block
+SYMLINK_REPEATED = "symlink_repeated"      # folder already listed through MAX_LINKS_PER_FOLDER links
+# Links can reach a folder along exponentially many paths (a/l1,a/l2 -> b; b/l1,b/l2 -> c...):
+# each real folder is listed through at most this many folder links.
+MAX_LINKS_PER_FOLDER = 16
 
 
 def list_raw_dir(raw_dir: str | os.PathLike) -> list[tuple]:
@@ -51,8 +55,9 @@ def list_raw_dir(raw_dir: str | os.PathLike) -> list[tuple]:
     ``problem`` is "" for a regular file to ingest, else one of the listing reasons above.
     Symlinks are followed while they stay inside raw_dir (a linked file or folder is listed
     under the link's path); a link leaving raw_dir, dangling or looping is listed with its
-    reason instead. Dot-folders are listed once as ``hidden_folder`` and not searched;
-    dot-files are ordinary files.
+    reason instead (as is a folder link past the ``MAX_LINKS_PER_FOLDER``-th to the same
+    folder). Dot-folders are listed once as ``hidden_folder`` and not searched; dot-files
+    are ordinary files.
     """
     root = os.path.realpath(raw_dir)
     if not os.path.isdir(root):
@@ -68,11 +73,12 @@ def list_raw_dir(raw_dir: str | os.PathLike) -> list[tuple]:
 
     # an explicit stack, not recursion: a hostile tree may nest deeper than Python recurses
     stack = [(root, "", frozenset({root}))]
+    via_links: dict[str, int] = {}
     while stack:
         real_dir, rel_dir, ancestors = stack.pop()
         try:
             with os.scandir(real_dir) as it:
-                entries = list(it)
+                entries = sorted(it, key=lambda e: e.name, reverse=True)  # same order every run
         except OSError as e:
             if not rel_dir:
                 raise SystemExit(f"faceprep: raw_dir {str(raw_dir)!r} cannot be listed: {e.strerror}")
@@ -102,7 +108,11 @@ def list_raw_dir(raw_dir: str | os.PathLike) -> list[tuple]:
                     problem(rel, full, HIDDEN_FOLDER)
                 elif target in ancestors:
                     problem(rel, full, SYMLINK_LOOP)
+                elif target != full and via_links.get(target, 0) >= MAX_LINKS_PER_FOLDER:
+                    problem(rel, full, SYMLINK_REPEATED)
                 else:
+                    if target != full:
+                        via_links[target] = via_links.get(target, 0) + 1
                     stack.append((target, rel, ancestors | {target}))
             elif stat.S_ISREG(st.st_mode):
                 found.append((rel, st.st_size, st.st_mtime_ns, ""))

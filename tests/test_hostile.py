@@ -234,6 +234,24 @@ def test_listing_survives_nesting_deeper_than_python_recursion(tmp_path):
     assert entry[0].endswith("/d/x.png") and entry[3] == ""
 
 
+def test_listing_of_exponentially_many_link_paths_is_bounded(tmp_path):
+    """Two links per level to the next level: 2**24 paths if every link were followed."""
+    raw = tmp_path / "raw"
+    levels = 24
+    for k in range(levels):
+        (raw / f"a{k}").mkdir(parents=True)
+        if k:
+            for link in ("l1", "l2"):
+                os.symlink(f"../a{k}", raw / f"a{k - 1}" / link)
+    (raw / f"a{levels - 1}" / "x.png").write_bytes(b"x")
+    entries = ingest.list_raw_dir(raw)
+    paths = [e[0] for e in entries]
+    assert len(paths) == len(set(paths)) < 5000
+    assert f"a{levels - 1}/x.png" in paths
+    assert Counter(e[3] for e in entries)["symlink_repeated"] > 0
+    assert ingest.list_raw_dir(raw) == entries  # the same choice every time
+
+
 def run_ingest(tmp_path: Path, raw: Path, cfg=CFG) -> list[Row]:
     ingest.write_shard_listings(ingest.list_raw_dir(raw), tmp_path / "listing", ["0"])
     out = tmp_path / "ingest" / "manifest.tsv"
