@@ -230,8 +230,14 @@ def test_listing_survives_nesting_deeper_than_python_recursion(tmp_path):
         deep = os.path.join(deep, "d")
         os.mkdir(deep)
     Path(deep, "x.png").write_bytes(b"x")
-    (entry,) = ingest.list_raw_dir(raw)
-    assert entry[0].endswith("/d/x.png") and entry[3] == ""
+    try:
+        (entry,) = ingest.list_raw_dir(raw)
+        assert entry[0].endswith("/d/x.png") and entry[3] == ""
+    finally:  # bottom up: Python 3.11's shutil.rmtree (pytest's cleanup) recurses too
+        os.remove(os.path.join(deep, "x.png"))
+        while deep != str(raw):
+            os.rmdir(deep)
+            deep = os.path.dirname(deep)
 
 
 def test_listing_of_exponentially_many_link_paths_is_bounded(tmp_path):
