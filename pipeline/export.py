@@ -60,7 +60,7 @@ def read_rejects(path: str | os.PathLike | None, warn=None) -> set[str]:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     out = set()
-    for n, raw in enumerate(data.replace(b"\r\n", b"\n").split(b"\n"), 1):
+    for n, raw in enumerate(data.splitlines(), 1):  # LF, CRLF or CR
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:

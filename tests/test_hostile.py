@@ -391,9 +391,9 @@ def test_metadata_jsonl_parsed_defensively(tmp_path, capsys):
 def test_rejects_file_parsed_defensively(tmp_path, capsys):
     rejects = tmp_path / "rejects.txt"
     rejects.write_bytes(b"\xef\xbb\xbfaaaa000011112222\r\n# rejet\xe9 par moi\r\n"
-                        b"bbbb000011112222  # comment\r\ncaf\xe9.jpg\r\n\r\n")
+                        b"bbbb000011112222  # comment\r\ncaf\xe9.jpg\r\n\r\ncccc\rdddd\n")
     got = export.read_rejects(rejects)
-    assert got == {"aaaa000011112222", "bbbb000011112222", os.fsdecode(b"caf\xe9.jpg")}
+    assert got == {"aaaa000011112222", "bbbb000011112222", os.fsdecode(b"caf\xe9.jpg"), "cccc", "dddd"}
     err = capsys.readouterr().err
     assert "line 2 is not UTF-8" in err and "line 4 is not UTF-8" in err
     with pytest.raises(SystemExit, match="is a folder"):
