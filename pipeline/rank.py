@@ -174,7 +174,8 @@ def rank_rows(rows: list[Row], per_shuffle: np.ndarray) -> list[Score]:
 
 def format_scores(scores: list[Score]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    from pipeline.manifest import tsv_writer  # quotes CR too: any file name (issue 16)
+    writer = tsv_writer(buf)
     names = sorted({name for s in scores for name in s.signals})
     writer.writerow(SCORE_COLUMNS + [SIGNAL_PREFIX + n for n in names])
     for s in scores:
@@ -186,7 +187,7 @@ def format_scores(scores: list[Score]) -> str:
 
 def read_scores(path: str | os.PathLike) -> list[Score]:
     """scores.tsv back as Score rows, in file order (worst first)."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:  # any name
         return [Score(r["id"], float(r["score"]), float(r["std"]), r["source"],
                       json.loads(r["crop_box"]) if r["crop_box"] else None, r["path"],
                       {k[len(SIGNAL_PREFIX):]: float(v) for k, v in r.items()
