@@ -29,5 +29,8 @@ rule finetune:
     benchmark:
         bench_path("finetune")
     shell:
-        "python -m gan.train --data {params.tfrecord_dir:q} --run-dir {params.run_dir:q}"
-        " --manifest {input.manifest:q} --config {params.cfg:q} --output {output:q} > {log:q} 2>&1"
+        # the whole output goes to the log; which run, resume/warm start, warnings and the
+        # training ticks (kimg, sec/kimg, losses, ETA) also to the console while it runs
+        "set -o pipefail; python -m gan.train --data {params.tfrecord_dir:q} --run-dir {params.run_dir:q}"
+        " --manifest {input.manifest:q} --config {params.cfg:q} --output {output:q} 2>&1"
+        " | tee {log:q} | sed -un 's/^\\(run\\|start\\|resume\\|tick\\|warning\\|done\\|published\\)\\b/finetune: &/p' >&2"
