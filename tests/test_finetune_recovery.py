@@ -112,6 +112,10 @@ def test_sigkill_in_training_and_in_rank_then_unlock_and_rerun(tmp_path, monkeyp
     assert re.search(r"warning: resume: skipping unreadable snapshot \S+network-snapshot-000000128\.npz", log)
     assert "network-snapshot-000000096.npz at kimg 0.096" in log
     assert "start:" not in log
+    # the same story on the console while it runs: the run, the skipped file, the ticks
+    console = rerun.stdout + rerun.stderr
+    assert re.search(r"^finetune: warning: resume: skipping unreadable snapshot \S+000000128\.npz", console, re.M)
+    assert re.search(r"^finetune: tick \d+\s+kimg\s+0\.128 / 0\.128\s+sec/kimg .* eta ", console, re.M)
     second = assert_consistent(workdir, 0.128)
     assert second["id"] == first["id"]
     assert not list(snaps.glob(".*.tmp"))
