@@ -430,7 +430,9 @@ def pick_resume(run_dir: Path, cfg: dict, resolution: int, run: dict | None = No
             continue
         stored = _arch(meta["extra"].get("training_config", {}))
         stored_res = (meta["networks"].get("G") or {}).get("resolution")
-        if run is not None and not same_identity(meta["extra"].get("run") or {}, run):
+        if run is not None:   # the identity covers data, architecture and the pretrained bytes
+            if same_identity(meta["extra"].get("run") or {}, run):
+                return path
             log(f"resume: skipping {path.name} (another run: data, architecture or pretrained "
                 "file differ)")
             continue
