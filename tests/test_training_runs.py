@@ -170,6 +170,12 @@ def test_pretrained_replaced_at_the_same_path(images, tmp_path, capsys, op_deter
     log1, extra1 = train(data, finetune, capsys, pretrained=str(pretrained), pretrained_sha256=first_sha)
     assert f"start: pretrained {pretrained}" in log1
     assert extra1["run"]["pretrained"] == {"path": str(pretrained), "sha256": first_sha}
+    # the same bytes under another path: the same run, resumed (nothing to train)
+    moved = tmp_path / "moved.npz"
+    shutil.copyfile(pretrained, moved)
+    log_moved, extra_moved = train(data, finetune, capsys, pretrained=str(moved))
+    assert extra_moved["run"]["id"] == extra1["run"]["id"] and "resume: " in log_moved
+    assert TICK_KIMG.findall(log_moved) == [] and len(run_dirs(finetune)) == 1
 
     second_sha = save_pretrained(7)         # a different file at the same path
     assert second_sha != first_sha
