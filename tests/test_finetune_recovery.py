@@ -1,7 +1,7 @@
 """Kills and damage recover: real `snakemake ranked_dataset` runs on the tiny config, killed
-with SIGKILL (snakemake and every job it started) during training after a snapshot and
-during rank, with a half-written snapshot temp file and a truncated snapshot left behind.
-After `--unlock` and the README's rerun command every output is present and consistent with
+with SIGKILL (snakemake and every job it started) during training after a snapshot,
+during rank and during the report, with a half-written snapshot temp file and a truncated
+snapshot left behind. After `--unlock` and the README's rerun command every output is present and consistent with
 the current config and data: the final network comes from the run of the current dataset
 fingerprint at the configured kimg, and rank, ranked export and report were redone from it.
 """
@@ -84,7 +84,7 @@ def assert_consistent(workdir: Path, kimg: float) -> dict:
     return run
 
 
-def test_sigkill_in_training_and_in_rank_then_unlock_and_rerun(tmp_path, monkeypatch):
+def test_sigkill_in_training_rank_and_report_then_unlock_and_rerun(tmp_path, monkeypatch):
     workdir = tmp_path
     monkeypatch.chdir(workdir)     # manifests name files relative to the working folder
     raw = make_raw(workdir)
@@ -137,3 +137,15 @@ def test_sigkill_in_training_and_in_rank_then_unlock_and_rerun(tmp_path, monkeyp
     assert new_snaps == ["network-snapshot-000000032.npz", "network-snapshot-000000064.npz",
                          "network-snapshot-000000096.npz", "network-snapshot-000000128.npz"]
     assert (snaps / "network-snapshot-000000128.npz").exists()
+
+    # 3. a rejects file appears (reruns ranked export and report), SIGKILL during the report
+    rejected = sorted(r.id for r in kept(read_manifest(R / "export" / "manifest.tsv")))[0]
+    (workdir / "characters").mkdir()
+    (workdir / "characters" / "tiny.rejects.txt").write_text(f"{rejected}\n")
+    proc = start(workdir, more)
+    wait_for(proc, "report job", lambda: "pipeline.report" in running_stage_jobs(proc))
+    kill_group(proc)
+    rerun = recover(workdir, more)
+    assert "finetune" not in job_stats(rerun) and "report" in job_stats(rerun)
+    assert assert_consistent(workdir, 0.128) == third
+    assert {r.id: r.reason for r in read_manifest(R / "ranked" / "manifest.tsv")}[rejected] == "rejected"
