@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,13 +162,18 @@ def verify_sha256(path: str, expected: str | None) -> None:
 
 
 def build_networks(cfg: dict, resolution: int, channels: int, snapshot: Path | None,
-                   mixed_precision: bool = False):
-    """(G, D, Gs, extra, how): from a snapshot, the pretrained file, or fresh (seeded)."""
+                   mixed_precision: bool = False, warm_start: Path | None = None):
+    """(G, D, Gs, extra, how): from a snapshot, a warm-start network (another run's final:
+    its weights, not its image count), the pretrained file, or fresh (seeded)."""
     from gan import checkpoint, networks
     extra: dict = {}
     if snapshot is not None:
         G, D, Gs, extra = checkpoint.load_network(snapshot)
         how = f"snapshot {snapshot}"
+    elif warm_start is not None:
+        G, D, Gs, warm_extra = checkpoint.load_network(warm_start)
+        extra = {"augment_p": warm_extra.get("augment_p", 0.0)}   # D's overfitting state carries over
+        how = f"warm start {warm_start}"
     elif cfg.get("pretrained"):
         pretrained = str(cfg["pretrained"])
         verify_sha256(pretrained, cfg.get("pretrained_sha256"))
@@ -434,11 +440,14 @@ def _arch(cfg: dict) -> dict:
     return {k: cfg.get(k) for k in ARCH_KEYS}
 
 
-def pick_resume(run_dir: Path, cfg: dict, resolution: int) -> Path | None:
+def pick_resume(run_dir: Path, cfg: dict, resolution: int, run: dict | None = None) -> Path | None:
     """The snapshot to continue from, per `resume` (latest | none | <path>). `latest` is
-    the newest snapshot of this run's network (same pretrained file, sizes, resolution):
-    snapshots of an earlier configuration are skipped, not resumed."""
+    the newest readable snapshot of this run's network (same pretrained file, sizes,
+    resolution; with ``run``, also the same data fingerprint and pretrained sha256):
+    snapshots of another configuration are skipped, not resumed; an unreadable one (zero
+    bytes, truncated) is skipped with a warning and the one before it is used."""
     from gan import checkpoint
+    from gan.runs import same_identity
     resume = str(cfg.get("resume") or "none")
     snapshots = list_snapshots(run_dir)
     if resume == "none":
@@ -452,9 +461,20 @@ def pick_resume(run_dir: Path, cfg: dict, resolution: int) -> Path | None:
             raise FileNotFoundError(f"resume: {path} does not exist")
         return path
     for _, path in reversed(snapshots):
-        meta = checkpoint.read_meta(path)
+        try:
+            meta = checkpoint.verify_readable(path)
+        except Exception as e:  # noqa: BLE001 - any damage means: not this one
+            log(f"warning: resume: skipping unreadable snapshot {path} ({type(e).__name__}: {e}); "
+                "trying the one before it")
+            continue
         stored = _arch(meta["extra"].get("training_config", {}))
         stored_res = (meta["networks"].get("G") or {}).get("resolution")
+        if run is not None:   # the identity covers data, architecture and the pretrained bytes
+            if same_identity(meta["extra"].get("run") or {}, run):
+                return path
+            log(f"resume: skipping {path.name} (another run: data, architecture or pretrained "
+                "file differ)")
+            continue
         if stored == _arch(cfg) and stored_res == resolution:
             return path
         log(f"resume: skipping {path.name} (trained with {stored} at {stored_res} px, "
@@ -462,9 +482,23 @@ def pick_resume(run_dir: Path, cfg: dict, resolution: int) -> Path | None:
     return None
 
 
-def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: str | Path) -> dict:
-    """Train until ``cfg['kimg']`` thousand images have been shown; returns a summary."""
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Half-written snapshot temp files a kill left behind (never read: names differ)."""
+    folder = run_dir / "snapshots"
+    for p in sorted(folder.glob(".network-snapshot-*.tmp")) if folder.is_dir() else []:
+        log(f"resume: removing {p.name} (a snapshot a kill left half-written)")
+        p.unlink(missing_ok=True)
+
+
+def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: str | Path,
+                  run: dict | None = None) -> dict:
+    """Train until ``cfg['kimg']`` thousand images have been shown; returns a summary.
+
+    ``run`` (gan.runs): the run's identity (data fingerprint, architecture, pretrained
+    sha256) and warm-start source; recorded in every snapshot and the final network, and
+    a snapshot is resumed only when it matches."""
     run_dir = Path(run_dir)
+    remove_stale_temp_files(run_dir)
     from gan import checkpoint
     strategy, mixed = setup_devices(cfg)
     info = dataset_info(data_dir)
@@ -473,9 +507,11 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
         f"{'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'}; "
         f"mixed precision {'on' if mixed else 'off'}; xla {'on' if cfg.get('xla') else 'off'}")
 
-    resume_from = pick_resume(run_dir, cfg, info.resolution)
+    resume_from = pick_resume(run_dir, cfg, info.resolution, run)
+    warm_start = (run or {}).get("warm_start", {}).get("network")
     with strategy.scope():
-        G, D, Gs, extra, how = build_networks(cfg, info.resolution, info.channels, resume_from, mixed)
+        G, D, Gs, extra, how = build_networks(cfg, info.resolution, info.channels, resume_from, mixed,
+                                              warm_start=Path(warm_start) if warm_start else None)
     if int(G.resolution) != info.resolution:
         raise ValueError(f"the network is {G.resolution} px but the dataset is {info.resolution} px "
                          "(fine-tuning at another resolution is not supported)")
@@ -488,12 +524,14 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
     if trainer.pl_interval:
         log(f"path-length regularization: weight {trainer.pl_weight:g} every {trainer.pl_interval} "
             f"minibatches on {trainer.pl_batch} fakes per replica")
+    run_extra = {"run": run} if run is not None else {}
     if resume_from is not None:
         optim = resume_from.with_name(resume_from.stem + "-optim.npz")
         if optim.is_file():
             try:
                 load_optimizers(optim, trainer.optimizers)
-            except ValueError as e:   # e.g. mixed precision switched on or off since
+            # mixed precision switched on or off since, or a damaged file
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
                 log(f"resume: optimizer state not restored ({e}); it starts fresh")
         else:
             log(f"resume: {optim.name} missing; optimizer state starts fresh")
@@ -532,7 +570,8 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
         # optimizer state first: a snapshot file implies its optimizer file is complete
         save_optimizers(base.with_name(base.name + "-optim.npz"), trainer.optimizers)
         snap_extra = {"kimg": cur_nimg / 1000, "cur_nimg": cur_nimg, "augment_p": ada.p,
-                      "pl_mean": float(trainer.pl_mean.numpy()), "training_config": cfg}
+                      "pl_mean": float(trainer.pl_mean.numpy()), "training_config": cfg,
+                      **run_extra}
         checkpoint.save_network(base.with_name(base.name + ".npz"), G, D, Gs, snap_extra)
         write_grid(samples_dir / f"fakes-{cur_nimg:09d}.png",
                    generate_grid_images(Gs, latents, psi, batch), GRID[0])
@@ -583,7 +622,7 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
     final = [with_precision(net, False) for net in (G, D, Gs)]
     checkpoint.save_network(output, *final, {"kimg": cur_nimg / 1000, "cur_nimg": cur_nimg,
                                              "augment_p": ada.p, "pl_mean": float(trainer.pl_mean.numpy()),
-                                             "training_config": cfg})
+                                             "training_config": cfg, **run_extra})
     log(f"done: kimg {cur_nimg / 1000:.3f}; final network {output}")
     return {"cur_nimg": cur_nimg, "augment_p": ada.p, **last}
 
