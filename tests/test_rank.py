@@ -172,10 +172,11 @@ def test_cli_ranks_dataset_manifest(tmp_path, images, discriminator):
     write_manifest(tmp_path / "manifest.tsv", rows)
     cmd = [sys.executable, "-m", "pipeline.rank", "--manifest", str(tmp_path / "manifest.tsv"),
            "--network", str(tmp_path / "net.npz"), "--output", str(tmp_path / "rank" / "scores.tsv"),
-           "--histogram", str(tmp_path / "rank" / "histogram.png"), "--config", json.dumps(CFG)]
+           "--histogram", str(tmp_path / "rank" / "histogram.png"),
+           "--config", json.dumps({**CFG, "method": "combined"})]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "images/s" in proc.stdout and "CPU" in proc.stdout
+    assert "images/s" in proc.stdout and "CPU" in proc.stdout and "method combined" in proc.stdout
     scores = read_scores(tmp_path / "rank" / "scores.tsv")
     assert sorted(s.id for s in scores) == sorted(r.id for r in rows)
     assert [s.score for s in scores] == sorted(s.score for s in scores)
@@ -185,9 +186,12 @@ def test_cli_ranks_dataset_manifest(tmp_path, images, discriminator):
         assert s.crop_box == by_id[s.id].details["crop_box"]
     with Image.open(tmp_path / "rank" / "histogram.png") as im:
         assert im.format == "PNG"
-    # same D, same seed: the CLI matches the library call
+    # same D, same seed: the CLI's logit signal matches the library call
     per_shuffle, _ = score_paths(D, images, CFG, RES, progress=False)
-    np.testing.assert_allclose(sorted(s.score for s in scores), np.sort(per_shuffle.mean(0)), atol=2e-6)
+    logit = {s.id: s.signals["logit"] for s in scores}
+    np.testing.assert_allclose([logit[r.id] for r in rows], per_shuffle.mean(0), atol=2e-6)
+    header = (tmp_path / "rank" / "scores.tsv").read_text().splitlines()[0].split("\t")
+    assert header == SCORE_COLUMNS + ["signal:knn", "signal:logit", "signal:upright"]
 
 
 def test_cli_refuses_a_d_of_another_resolution(tmp_path, images):
