@@ -6,6 +6,12 @@ time, seeded) and the scores are averaged; ``mirror`` also averages the horizont
 flipped batch. Every batch is full: the last one is padded with other dataset images,
 whose extra logits are discarded. Runs on the GPU when TensorFlow sees one.
 
+``method: mean_logit`` ranks by that mean logit (the seed's ranker). ``method: combined``
+(default) also computes, from the same network file, each image's distance to its
+``knn_k`` nearest dataset images in D's features and an upright test (logit minus the
+logit of the image upside down), and ranks by ``combine`` of the three; every signal is
+written as a ``signal:<name>`` column (SIGNALS says what each means).
+
     python -m pipeline.rank --manifest R/export/manifest.tsv --network R/finetune/network-final.npz \
         --output R/rank/scores.tsv --histogram R/rank/histogram.png --config JSON
 """
