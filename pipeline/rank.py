@@ -140,7 +140,8 @@ def score_paths(D, paths: list[str], cfg: dict, resolution: int | None = None,
 
     out = np.empty(flat.shape, dtype=np.float64)
     start = time.perf_counter()
-    with tqdm(total=len(flat), desc="rank (upside down)" if upside_down else "rank", unit="img", mininterval=2, disable=not progress) as bar:
+    desc = "rank (upside down)" if upside_down else "rank"
+    with tqdm(total=len(flat), desc=desc, unit="img", mininterval=2, disable=not progress) as bar:
         pos = 0
         for x in images:
             logits = d_logits(x).numpy()
@@ -198,21 +199,37 @@ def feature_paths(D, paths: list[str], resolution: int | None, batch: int, mirro
                            for x in _image_dataset(paths, resolution).batch(max(batch, 1))])
 
 
-def knn_distance(features: np.ndarray, k: int, dims: int = 64, chunk: int = 2048) -> np.ndarray:
+def principal_axes(x: np.ndarray, dims: int, iterations: int = 3) -> np.ndarray:
+    """[F, dims] top principal axes of the (centred) rows of ``x`` by randomized SVD
+    (Halko et al.; seeded, so deterministic): a full SVD of 4096 x 12k features takes minutes."""
+    omega = np.random.default_rng(0).standard_normal((x.shape[1], dims + 8)).astype(x.dtype)
+    y = x @ omega
+    for _ in range(iterations):
+        y = x @ (x.T @ np.linalg.qr(y)[0])
+    q = np.linalg.qr(y)[0]
+    _, _, vt = np.linalg.svd(q.T @ x, full_matrices=False)
+    return vt[:dims].T
+
+
+def knn_distance(features: np.ndarray, k: int, dims: int = 64, chunk: int | None = None,
+                 basis_rows: int = 4096) -> np.ndarray:
     """Mean distance of each row to its ``k`` nearest other rows (an outlier score).
 
     Features are standardised per dimension (no single large channel dominates) and
-    projected on their ``dims`` principal axes, so the O(N^2) search costs O(N^2 dims).
+    projected on their ``dims`` principal axes (found on at most ``basis_rows`` evenly
+    spread rows), so the exact O(N^2) search costs O(N^2 dims) and ``chunk`` rows of
+    distances at a time (default: ~64M distances) keep memory flat.
     """
     n = len(features)
     k = min(k, n - 1)
     if k < 1:
         return np.zeros(n)
-    f = features - features.mean(axis=0)
-    f /= f.std(axis=0) + 1e-8
+    f = np.asarray(features, dtype=np.float32)   # a 20k x 12k-feature dataset stays < 1 GB
+    f = (f - f.mean(axis=0)) / (f.std(axis=0) + 1e-8)
     if f.shape[1] > dims:
-        _, _, vt = np.linalg.svd(f[: min(n, 20000)], full_matrices=False)
-        f = f @ vt[:dims].T
+        f = f @ principal_axes(f[np.linspace(0, n - 1, min(n, basis_rows)).astype(int)], dims)
+    f = f.astype(np.float64)
+    chunk = chunk or max(1, min(n, (1 << 26) // n))
     sq = (f * f).sum(axis=1)
     out = np.empty(n)
     for start in range(0, n, chunk):
