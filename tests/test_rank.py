@@ -256,7 +256,7 @@ def test_robust_z_ignores_a_few_extremes():
 
 def _planted_junk_rows(folder, res: int) -> tuple[list[Row], set[str]]:
     """Real annotated photo faces (res x res crops) plus planted junk of several kinds."""
-    from PIL import ImageDraw, ImageOps
+    from PIL import ImageDraw
     from conftest import voc_boxes
     rows, junk = [], {}
     for name, boxes in sorted(voc_boxes().items()):
