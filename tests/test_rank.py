@@ -115,6 +115,20 @@ def test_mirror_off_scores_plain_images_only(images, discriminator):
     np.testing.assert_allclose(per_shuffle[0, plan[0, 0]], logits, rtol=1e-4, atol=1e-5)
 
 
+def test_upside_down_scores_the_same_batches_flipped(images, discriminator):
+    """The upright signal's second pass: the same plan (companions), every image flipped
+    top to bottom (and, with mirror, also left to right)."""
+    import tensorflow as tf
+    cfg = {**CFG, "shuffles": 1}
+    per_shuffle, _ = score_paths(discriminator, images[:4], cfg, RES, progress=False, upside_down=True)
+    x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in images[:4]]).astype(np.float32) / 127.5 - 1
+    plan, _ = plan_batches(4, 4, 1, 0, 64)
+    flipped = x[plan[0, 0]][:, ::-1]
+    logits = (discriminator(tf.constant(flipped)).numpy()
+              + discriminator(tf.constant(flipped[:, :, ::-1].copy())).numpy()) / 2
+    np.testing.assert_allclose(per_shuffle[0, plan[0, 0]], logits, rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------- scores.tsv and histogram
 
 def test_rank_rows_sorted_worst_first_with_crop_boxes(tmp_path):
