@@ -15,7 +15,7 @@ min_version("9.0")
 BASE = Path(workflow.basedir)
 sys.path.insert(0, str(BASE))
 from pipeline.console import auto_shards, config_error  # noqa: E402
-from pipeline.ingest import list_raw_dir, write_shard_listings  # noqa: E402
+from pipeline.ingest import config_path_problem, list_raw_dir, write_shard_listings  # noqa: E402
 
 
 def stop_now(message):
@@ -47,12 +47,21 @@ CONDA_ENV = str(BASE / "environment.yml")
 
 R = f"{config['results_dir']}/{config['name']}"
 
+# The review page's rejects file (optional).
+REJECTS = config["rank"]["rejects"] or f"characters/{config['name']}.rejects.txt"
+
+# Paths that cannot work together stop the run here with one line (issue 16).
+_path_problem = config_path_problem(config, REJECTS)
+if _path_problem:
+    raise SystemExit(_path_problem)
+
 # The raw folder is listed at parse time (seconds for 100k files).
 RAW_FILES = list_raw_dir(config["raw_dir"])
 if not RAW_FILES:
     stop_now(f"raw_dir {config['raw_dir']!r} holds no files: put the character's images there "
              "(sub-folders are searched too)")
-if not any(Path(f[0]).suffix.lower().lstrip(".") in config["ingest"]["extensions"] for f in RAW_FILES):
+if not any(Path(f[0]).suffix.lower().lstrip(".") in config["ingest"]["extensions"]
+           and not (len(f) > 3 and f[3]) for f in RAW_FILES):  # f[3]: a listing problem
     stop_now(f"raw_dir {config['raw_dir']!r} holds {len(RAW_FILES)} "
              f"file{'s' if len(RAW_FILES) > 1 else ''} but none ends in "
              f"ingest.extensions ({', '.join(config['ingest']['extensions'])})")
@@ -101,10 +110,6 @@ def dataset_outputs(folder, tfrecords=True):
     if config["export"]["zip"]:
         outs["zip"] = f"{folder}/{config['name']}.zip"
     return outs
-
-
-# The review page's rejects file (optional).
-REJECTS = config["rank"]["rejects"] or f"characters/{config['name']}.rejects.txt"
 
 
 def rejects_input(wildcards):
