@@ -30,7 +30,8 @@ rule ingest:
         f"{R}/ingest/{{shard}}/manifest.tsv",
     params:
         # tags and ratings are decided by metadata_filter (its decisions are an input)
-        cfg=json.dumps({k: config["ingest"][k] for k in ("extensions", "max_pixels")}, sort_keys=True),
+        cfg=json.dumps({k: config["ingest"][k] for k in ("extensions", "max_pixels", "damaged")},
+                       sort_keys=True),
         raw_dir=config["raw_dir"],
     conda:
         CONDA_ENV
