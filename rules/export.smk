@@ -22,6 +22,7 @@ rule export:
 
 
 rule dataset:
-    """Target: the exported dataset (no training)."""
+    """Target: the exported dataset (no training) and its check page."""
     input:
         **DATASET,
+        report=f"{R}/report/index.html",  # rules/report.smk: review before any GPU time
