@@ -162,7 +162,8 @@
     if (t) {
       const pic = el('div', {class: 'pic'}, el('img', {src: t, alt: C.sources[I.src[i]], loading: 'lazy'}));
       const p = I.prev[i];
-      if (p >= 0 && !isData(i) && I.geom[i] && I.geom[i].length) {  // boxes on the source (no-face)
+      const g = I.geom[i];
+      if (p >= 0 && g && g.length && Array.isArray(g[0]) && g[0].length === 4) {  // small faces over their source
         const svg = document.createElementNS(SVG, 'svg');
         overlay(svg, i, C.previews[p][1], C.previews[p][2]);
         pic.append(svg);
