@@ -43,7 +43,8 @@ rule report:
         html=REPORT_PAGE,
         data=f"{R}/report/check.js",
     params:
-        cfg=stage_config("report"),
+        # only the key the page uses: bottom_k/top_k are no longer read
+        cfg=json.dumps({"thumb": config["report"]["thumb"]}),
         name=config["name"],
         rejects=REJECTS,
     threads: 4

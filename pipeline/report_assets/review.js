@@ -95,7 +95,15 @@
     $('reject-count').textContent = String(rejects.size);
     if (saved !== null) $('save-status').textContent = rejectsText() === saved ? 'saved' : 'unsaved changes';
     drawHistograms();
-    renderGrid(true);
+    // update the cards in place (grid and galleries): no re-render, focus and scroll stay
+    for (const c of document.querySelectorAll('.card[data-idx]')) {
+      const i = +c.dataset.idx;
+      if (!isData(i)) continue;
+      const on = rejects.has(I.id[i]);
+      c.classList.toggle('rejected', on);
+      const b = c.querySelector('input.reject');
+      if (b) b.checked = on;
+    }
     if (viewing >= 0) showViewer(viewing);
   }
   $('download').addEventListener('click', () => {
@@ -174,6 +182,13 @@
       c.append(el('div', {class: 'nopic', text: 'not decodable'}));
     }
     const cap = el('figcaption');
+    if (isData(i)) {  // first, so a long caption never hides it
+      const box = el('input', {type: 'checkbox', class: 'reject', 'data-id': I.id[i]});
+      box.checked = rejects.has(I.id[i]);
+      box.addEventListener('change', () => toggle(i, box.checked));
+      cap.append(el('label', {class: 'reject-label'}, box, ' reject'));
+      if (box.checked) c.classList.add('rejected');
+    }
     if (label) cap.append(el('div', {class: 'label', text: label}));
     if (rankPos[i] > 0) {
       let line = '#' + rankPos[i] + ' score ' + score[i].toFixed(4) + ' \u00b1 ' + stdev[i].toFixed(4);
@@ -185,13 +200,6 @@
     if (why) cap.append(el('div', {class: 'reason', text: why}));
     if (I.note[i]) cap.append(el('div', {class: 'note', text: I.note[i]}));
     cap.append(el('div', {class: 'id', text: I.id[i]}));
-    if (isData(i)) {
-      const box = el('input', {type: 'checkbox', class: 'reject', 'data-id': I.id[i]});
-      box.checked = rejects.has(I.id[i]);
-      box.addEventListener('change', () => toggle(i, box.checked));
-      cap.append(el('label', {}, box, ' reject'));
-      if (box.checked) c.classList.add('rejected');
-    }
     c.append(cap);
     return c;
   }
