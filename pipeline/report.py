@@ -235,7 +235,8 @@ def thumb_name(image_id: str) -> str:
 
 
 def source_preview_name(source: str) -> str:
-    return hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest() + ".jpg"
+    # 80 bits of sha1: no collision among millions of sources, and short in check.js
+    return hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()[:20] + ".jpg"
 
 
 def _make_image(job: tuple[str, str, int]) -> tuple[str, int, int, str]:
@@ -506,6 +507,35 @@ def rel_url(path: str, page_dir: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), page_dir.resolve())).as_posix()
 
 
+FULL_EXTS = [".png", ".jpg", ".jpeg", ".webp"]
+
+
+class FullPaths:
+    """Full-size links, compact: ``<id><ext>`` in a known folder is one number
+    (folder index * 4 + extension index), anything else the relative path itself."""
+
+    def __init__(self, page_dir: Path):
+        self.page_dir = page_dir.resolve()
+        self.dirs: list[str] = []
+        self._dir_index: dict[str, int] = {}
+        self._rel: dict[str, str] = {}
+
+    def entry(self, image_id: str, path: str):
+        if not path:
+            return ""
+        folder, base = os.path.split(path)
+        rel = self._rel.get(folder)
+        if rel is None:  # one resolve per folder, not per image
+            rel = self._rel[folder] = Path(os.path.relpath(Path(folder or ".").resolve(), self.page_dir)).as_posix()
+        stem, ext = os.path.splitext(base)
+        if stem == image_id and ext in FULL_EXTS:
+            d = self._dir_index.setdefault(rel, len(self.dirs))
+            if d == len(self.dirs):
+                self.dirs.append(rel)
+            return d * len(FULL_EXTS) + FULL_EXTS.index(ext)
+        return f"{rel}/{base}"
+
+
 def check_data(name: str, items: list[Item], clusters: list, thumbs: dict, previews: dict,
                page_dir: Path, preset: list[str], problems: list[str], fingerprint: str,
                rejects_path: str) -> dict:
@@ -514,6 +544,7 @@ def check_data(name: str, items: list[Item], clusters: list, thumbs: dict, previ
     preview_list, preview_index = [], {}
     reasons, reason_index = [""], {"": 0}
     cols = {k: [] for k in ("id", "src", "reason", "thumb", "full", "geom", "prev", "note")}
+    full = FullPaths(page_dir)
     for it in items:
         si = source_index.setdefault(it.source, len(sources))
         if si == len(sources):
@@ -534,14 +565,15 @@ def check_data(name: str, items: list[Item], clusters: list, thumbs: dict, previ
         cols["reason"].append(ri)
         # 1: thumbs/<id>.jpg, a string: another name, 0: none (keeps the file small)
         cols["thumb"].append((1 if tname == f"{it.id}.jpg" else tname) if has_thumb else 0)
-        cols["full"].append(rel_url(it.image, page_dir) if has_thumb else "")
+        cols["full"].append(full.entry(it.id, it.image) if has_thumb else "")
         cols["geom"].append(it.geom)
         cols["prev"].append(pi)
         cols["note"].append(it.note)
     one_line = " ".join(str(name).split())  # a comment line must stay one line
     return {"version": 1, "name": name, "datasetFingerprint": fingerprint,
             "rejectsPath": rejects_path, "sources": sources, "reasons": reasons,
-            "previews": preview_list, "items": cols, "clusters": clusters,
+            "previews": preview_list, "fullDirs": full.dirs, "fullExts": FULL_EXTS,
+            "items": cols, "clusters": clusters,
             "preset": preset, "problems": problems,
             "header": [f"faceprep rejects for {one_line}",
                        "one dataset image id a line (ids as in rank/scores.tsv); '#' starts a comment",

@@ -241,7 +241,9 @@ def test_every_image_and_every_drop_is_on_the_page(tree):
     assert len(hostile) == 2 and sorted(it["geom"][0] for it in hostile) == [0, hostile[0]["geom"][2]]
     for it in hostile:
         assert it["prev"] >= 0
-        full = (R / "report" / it["full"]).resolve()
+        n = len(check["fullExts"])  # <folder index, extension index> for <id><ext> files
+        rel = f"{check['fullDirs'][it['full'] // n]}/{it['id']}{check['fullExts'][it['full'] % n]}"
+        full = (R / "report" / rel).resolve()
         assert full in {Path(r.path).resolve() for r in tree["dataset"]}
     # thumbnails beside the page at the configured size
     for i, it in items.items():

@@ -27,6 +27,15 @@
   for (let i = 0; i < N; i++) idIndex.set(I.id[i], i);
   const isData = (i) => I.reason[i] === 0;
   const thumbOf = (i) => { const t = I.thumb[i]; return t === 0 ? '' : 'thumbs/' + fileUrl(t === 1 ? I.id[i] + '.jpg' : t); };
+  // the full-size file: a number is <fullDirs[n / 4]>/<id><fullExts[n % 4]>, a string the path itself
+  const fullOf = (i) => {
+    const f = I.full[i];
+    if (typeof f === 'number') {
+      const nx = C.fullExts.length;
+      return fileUrl(C.fullDirs[Math.floor(f / nx)] + '/' + I.id[i] + C.fullExts[f % nx]);
+    }
+    return f ? fileUrl(f) : '';
+  };
   const folderOf = (i) => { const s = C.sources[I.src[i]]; const k = s.lastIndexOf('/'); return k < 0 ? '.' : s.slice(0, k); };
 
   const score = new Float64Array(N).fill(NaN);
@@ -164,11 +173,11 @@
       svg.append(shape);
     }
   }
-  function card(i, label) {
+  function card(i, label, eager) {
     const c = el('figure', {class: 'card', 'data-id': I.id[i], 'data-idx': i});
     const t = thumbOf(i);
     if (t) {
-      const pic = el('div', {class: 'pic'}, el('img', {src: t, alt: C.sources[I.src[i]], loading: 'lazy'}));
+      const pic = el('div', {class: 'pic'}, el('img', eager ? {src: t, alt: C.sources[I.src[i]]} : {src: t, alt: C.sources[I.src[i]], loading: 'lazy'}));
       const p = I.prev[i];
       const g = I.geom[i];
       if (p >= 0 && g && g.length && Array.isArray(g[0]) && g[0].length === 4) {  // small faces over their source
@@ -364,6 +373,7 @@
   const grid = $('grid');
   const CW = 140, CH = 230;  // a card and its gap
   let cursor = 0, cols = 1, lastRange = '';
+  const alive = new Map();  // grid position -> its card; cards that stay visible are kept
   function renderGrid(force) {
     cols = Math.max(1, Math.floor(grid.clientWidth / CW));
     const rows = Math.ceil(filtered.length / cols);
@@ -374,19 +384,22 @@
     const key = first + ':' + last + ':' + cols + ':' + cursor;
     if (!force && key === lastRange) return;
     lastRange = key;
+    if (force) { for (const c of alive.values()) c.remove(); alive.clear(); }
+    const lo = first * cols, hi = Math.min(filtered.length, last * cols);
+    for (const [k, c] of alive) if (k < lo || k >= hi) { c.remove(); alive.delete(k); }
     const frag = document.createDocumentFragment();
-    for (let r = first; r < last; r++) {
-      for (let c = 0; c < cols; c++) {
-        const k = r * cols + c;
-        if (k >= filtered.length) break;
-        const cd = card(filtered[k]);
-        cd.style.left = (c * CW) + 'px'; cd.style.top = (r * CH) + 'px';
+    for (let k = lo; k < hi; k++) {
+      let cd = alive.get(k);
+      if (!cd) {
+        cd = card(filtered[k], '', true);
+        cd.style.left = ((k % cols) * CW) + 'px'; cd.style.top = (Math.floor(k / cols) * CH) + 'px';
         cd.dataset.pos = k;
-        if (k === cursor) cd.classList.add('cursor');
+        alive.set(k, cd);
         frag.append(cd);
       }
+      cd.classList.toggle('cursor', k === cursor);
     }
-    grid.replaceChildren(frag);
+    grid.append(frag);
   }
   let pending = false;
   const onScroll = () => { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; renderGrid(false); }); } };
@@ -397,7 +410,7 @@
     cursor = Math.max(0, Math.min(filtered.length - 1, k));
     const rowTop = grid.getBoundingClientRect().top + window.scrollY + Math.floor(cursor / cols) * CH;
     if (rowTop < window.scrollY + 60 || rowTop + CH > window.scrollY + window.innerHeight) window.scrollTo(0, rowTop - 80);
-    renderGrid(true);
+    renderGrid(false);
     if (viewing >= 0) showViewer(filtered[cursor]);
   }
   grid.addEventListener('click', (ev) => {
@@ -418,8 +431,8 @@
     v.hidden = false;
     v.dataset.id = I.id[i];
     const full = $('v-full');
-    const f = I.full[i] || thumbOf(i);
-    if (f) { full.src = I.full[i] ? fileUrl(I.full[i]) : f; full.hidden = false; } else { full.removeAttribute('src'); full.hidden = true; }
+    const f = fullOf(i) || thumbOf(i);
+    if (f) { full.src = f; full.hidden = false; } else { full.removeAttribute('src'); full.hidden = true; }
     const lines = [I.id[i], 'source: ' + C.sources[I.src[i]]];
     if (rankPos[i] > 0) {
       lines.push('rank #' + rankPos[i] + ', score ' + score[i].toFixed(4) + ' \u00b1 ' + stdev[i].toFixed(4));
@@ -470,5 +483,6 @@
   buildRanking();
   changed();
   applyFilters();
-  window.faceprepReview = {ready: true, shown: () => filtered.length, rejects: () => Array.from(rejects).sort()};
+  window.faceprepReview = {ready: true, readyAt: performance.now(), shown: () => filtered.length,
+                          rejects: () => Array.from(rejects).sort()};
 })();
