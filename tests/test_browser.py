@@ -226,6 +226,22 @@ def test_two_ticks_in_the_browser_drop_exactly_those_two_images(finished_run, br
     assert read_rejects(again) == set(ticked)
 
 
+
+def test_reject_problems_reach_the_page_and_the_console(finished_run):
+    """After the two ticks: a line that matches nothing is shown on the page and printed by
+    the snakemake run itself, not only written to a log."""
+    rejects = finished_run / "characters" / "tiny.rejects.txt"
+    rejects.parent.mkdir(exist_ok=True)
+    with open(rejects, "a", encoding="utf-8") as f:
+        f.write("no-such-image-anywhere\n")
+    proc = run_snakemake(finished_run, "ranked_dataset")
+    console = proc.stdout + proc.stderr
+    assert "WARNING report:" in console and "no-such-image-anywhere" in console
+    data = (finished_run / R / "report" / "check.js").read_text(encoding="utf-8")
+    assert "match no image" in data and "no-such-image-anywhere" in data
+    html = (finished_run / R / "report" / "index.html").read_text(encoding="utf-8")
+    assert "no-such-image-anywhere" in html  # in the problems list, even without JavaScript
+
 # ---------------------------------------------------------------- every interaction, on a report tree
 
 @pytest.fixture(scope="module")
