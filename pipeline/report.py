@@ -426,7 +426,10 @@ def script_json(value) -> str:
 
 
 def data_script(var: str, value) -> str:
-    return f"window.{var} = {script_json(value)};\n"
+    """A data file the page loads with <script src>: a JSON string given to JSON.parse,
+    which Chromium reads about twice as fast as the same object literal (100k images:
+    ~0.4 s instead of ~0.9 s, bench/RESULTS.md)."""
+    return f"window.{var} = JSON.parse({json.dumps(script_json(value))});\n"
 
 
 def funnel_html(rows: list[FunnelRow]) -> str:

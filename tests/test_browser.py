@@ -191,7 +191,7 @@ def test_scores_and_report_of_the_real_run(finished_run):
     page = (finished_run / R / "report" / "index.html").read_text(encoding="utf-8")
     assert "<img src=x" not in page
     data = (finished_run / R / "report" / "check.js").read_text(encoding="utf-8")
-    assert "\\u003cimg src=x onerror=alert(1)\\u003e.png" in data and "<" not in data
+    assert "\\\\u003cimg src=x onerror=alert(1)\\\\u003e.png" in data and "<" not in data
     assert (finished_run / R / "report" / "ranking.js").exists() and (finished_run / R / "provenance.tsv").exists()
     log = (finished_run / R / "logs" / "rank" / "all.log").read_text(encoding="utf-8")
     assert "images/s" in log and "on CPU" in log

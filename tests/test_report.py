@@ -127,11 +127,11 @@ def make_report(tree: dict, rejects: Path | None = None, network: Path | None = 
 
 
 def page_data(path: Path) -> dict:
-    """window.X = {...}; -> the dict (the data files are one JSON literal each)."""
+    """window.X = JSON.parse("..."); -> the dict (the data files are one JSON string each)."""
     text = path.read_text(encoding="utf-8")
-    m = re.fullmatch(r"window\.FACEPREP_[A-Z]+ = (.*);\n", text, re.S)
+    m = re.fullmatch(r"window\.FACEPREP_[A-Z]+ = JSON\.parse\((\".*\")\);\n", text, re.S)
     assert m, text[:200]
-    return json.loads(m.group(1))
+    return json.loads(json.loads(m.group(1)))
 
 
 def items_of(check: dict) -> dict[str, dict]:
