@@ -478,7 +478,7 @@ scores: <a href="../rank/scores.tsv">rank/scores.tsv</a>. Keys in the review gri
 <label>folder <select id="folder"></select></label>
 <label>stage / reason <select id="reason"></select></label>
 <span id="shown-count">0</span> shown &middot;
-<b><span id="reject-count">0</span></b> rejects
+<b><span id="reject-count">0</span></b> rejects <span id="unmatched-count"></span>
 <button id="download" type="button">download rejects.txt</button>
 <button id="save" type="button" hidden>save rejects</button>
 <span id="save-status" role="status"></span>

@@ -329,7 +329,8 @@ def test_keyboard_viewer_and_reject_toggle(tree, chrome):
     order = [s.id for s in tree["scores"]]
     assert js(chrome, "return Array.from(document.querySelectorAll('#grid .card')).map(c => c.dataset.id)") == order
     preset = count(chrome, "reject-count")
-    assert preset == 2  # the best image (from the file) and the unmatched line, carried over
+    assert preset == 1  # the best image, from the file; its unmatched line is counted apart
+    assert "1 lines that match no image" in chrome.find_element("id", "unmatched-count").text
     js(chrome, "document.getElementById('grid').focus()")
     assert cursor_id(chrome) == order[0]
     press(chrome, Keys.ARROW_RIGHT)

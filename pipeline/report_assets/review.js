@@ -102,7 +102,11 @@
     changed();
   }
   function changed() {
-    $('reject-count').textContent = String(rejects.size);
+    let matched = 0;
+    for (const id of rejects) { const i = idIndex.get(id); if (i !== undefined && isData(i)) matched++; }
+    $('reject-count').textContent = String(matched);
+    // lines naming no image are kept in the file, and counted apart
+    $('unmatched-count').textContent = rejects.size > matched ? '(+' + (rejects.size - matched) + ' lines that match no image, kept)' : '';
     if (saved !== null) $('save-status').textContent = rejectsText() === saved ? 'saved' : 'unsaved changes';
     drawHistograms();
     // update the cards in place (grid and galleries): no re-render, focus and scroll stay
