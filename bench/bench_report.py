@@ -24,15 +24,14 @@ import random
 import shutil
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 
 from common import TESTDATA, machine
 
 from pipeline.manifest import atomic_write_text
-from pipeline.report import (Item, check_data, copy_assets, data_script, make_images, render_index,
-                             source_preview_name, thumb_name)
-from pipeline.report import FunnelRow  # noqa: E402
-from collections import Counter
+from pipeline.report import (FunnelRow, Item, check_data, copy_assets, data_script, make_images,
+                             render_index, source_preview_name, thumb_name)
 
 
 def synthetic(out: Path, n_images: int, n_drops: int, seed: int = 1) -> dict:
@@ -84,7 +83,7 @@ def synthetic(out: Path, n_images: int, n_drops: int, seed: int = 1) -> dict:
     previews = {}
     for it in items:
         if it.preview:
-            name = source_preview_name(it.preview)
+            name = source_preview_name(it.source)
             if name not in previews:
                 os.link(report / "sources" / pnames[len(previews) % len(pnames)], report / "sources" / name)
                 previews[name] = prev[pnames[len(previews) % len(pnames)]]

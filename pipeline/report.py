@@ -40,9 +40,7 @@ import html
 import io
 import json
 import os
-import posixpath
 import re
-import shutil
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -235,6 +233,7 @@ def thumb_name(image_id: str) -> str:
 
 
 def source_preview_name(source: str) -> str:
+    """The preview of a source (its path relative to raw_dir: the same in every workdir)."""
     # 80 bits of sha1: no collision among millions of sources, and short in check.js
     return hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()[:20] + ".jpg"
 
@@ -260,11 +259,16 @@ def file_key(path: str, side: int) -> str:
     return f"{path}|{st.st_size}|{st.st_mtime_ns}|{side}"
 
 
-def make_images(folder: Path, wanted: dict[str, tuple[str, int]], threads: int = 1) -> dict[str, tuple[int, int]]:
+def make_images(folder: Path, wanted: dict[str, tuple[str, int]], threads: int = 1,
+                index_path: Path | None = None) -> dict[str, tuple[int, int]]:
     """Files ``folder/<name>`` from ``wanted`` {name: (source file, side)}, remade only when
-    the source changed; others in the folder are removed. Returns {name: upright size}."""
+    the source changed; others in the folder are removed. Returns {name: upright size}.
+
+    What each file was made from (path, size, mtime) is kept in ``index_path``: outside
+    the results (the rule puts it under cache_dir) so two runs still give identical results.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    index_path = folder / "index.json"
+    index_path = Path(index_path) if index_path else folder / "index.json"
     try:
         old = json.loads(index_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -297,7 +301,7 @@ def make_images(folder: Path, wanted: dict[str, tuple[str, int]], threads: int =
             else:
                 done[name][1:] = [w, h]
     for stale in folder.iterdir():
-        if stale.name not in done and stale.name != "index.json":
+        if stale.name not in done and stale != index_path:
             stale.unlink()
     atomic_write_text(index_path, json.dumps(done, sort_keys=True))
     return {name: (v[1], v[2]) for name, v in done.items()}
@@ -316,11 +320,13 @@ def copy_scaled(src: Path, dest: Path, max_side: int = 1536) -> bool:
     try:
         with Image.open(src) as im:
             if max(im.size) <= max_side:
-                shutil.copyfile(src, dest)
+                atomic_write_bytes(dest, Path(src).read_bytes())
             else:
                 im = im.convert("RGB")
                 im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-                im.save(dest, format="PNG")
+                buf = io.BytesIO()
+                im.save(buf, format="PNG")
+                atomic_write_bytes(dest, buf.getvalue())
         return True
     except (OSError, ValueError) as e:
         print(f"report: cannot copy {src}: {e}")
@@ -399,7 +405,9 @@ def collect_items(stages: dict[str, list[Row]]) -> tuple[list[Item], list[list]]
             if r.kept:
                 continue
             reason = f"{stage}: {r.reason or 'unspecified'}"
-            note = drop_note(r)
+            # error texts name the file: show it as the user knows it (and keep the page
+            # the same in every workdir)
+            note = drop_note(r).replace(r.path, r.source) if r.path else drop_note(r)
             if stage == "ingest":
                 items.append(Item(r.id, r.source, reason, "", None, "", note))
             elif r.reason == "no_face" or (stage == "crop" and r.parent_id in ("", r.id)):
@@ -503,13 +511,6 @@ and press save).</div>
 """
 
 
-def rel_url(path: str, page_dir: Path) -> str:
-    """``path`` relative to the page (POSIX), so the page opens from disk and from the server."""
-    if not path:
-        return ""
-    return Path(os.path.relpath(Path(path).resolve(), page_dir.resolve())).as_posix()
-
-
 FULL_EXTS = [".png", ".jpg", ".jpeg", ".webp"]
 
 
@@ -556,8 +557,8 @@ def check_data(name: str, items: list[Item], clusters: list, thumbs: dict, previ
         if ri == len(reasons):
             reasons.append(it.reason)
         pi = -1
-        if it.preview and source_preview_name(it.preview) in previews:
-            pname = source_preview_name(it.preview)
+        if it.preview and source_preview_name(it.source) in previews:
+            pname = source_preview_name(it.source)
             pi = preview_index.setdefault(pname, len(preview_list))
             if pi == len(preview_list):
                 preview_list.append([pname, *previews[pname]])
@@ -592,19 +593,22 @@ def copy_assets(out_dir: Path) -> None:
 
 def build_check(*, name: str, stage_manifests: list[str], dataset: str, dedup: str | None,
                 rejects: str | None, output: str, cfg: dict, threads: int = 1,
-                rejects_shown: str | None = None) -> list[str]:
+                rejects_shown: str | None = None, cache: str | None = None) -> list[str]:
     """The page before training: index.html, check.js, thumbnails, source previews.
 
     Returns the problems it found (also on the page and on stderr)."""
     out_dir = Path(output).parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".*.tmp"):  # temp files of a killed run (atomic writes)
+        stale.unlink(missing_ok=True)
     stages = load_stages(stage_manifests, dedup, dataset)
     items, clusters = collect_items(stages)
     side = int(cfg["thumb"])
     wanted_thumbs = {thumb_name(it.id): (it.image, side) for it in items if it.image}
-    wanted_previews = {source_preview_name(it.preview): (it.preview, PREVIEW_SIDE) for it in items if it.preview}
-    thumbs = make_images(out_dir / "thumbs", wanted_thumbs, threads)
-    previews = make_images(out_dir / "sources", wanted_previews, threads)
+    wanted_previews = {source_preview_name(it.source): (it.preview, PREVIEW_SIDE) for it in items if it.preview}
+    cache_dir = Path(cache) if cache else None
+    thumbs = make_images(out_dir / "thumbs", wanted_thumbs, threads, cache_dir and cache_dir / "thumbs.json")
+    previews = make_images(out_dir / "sources", wanted_previews, threads, cache_dir and cache_dir / "sources.json")
 
     lines, problems = read_rejects_checked(rejects)
     dataset_rows = [r for r in kept(stages.get("export", []))]
@@ -667,6 +671,8 @@ def main(argv=None) -> None:
     c.add_argument("--output", required=True, help="R/report/index.html")
     c.add_argument("--config", required=True, help="the report block as JSON")
     c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--cache", help="where to remember what each thumbnail was made from "
+                                   "(default: an index.json in each image folder)")
     c.add_argument("stage_manifests", nargs="*", help="R/<stage>/<shard>/manifest.tsv")
     r = sub.add_parser("ranking", help="the ranking beside the page (after rank)")
     r.add_argument("--dataset", required=True)
@@ -682,7 +688,7 @@ def main(argv=None) -> None:
     if a.part == "check":
         build_check(name=a.name, stage_manifests=a.stage_manifests, dataset=a.dataset, dedup=a.dedup,
                     rejects=a.rejects.strip() or None, output=a.output, cfg=load_config_arg(a.config),
-                    threads=a.threads, rejects_shown=a.rejects.strip() or None)
+                    threads=a.threads, rejects_shown=a.rejects.strip() or None, cache=a.cache)
         print(f"report: {a.output}")
     else:
         build_ranking(stage_manifests=a.stage_manifests, dataset=a.dataset, dedup=a.dedup, ranked=a.ranked,

@@ -47,6 +47,8 @@ rule report:
         cfg=json.dumps({"thumb": config["report"]["thumb"]}),
         name=config["name"],
         rejects=REJECTS,
+        # what each thumbnail was made from: a cache, kept out of the (reproducible) results
+        cache=f"{config['cache_dir']}/report/{config['name']}",
     threads: 4
     conda:
         CONDA_ENV
@@ -58,7 +60,7 @@ rule report:
     shell:
         "python -m pipeline.report check --name {params.name:q} --dataset {input.dataset:q}"
         " --dedup {input.dedup:q} --rejects {params.rejects:q} --output {output.html:q}"
-        " --config {params.cfg:q} --threads {threads} {input.stage_manifests:q}"
+        " --config {params.cfg:q} --threads {threads} --cache {params.cache:q} {input.stage_manifests:q}"
         " 2>&1 > {log:q} | tee -a {log:q} >&2"
 
 

@@ -42,6 +42,8 @@ RAW = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png"
 R = Path("results/tiny")
 # a rejects edit: the re-export, the page's ticks and the ranking verdicts
 RANKED_STAGE = {"ranked_export": 1, "report": 1, "report_ranking": 1, "ranked_dataset": 1}
+# a ranking-only edit (bottom fraction, scores): the check page before training stays
+RANKING_STAGE = {"ranked_export": 1, "report_ranking": 1, "ranked_dataset": 1}
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +163,14 @@ def test_rejects_edit_reschedules_only_reexport_and_report(finished_run):
 
 def test_rank_config_edits_reschedule_what_they_should(finished_run):
     # the bottom fraction and the rejects path are ranked_export's business, not rank's
+    # (the rejects path also reruns the check page: it preticks from that file)
     assert scheduled_jobs(finished_run, "ranked_dataset",
-                          {"rank": {"shuffles": 2, "drop_bottom_fraction": 0.25}}) == RANKED_STAGE
+                          {"rank": {"shuffles": 2, "drop_bottom_fraction": 0.25}}) == RANKING_STAGE
     assert scheduled_jobs(finished_run, "ranked_dataset",
                           {"rank": {"shuffles": 2, "rejects": "elsewhere.txt"}}) == RANKED_STAGE
     # scoring keys rerun rank (the network and dataset stay)
     assert scheduled_jobs(finished_run, "ranked_dataset", {"rank": {"shuffles": 3}}) == \
-        {"rank": 1, **RANKED_STAGE}
+        {"rank": 1, **RANKING_STAGE}
     # the page's own settings rerun only the page; keys it no longer reads rerun nothing
     assert scheduled_jobs(finished_run, "ranked_dataset", {"report": {"thumb": 24}}) == \
         {"report": 1, "report_ranking": 1, "ranked_dataset": 1}

@@ -54,13 +54,14 @@ def test_rerun_schedules_exactly_what_changed(workdir):
     character.parent.mkdir()
     character.write_text("normalize:\n  quality: 80\n")
     jobs = scheduled_jobs(workdir, "dataset", configfiles=[character])
-    assert {k: v for k, v in jobs.items() if k != "dataset"} == {"normalize": 2, "export": 1}
+    assert {k: v for k, v in jobs.items() if k != "dataset"} == {"normalize": 2, "export": 1, "report": 1}
 
     # one new raw image reruns only its shard's per-image jobs, plus the gathers
     shutil.copyfile(TESTDATA / "anime_miku_small.png", raw / "new_one.png")
     jobs = scheduled_jobs(workdir, "dataset")
     assert {k: v for k, v in jobs.items() if k != "dataset"} == {
-        "ingest": 1, "crop": 1, "clean": 1, "upscale": 1, "normalize": 1, "dedup": 1, "export": 1}
+        "ingest": 1, "crop": 1, "clean": 1, "upscale": 1, "normalize": 1, "dedup": 1, "export": 1,
+        "report": 1}  # the check page, part of the dataset target
     shard = str(shard_of("new_one.png", 2))
     listing = (R / "listing" / f"{shard}.tsv").read_text()
     assert "new_one.png" in listing
