@@ -314,6 +314,16 @@ def test_hostile_names_inert_problems_shown_and_drop_galleries(tree, chrome):
     assert [c.get_attribute("data-id") for c in cards] == [tree["check"]["clusters"][0][0],
                                                           tree["check"]["clusters"][0][1][0][0]]
     assert "kept" in cards[0].text and "distance 0" in cards[1].text
+    # opened from the cluster, the viewer steps through the cluster
+    from selenium.webdriver.common.keys import Keys
+    js(chrome, "arguments[0].scrollIntoView()", cards[1])
+    cards[1].find_element(By.CSS_SELECTOR, ".pic").click()
+    viewer = chrome.find_element(By.ID, "viewer")
+    assert viewer.is_displayed() and viewer.get_attribute("data-id") == cards[1].get_attribute("data-id")
+    press(chrome, Keys.ARROW_LEFT)
+    assert viewer.get_attribute("data-id") == cards[0].get_attribute("data-id")
+    press(chrome, Keys.ESCAPE)
+    assert not viewer.is_displayed()
     # no face: the source with the two too-small boxes drawn on it
     noface = chrome.find_element(By.CSS_SELECTOR, "#drops section[data-reason='crop: no_face'] .card")
     assert len(noface.find_elements(By.CSS_SELECTOR, "svg rect")) == 2

@@ -178,7 +178,7 @@
       svg.append(shape);
     }
   }
-  function card(i, label, eager) {
+  function card(i, label, eager, list) {
     const c = el('figure', {class: 'card', 'data-id': I.id[i], 'data-idx': i});
     const t = thumbOf(i);
     if (t) {
@@ -190,7 +190,7 @@
         overlay(svg, i, C.previews[p][1], C.previews[p][2]);
         pic.append(svg);
       }
-      pic.addEventListener('click', () => openItem(i));
+      pic.addEventListener('click', () => openItem(i, list));
       c.append(pic);
     } else {
       c.append(el('div', {class: 'nopic', text: 'not decodable'}));
@@ -252,11 +252,12 @@
         const [keep, dups] = clusters[k];
         const row = el('div', {class: 'cluster', 'data-keep': keep});
         const ki = idIndex.get(keep);
-        if (ki !== undefined) { const kc = card(ki, 'kept'); kc.classList.add('kept'); row.append(kc); }
+        const members = [ki, ...dups.map(([id]) => idIndex.get(id))].filter((x) => x !== undefined);
+        if (ki !== undefined) { const kc = card(ki, 'kept', false, members); kc.classList.add('kept'); row.append(kc); }
         else row.append(el('figure', {class: 'card kept'}, el('div', {class: 'nopic', text: 'kept: ' + keep})));
         for (const [id, dist] of dups) {
           const di = idIndex.get(id);
-          if (di !== undefined) row.append(card(di, 'distance ' + (dist === null ? '?' : dist)));
+          if (di !== undefined) row.append(card(di, 'distance ' + (dist === null ? '?' : dist), false, members));
         }
         return row;
       }));
@@ -267,7 +268,7 @@
       const sec = el('section', {class: 'drop-section', 'data-reason': reason});
       sec.append(el('h3', {text: reason + ' (' + list.length + ')'}));
       const g = el('div', {class: 'gallery'});
-      sec.append(g, paged(g, list.length, (k) => card(list[k])));
+      sec.append(g, paged(g, list.length, (k) => card(list[k], '', false, list)));
       root.append(sec);
     }
   }
@@ -416,7 +417,7 @@
     const rowTop = grid.getBoundingClientRect().top + window.scrollY + Math.floor(cursor / cols) * CH;
     if (rowTop < window.scrollY + 60 || rowTop + CH > window.scrollY + window.innerHeight) window.scrollTo(0, rowTop - 80);
     renderGrid(false);
-    if (viewing >= 0) showViewer(filtered[cursor]);
+    if (viewing >= 0 && viewList === filtered) showViewer(filtered[cursor]);
   }
   grid.addEventListener('click', (ev) => {
     const c = ev.target.closest('.card');
@@ -424,11 +425,18 @@
   });
 
   // ------------------------------------------------------------ the full-size viewer
-  let viewing = -1;
-  function openItem(i) {
-    const k = filtered.indexOf(i);
-    if (k >= 0) cursor = k;
+  let viewing = -1, viewList = null, viewPos = -1;
+  // the viewer steps through the list it was opened from: the grid, a gallery, a cluster
+  function openItem(i, list) {
+    viewList = list || filtered;
+    viewPos = viewList.indexOf(i);
+    if (viewList === filtered && viewPos >= 0) { cursor = viewPos; renderGrid(false); }
     showViewer(i);
+  }
+  function viewStep(d) {
+    if (viewList === filtered || !viewList) { moveCursor(cursor + d); return; }
+    viewPos = Math.max(0, Math.min(viewList.length - 1, viewPos + d));
+    showViewer(viewList[viewPos]);
   }
   function showViewer(i) {
     viewing = i;
@@ -463,10 +471,10 @@
       fig.hidden = true;
     }
   }
-  function closeViewer() { viewing = -1; $('viewer').hidden = true; grid.focus({preventScroll: true}); }
+  function closeViewer() { viewing = -1; viewList = null; $('viewer').hidden = true; grid.focus({preventScroll: true}); }
   $('v-close').addEventListener('click', closeViewer);
-  $('v-next').addEventListener('click', () => moveCursor(cursor + 1));
-  $('v-prev').addEventListener('click', () => moveCursor(cursor - 1));
+  $('v-next').addEventListener('click', () => viewStep(1));
+  $('v-prev').addEventListener('click', () => viewStep(-1));
   $('v-reject').addEventListener('click', () => { if (viewing >= 0) toggle(viewing); });
 
   document.addEventListener('keydown', (ev) => {
@@ -474,12 +482,12 @@
     const t = ev.target;
     if (t && (t.tagName === 'INPUT' || t.tagName === 'SELECT' || t.tagName === 'TEXTAREA' || t.tagName === 'BUTTON')) return;
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
-    if (ev.key === 'ArrowRight' || ev.key === 'j') moveCursor(cursor + 1);
-    else if (ev.key === 'ArrowLeft' || ev.key === 'k') moveCursor(cursor - 1);
+    if (ev.key === 'ArrowRight' || ev.key === 'j') { if (viewing >= 0) viewStep(1); else moveCursor(cursor + 1); }
+    else if (ev.key === 'ArrowLeft' || ev.key === 'k') { if (viewing >= 0) viewStep(-1); else moveCursor(cursor - 1); }
     else if (ev.key === 'ArrowDown' && viewing < 0) moveCursor(cursor + cols);
     else if (ev.key === 'ArrowUp' && viewing < 0) moveCursor(cursor - cols);
-    else if (ev.key === 'x') { if (filtered.length) toggle(filtered[cursor]); }
-    else if (ev.key === 'Enter') { if (filtered.length) showViewer(filtered[cursor]); }
+    else if (ev.key === 'x') { if (viewing >= 0) toggle(viewing); else if (filtered.length) toggle(filtered[cursor]); }
+    else if (ev.key === 'Enter') { if (filtered.length) openItem(filtered[cursor]); }
     else return;
     ev.preventDefault();
   });
