@@ -56,9 +56,6 @@ from pipeline.rank import Score, read_scores
 
 # Stages in data-flow order; dedup (a gather over clean) applies at export.
 FUNNEL = ("ingest", "crop", "clean", "upscale", "normalize", "augment", "dedup", "export", "ranked")
-RECEIVES_FROM = {"crop": "ingest", "clean": "crop", "upscale": "clean", "normalize": "upscale",
-                 "augment": "normalize",
-                 "dedup": "clean", "export": "normalize", "ranked": "export"}
 PROVENANCE_COLUMNS = ["id", "source", "parent_id", "last_stage", "action", "reason", "score",
                       "path", "details"]
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
@@ -87,10 +84,11 @@ class FunnelRow:
 
 
 def funnel(stages: dict[str, list[Row]]) -> list[FunnelRow]:
-    """Per stage: images in (the previous stage's keeps), kept, dropped by reason.
+    """Per stage: images in, kept, dropped by reason.
 
-    A stage whose manifest does not list every image it received (export lists only its
-    dataset) gets the difference as ``duplicate`` (dedup is the only step between).
+    A stage lists every image it received, so "in" is its row count (crop: the sources
+    its faces came from), whatever order the stages run in. Export lists only its
+    dataset: "in" is what its input stage kept, the difference shown as ``duplicate``.
     """
     out = []
     kept_count = {s: sum(r.kept for r in rows) for s, rows in stages.items()}
@@ -98,10 +96,13 @@ def funnel(stages: dict[str, list[Row]]) -> list[FunnelRow]:
         if stage not in stages:
             continue
         rows = stages[stage]
-        prev = RECEIVES_FROM.get(stage)
-        if stage == "export" and "augment" in stages:
-            prev = "augment"  # the optional stage sits between normalize and export
-        received = kept_count[prev] if prev in kept_count else len(rows)
+        if stage == "export":
+            prev = "augment" if "augment" in stages else "normalize"
+            received = kept_count.get(prev, len(rows))
+        elif stage == "crop":
+            received = len({r.parent_id if r.parent_id and r.id != r.parent_id else r.id for r in rows})
+        else:
+            received = len(rows)
         dropped = Counter(r.reason or "unspecified" for r in rows if not r.kept)
         if stage == "export":
             unlisted = received - len(rows)
