@@ -358,3 +358,19 @@ def test_thumb_names_stay_inside_the_folder():
     for hostile in ("../../etc/passwd", ".hidden", "a/b", "<x>", ""):
         name = thumb_name(hostile)
         assert re.fullmatch(r"[0-9a-f]{40}\.jpg", name), name
+
+
+def test_images_are_made_in_parallel_and_reused(tmp_path):
+    from pipeline.report import make_images
+    pictures = ["anime_miku_noisy.jpg", "photo_dogs.jpg", "noface_city.jpg", "broken/truncated.jpg"]
+    wanted = {f"t{k:02d}.jpg": (str(TESTDATA / pictures[k % 4]), 48) for k in range(20)}
+    sizes = make_images(tmp_path / "thumbs", wanted, threads=2, index_path=tmp_path / "cache" / "thumbs.json")
+    made = sorted(p.name for p in (tmp_path / "thumbs").iterdir())
+    # the truncated file gives no thumbnail (and no crash); the others their upright size
+    assert made == sorted(n for k, n in enumerate(wanted) if k % 4 != 3) == sorted(sizes)
+    with Image.open(TESTDATA / "photo_dogs.jpg") as im:
+        assert sizes["t01.jpg"] == im.size
+    assert not (tmp_path / "thumbs" / "index.json").exists()  # the index lives in the cache
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "thumbs").iterdir()}
+    again = make_images(tmp_path / "thumbs", wanted, threads=2, index_path=tmp_path / "cache" / "thumbs.json")
+    assert again == sizes and before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "thumbs").iterdir()}
