@@ -336,21 +336,27 @@ def copy_scaled(src: Path, dest: Path, max_side: int = 1536) -> bool:
 
 # ---------------------------------------------------------------- what each image shows
 
+def _num(v) -> float | int:
+    """A coordinate for the page: 0.1 px is plenty, and whole numbers print without '.0'."""
+    v = round(float(v), 1)
+    return int(v) if v.is_integer() else v
+
+
 def face_geometry(details: dict):
     """The region a face was cut from, in upright source pixels: [l, t, r, b] or 4 [x, y]."""
     if isinstance(details.get("quad"), list) and details["quad"]:
         q = details["quad"]
         flat = [v for p in q for v in (p if isinstance(p, list) else [p])]
         if len(flat) == 8:
-            return [[round(flat[i], 1), round(flat[i + 1], 1)] for i in range(0, 8, 2)]
+            return [[_num(flat[i]), _num(flat[i + 1])] for i in range(0, 8, 2)]
     for key in ("crop", "crop_box"):
         box = details.get(key)
         if isinstance(box, list) and len(box) == 4:
-            return [round(float(v), 1) for v in box]
+            return [_num(v) for v in box]
     box = details.get("box")  # the detector's x, y, w, h
     if isinstance(box, list) and len(box) == 4:
         x, y, w, h = (float(v) for v in box)
-        return [x, y, x + w, y + h]
+        return [_num(x), _num(y), _num(x + w), _num(y + h)]
     return None
 
 
@@ -360,7 +366,7 @@ def small_face_boxes(details: dict) -> list:
     for b in details.get("small_faces") or []:
         if isinstance(b, list) and len(b) == 4:
             x, y, w, h = (float(v) for v in b)
-            out.append([x, y, x + w, y + h])
+            out.append([_num(x), _num(y), _num(x + w), _num(y + h)])
     return out
 
 

@@ -64,7 +64,9 @@
 
   // ------------------------------------------------------------ problems
   const problems = $('problems');
-  const addProblem = (text) => problems.append(el('li', {text}));
+  const addProblem = (text) => {  // the same problem from the page and the server: once
+    if (![...problems.children].some((li) => li.textContent === text)) problems.append(el('li', {text}));
+  };
   if (K) {
     (K.problems || []).forEach(addProblem);
     if (K.datasetFingerprint !== C.datasetFingerprint) {
