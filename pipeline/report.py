@@ -37,6 +37,7 @@ import argparse
 import csv
 import hashlib
 import html
+import inspect
 import io
 import json
 import os
@@ -201,15 +202,25 @@ def training_staleness(network: str | os.PathLike | None, export_manifest: str |
     return ""
 
 
+def shown(text: str) -> str:
+    """Text for the page and the console: a name with non-UTF-8 bytes (surrogate-escaped)
+    must not stop the page from being written."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def read_rejects_checked(path: str | None) -> tuple[set[str], list[str]]:
-    """(reject lines, problems): an unreadable file is a problem, not a crash."""
+    """(reject lines, problems): an unreadable file is a problem, not a crash; lines the
+    reader warns about (read_rejects's ``warn``, where it has one) are problems too."""
     if not path:
         return set(), []
+    warnings: list[str] = []
+    kwargs = {"warn": warnings.append} if "warn" in inspect.signature(read_rejects).parameters else {}
     try:
-        return read_rejects(path), []
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        return set(), [f"the rejects file {path} cannot be read ({type(e).__name__}: {e}); "
-                       "the page starts with no rejects and saving would replace it"]
+        lines = read_rejects(path, **kwargs)
+    except (OSError, UnicodeDecodeError, ValueError, SystemExit) as e:
+        return set(), [shown(f"the rejects file {path} cannot be read ({type(e).__name__}: {e}); "
+                             "the page starts with no rejects and saving would replace it")]
+    return lines, [shown(f"rejects file: {w}") for w in warnings]
 
 
 def preset_rejects(lines: set[str], dataset: list[Row]) -> tuple[list[str], list[str]]:
@@ -621,9 +632,9 @@ def build_check(*, name: str, stage_manifests: list[str], dataset: str, dedup: s
     dataset_rows = [r for r in kept(stages.get("export", []))]
     preset, unmatched = preset_rejects(lines, dataset_rows)
     if unmatched:
-        shown = ", ".join(repr(u) for u in unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")
-        problems.append(f"{len(unmatched)} line(s) of the rejects file {rejects} match no image of "
-                        f"the dataset: {shown}")
+        listed = ", ".join(repr(u) for u in unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")
+        problems.append(shown(f"{len(unmatched)} line(s) of the rejects file {rejects} match no image "
+                              f"of the dataset: {listed}"))
     for p in problems:
         warn(p)
     fingerprint = dataset_fingerprint(dataset) if Path(dataset).exists() else ""
@@ -649,7 +660,7 @@ def build_ranking(*, stage_manifests: list[str], dataset: str, dedup: str | None
     problems = []
     stale = training_staleness(network, dataset)
     if stale:
-        problems.append(stale)
+        problems.append(shown(stale))
     names = sorted({n for s in scores for n in s.signals})
     sample = None
     grid = newest_sample_grid(samples_dir)

@@ -277,9 +277,15 @@ def test_rejects_file_preticks_ids_and_sources_and_reports_unknown_lines(tmp_pat
     assert len(out["problems"]) == 1 and "2 line(s)" in out["problems"][0] and "no-such-id" in out["problems"][0]
     assert "match no image" in capfd.readouterr().err  # on the console too
     assert "no-such-id" in out["page"] and "<img src=x" not in out["page"]  # shown, escaped
-    # a file that is not UTF-8 text: a problem on the page, not a crash
-    rejects.write_bytes(b"\xff\xfe\x00garbage\x81\n")
+    # a line that is not UTF-8 (a Latin-1 save): on the page and the console, never a crash
+    rejects.write_bytes(b"caf\xe9-not-an-id\n")
     out = make_report(tree, rejects)
+    assert out["problems"] and all("rejects file" in p for p in out["problems"])
+    assert "rejects file" in capfd.readouterr().err
+    # a rejects "file" that cannot be read at all (a folder)
+    folder = tmp_path / "rejects-folder"
+    folder.mkdir()
+    out = make_report(tree, folder)
     assert out["check"]["preset"] == [] and "cannot be read" in out["problems"][0]
     assert "cannot be read" in capfd.readouterr().err
 
