@@ -172,26 +172,56 @@ def dataset_fingerprint(export_manifest: str | os.PathLike) -> str:
     return hashlib.sha256(Path(export_manifest).read_bytes()).hexdigest()
 
 
+def run_fingerprint(export_manifest: str | os.PathLike) -> str:
+    """The dataset fingerprint training records (gan.runs.dataset_fingerprint, issue 11a):
+    sha256 over "<id>\t<sha256 of the image file>" of every dataset image in id order."""
+    try:
+        from gan.runs import dataset_fingerprint as fingerprint_of  # the trainer's own, when there
+        return fingerprint_of(export_manifest)["sha256"]
+    except ImportError:
+        h = hashlib.sha256()
+        for r in sorted(kept(read_manifest(export_manifest)), key=lambda r: r.id):
+            h.update(f"{r.id}\t{hashlib.sha256(Path(r.path).read_bytes()).hexdigest()}\n".encode())
+        return h.hexdigest()
+
+
+def recorded_fingerprint(network: str | os.PathLike) -> str | None:
+    """The dataset fingerprint a checkpoint records: its ``__meta__`` JSON's
+    ``extra.run.dataset.sha256`` (gan.checkpoint + gan.runs), or a string entry whose key
+    names a fingerprint; None when it records none (an older checkpoint)."""
+    import numpy as np
+    with np.load(network, allow_pickle=False) as npz:
+        for key in npz.files:
+            if npz[key].dtype.kind not in "US" or npz[key].size != 1:
+                continue
+            value = str(npz[key].reshape(()).item())
+            if key == "__meta__":
+                run = (json.loads(value).get("extra") or {}).get("run") or {}
+                sha = (run.get("dataset") or {}).get("sha256") if isinstance(run, dict) else None
+                if sha:
+                    return str(sha)
+            elif "fingerprint" in key.lower():
+                return value
+    return None
+
+
 def training_staleness(network: str | os.PathLike | None, export_manifest: str | os.PathLike) -> str:
     """"" when the network was trained on this dataset, else why it looks older.
 
-    The checkpoint's recorded dataset fingerprint (any string entry whose key names a
-    fingerprint) decides when there is one; otherwise file times do.
+    The checkpoint's recorded dataset fingerprint decides when it has one (compared with
+    the same fingerprint of the export manifest); otherwise file times do.
     """
     if not network or not Path(network).exists() or not Path(export_manifest).exists():
         return ""
-    recorded = None
     try:
-        import numpy as np
-        with np.load(network, allow_pickle=False) as npz:
-            for key in npz.files:
-                if "fingerprint" in key.lower() and npz[key].dtype.kind in "US" and npz[key].size == 1:
-                    recorded = str(npz[key].reshape(()).item())
-                    break
-    except (OSError, ValueError) as e:
+        recorded = recorded_fingerprint(network)
+    except (OSError, ValueError, KeyError) as e:
         return f"cannot read the network {network}: {e}"
     if recorded:
-        current = dataset_fingerprint(export_manifest)
+        try:
+            current = run_fingerprint(export_manifest)
+        except OSError as e:
+            return f"cannot fingerprint the dataset {export_manifest}: {e}"
         if recorded != current:
             return (f"the network {network} was trained on another dataset (fingerprint "
                     f"{recorded[:12]}, dataset now {current[:12]}): rerun the fine-tune")

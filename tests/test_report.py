@@ -301,13 +301,19 @@ def test_training_older_than_the_dataset_is_reported(tmp_path, capfd):
     assert "older than the dataset" in out["ranking_problems"][0]
     assert out["ranking"]["problems"] == out["ranking_problems"]
     assert "older than the dataset" in capfd.readouterr().err
-    # a recorded fingerprint decides over file times
-    from pipeline.report import dataset_fingerprint
-    np.savez(net, dataset_fingerprint=np.array(dataset_fingerprint(export)))
+    # a recorded fingerprint (as gan.checkpoint/gan.runs store it) decides over file times
+    from pipeline.report import run_fingerprint
+    meta = lambda sha: np.array(json.dumps({"extra": {"run": {"dataset": {"sha256": sha}}}}))  # noqa: E731
+    np.savez(net, __meta__=meta(run_fingerprint(export)))
     os.utime(net, ns=(export.stat().st_mtime_ns - 10**9,) * 2)
     assert training_staleness(net, export) == ""
-    np.savez(net, dataset_fingerprint=np.array("0" * 64))
+    np.savez(net, __meta__=meta("0" * 64))
     assert "another dataset" in training_staleness(net, export)
+    # the fingerprint is of the pictures: another image under the same id changes it
+    before = run_fingerprint(export)
+    first = tree["dataset"][0]
+    Image.open(first.path).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(first.path)
+    assert run_fingerprint(export) != before
 
 
 def test_provenance_for_every_raw_file_and_face(tree):
