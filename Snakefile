@@ -18,6 +18,7 @@ include: "rules/export.smk"
 include: "rules/finetune.smk"
 include: "rules/rank.smk"
 include: "rules/report.smk"
+include: "rules/model.smk"
 
 
 rule all:

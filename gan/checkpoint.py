@@ -48,6 +48,16 @@ def read_meta(path: str | os.PathLike) -> dict:
         return _parse_meta(data, path)
 
 
+def verify_readable(path: str | os.PathLike) -> dict:
+    """The metadata, after reading every array (zip CRCs checked): raises on a zero-byte,
+    truncated or damaged file."""
+    with np.load(path, allow_pickle=False) as data:
+        meta = _parse_meta(data, path)
+        for key in data.files:
+            data[key]
+    return meta
+
+
 def _parse_meta(data, path) -> dict:
     if _META not in data.files:
         raise ValueError(f"{path}: not a {FORMAT} checkpoint (no {_META})")

@@ -21,9 +21,18 @@ the discriminator keeps its blocks up to it and gets a freshly initialized FromR
 new top resolution (it must be re-learned by fine-tuning); layers above are dropped by
 name. A higher resolution than the pickle's is refused.
 
+Families: NVIDIA stylegan2 pickles (config-e/f: ``G_main``/``G_mapping``/
+``G_synthesis_stylegan2``, ``D_stylegan2``) and stylegan2-ada TF pickles (``G_main``/
+``G_mapping``/``G_synthesis``, ``D_main``), told apart by their build function names; both
+use the same variable names. ``dlatent_avg_beta=None`` (TF1: w_avg not tracked) becomes
+``w_avg_beta=1.0`` (the average stays where it is).
+
 ``save_tf1_pickle`` writes the same format (protocol 3, numpy.core paths, as TF1-era
-pickles); its ``build_module_src`` is a note, not NVIDIA's code, so TF1 dnnlib itself cannot
-rebuild such a file: it exists for round trips and for inspection with our importer.
+pickles) with only the static kwargs that NVIDIA's stylegan2 defines and stylegan2-ada-pytorch's
+``legacy.py`` accepts (``EXPORT_G_KWARGS``/``EXPORT_D_KWARGS``), so that converter (and
+stylegan3's, the same code) loads it. Its ``build_module_src`` is a note, not NVIDIA's code, so
+TF1 dnnlib itself cannot rebuild such a file. ``python -m gan.legacy`` (``export_model``)
+writes the pickle and a float32 ``.npz`` from one of our checkpoints.
 """
 from __future__ import annotations
 
@@ -158,20 +167,46 @@ def read_tf1_pickle(path: str | os.PathLike) -> tuple[TF1Network, TF1Network, TF
 
 # ---------------------------------------------------------------- kwargs mapping
 
-# TF1 build-function arguments that change the architecture, with the only value we build.
+# Two families of TF1 pickles share the variable names (they are looked up by name below):
+# NVIDIA stylegan2 (training/networks_stylegan2.py: G_main, G_mapping, G_synthesis_stylegan2,
+# D_stylegan2; config-e/f) and stylegan2-ada TF (training/networks.py: G_main, G_mapping,
+# G_synthesis, D_main). The family is told by the build function names in the pickle.
+FAMILIES = {
+    "stylegan2": {"G": "G_main", "G_mapping": "G_mapping", "G_synthesis": "G_synthesis_stylegan2",
+                  "D": "D_stylegan2"},
+    "stylegan2-ada": {"G": "G_main", "G_mapping": "G_mapping", "G_synthesis": "G_synthesis",
+                      "D": "D_main"},
+}
+
+# Build-function arguments that change the architecture, with the only value we build. Other
+# arguments (truncation, style mixing, dtype, fused_modconv, num_fp16_res, conv_clamp,
+# randomize_noise, freeze_layers...) do not change the variables or what we compute from them.
 _G_FIXED = {"label_size": 0, "fmap_decay": 1.0, "architecture": "skip", "nonlinearity": "lrelu",
             "mapping_nonlinearity": "lrelu", "normalize_latents": True, "resample_kernel": [1, 3, 3, 1],
-            "synthesis_func": "G_synthesis_stylegan2", "mapping_func": "G_mapping"}
+            "use_noise": True, "fmap_const": None}
 _D_FIXED = {"label_size": 0, "fmap_decay": 1.0, "architecture": "resnet", "nonlinearity": "lrelu",
-            "resample_kernel": [1, 3, 3, 1]}
-_BUILD_FUNCS = {"G": "G_main", "D": "D_stylegan2", "G_mapping": "G_mapping",
-                "G_synthesis": "G_synthesis_stylegan2"}
+            "resample_kernel": [1, 3, 3, 1], "use_pagan": False, "use_spectral_norm": False,
+            "score_max": 1}
+
+# What the exported pickle may carry as static kwargs: the arguments NVIDIA's stylegan2 build
+# functions define (G_main/G_mapping/G_synthesis_stylegan2, D_stylegan2) AND that
+# stylegan2-ada-pytorch's legacy.py (convert_tf_generator / convert_tf_discriminator, also used
+# by stylegan3) accepts; it raises "Unknown TensorFlow kwarg" for anything else
+# (dlatent_avg_beta, fmap_decay, fmap_min, randomize_noise, dtype...).
+EXPORT_G_KWARGS = frozenset({
+    "num_channels", "resolution", "label_size", "latent_size", "dlatent_size", "mapping_layers",
+    "mapping_fmaps", "mapping_lrmul", "mapping_nonlinearity", "fmap_base", "fmap_max",
+    "architecture", "nonlinearity", "resample_kernel", "truncation_psi", "truncation_cutoff",
+    "style_mixing_prob"})
+EXPORT_D_KWARGS = frozenset({
+    "num_channels", "resolution", "label_size", "fmap_base", "fmap_max", "architecture",
+    "nonlinearity", "resample_kernel", "mbstd_group_size", "mbstd_num_features"})
 
 
 def _check_fixed(kwargs: dict, fixed: dict, what: str) -> None:
     bad = {k: kwargs[k] for k, v in fixed.items()
            if k in kwargs and not _same_value(kwargs[k], v)}
-    if kwargs.get("fmap_min", 1) > 1:
+    if (kwargs.get("fmap_min") or 1) > 1:
         bad["fmap_min"] = kwargs["fmap_min"]
     if bad:
         raise ValueError(f"{what}: unsupported TF1 architecture arguments {bad} "
@@ -180,44 +215,65 @@ def _check_fixed(kwargs: dict, fixed: dict, what: str) -> None:
 
 def _same_value(a, b) -> bool:
     if isinstance(b, list):
-        return list(np.ravel(a)) == b
+        return a is not None and list(np.ravel(a)) == b
     return a == b
 
 
-def _check_build_func(net: TF1Network, role: str) -> None:
-    func = net.build_func_name.rsplit(".", 1)[-1]
-    if func != _BUILD_FUNCS[role]:
-        raise ValueError(f"{net.name}: build function {func!r} is not {_BUILD_FUNCS[role]!r}; only "
-                         "StyleGAN2 (config-e/f) networks can be imported")
+def _func(net: TF1Network) -> str:
+    """TF1 stores the bare function name; tolerate a dotted module path too."""
+    return net.build_func_name.rsplit(".", 1)[-1]
+
+
+def network_family(G: TF1Network, D: TF1Network) -> str:
+    """'stylegan2' or 'stylegan2-ada' from the build function names, else ValueError."""
+    comps = {c.name: _func(c) for c in G.components.values() if isinstance(c, TF1Network)}
+    found = {"G": _func(G), "G_mapping": comps.get("G_mapping"), "G_synthesis": comps.get("G_synthesis"),
+             "D": _func(D)}
+    for family, funcs in FAMILIES.items():
+        if found == funcs:
+            return family
+    raise ValueError(f"build functions {found} are neither NVIDIA stylegan2 {FAMILIES['stylegan2']} "
+                     f"nor stylegan2-ada {FAMILIES['stylegan2-ada']}; only StyleGAN2 (config-e/f "
+                     "architecture) networks can be imported")
+
+
+def _w_avg_beta(kw: dict) -> float:
+    """TF1 ``dlatent_avg_beta``: default 0.995; None (or 1) means w_avg is not tracked, which
+    is beta 1.0 here (the lerp then keeps w_avg as it is)."""
+    if "dlatent_avg_beta" not in kw:
+        return 0.995
+    beta = kw["dlatent_avg_beta"]
+    return 1.0 if beta is None else float(beta)
 
 
 def generator_kwargs(net: TF1Network) -> dict:
     """Our Generator kwargs from a TF1 G_main network's static kwargs (TF1 defaults)."""
-    _check_build_func(net, "G")
     kw = net.static_kwargs
     _check_fixed(kw, _G_FIXED, net.name)
-    for comp in net.components.values():
-        _check_build_func(comp, comp.name if comp.name in _BUILD_FUNCS else "G_synthesis")
-    latent, dlatent, fmaps = (kw.get("latent_size", 512), kw.get("dlatent_size", 512),
-                              kw.get("mapping_fmaps", 512))
+    latent, dlatent = kw.get("latent_size", 512), kw.get("dlatent_size", 512)
+    fmaps = kw.get("mapping_fmaps") or dlatent   # ada: None = same as dlatent_size
     if not latent == dlatent == fmaps:
         raise ValueError(f"{net.name}: latent_size {latent}, dlatent_size {dlatent} and mapping_fmaps "
                          f"{fmaps} differ; we support one latent width")
     return dict(resolution=int(kw.get("resolution", 1024)), num_channels=int(kw.get("num_channels", 3)),
                 latent_dim=int(latent), mapping_layers=int(kw.get("mapping_layers", 8)),
                 channel_base=int(kw.get("fmap_base", 16 << 10)), channel_max=int(kw.get("fmap_max", 512)),
-                mapping_lrmul=float(kw.get("mapping_lrmul", 0.01)),
-                w_avg_beta=float(kw.get("dlatent_avg_beta", 0.995) or 0.995))
+                mapping_lrmul=float(kw.get("mapping_lrmul", 0.01)), w_avg_beta=_w_avg_beta(kw))
 
 
-def discriminator_kwargs(net: TF1Network) -> dict:
-    _check_build_func(net, "D")
+def discriminator_kwargs(net: TF1Network, family: str = "stylegan2") -> dict:
     kw = net.static_kwargs
     _check_fixed(kw, _D_FIXED, net.name)
+    group = kw.get("mbstd_group_size", 4 if family == "stylegan2" else None)
+    features = int(kw.get("mbstd_num_features", 1))
+    if family == "stylegan2-ada" and features == 0:
+        group = 0            # ada switches the layer off with 0 features, stylegan2 with group <= 1
+    if group is None:
+        raise ValueError(f"{net.name}: mbstd_group_size None (the whole minibatch as one group) is "
+                         "not supported; the discriminator needs a fixed group size")
     return dict(resolution=int(kw.get("resolution", 1024)), num_channels=int(kw.get("num_channels", 3)),
                 channel_base=int(kw.get("fmap_base", 16 << 10)), channel_max=int(kw.get("fmap_max", 512)),
-                mbstd_group_size=int(kw.get("mbstd_group_size", 4)),
-                mbstd_num_features=int(kw.get("mbstd_num_features", 1)))
+                mbstd_group_size=int(group), mbstd_num_features=features)
 
 
 # ---------------------------------------------------------------- import
@@ -263,7 +319,10 @@ def load_tf1_pickle(path: str | os.PathLike, resolution: int | None = None, seed
     Every pickle variable must be used and every network variable assigned, else ValueError.
     """
     tf1_G, tf1_D, tf1_Gs = read_tf1_pickle(path)
-    g_kw, gs_kw, d_kw = generator_kwargs(tf1_G), generator_kwargs(tf1_Gs), discriminator_kwargs(tf1_D)
+    family = network_family(tf1_G, tf1_D)
+    network_family(tf1_Gs, tf1_D)
+    g_kw, gs_kw = generator_kwargs(tf1_G), generator_kwargs(tf1_Gs)
+    d_kw = discriminator_kwargs(tf1_D, family)
     source_res = g_kw["resolution"]
     if gs_kw["resolution"] != source_res or d_kw["resolution"] != source_res:
         raise ValueError(f"{path}: G, Gs and D resolutions differ")
@@ -281,6 +340,7 @@ def load_tf1_pickle(path: str | os.PathLike, resolution: int | None = None, seed
     if fresh:
         log.warning("%s: D's FromRGB at %dx%d is freshly initialized (pickle is %d px)",
                     path, target, target, source_res)
+    log.info("%s: %s network, %d px, imported at %d px", path, family, source_res, target)
     return G, D, Gs
 
 
@@ -301,7 +361,13 @@ def _tf1_generator(G, name: str) -> TF1Network:
               "fmap_base": kw["channel_base"], "fmap_max": kw["channel_max"],
               "latent_size": kw["latent_dim"], "dlatent_size": kw["latent_dim"],
               "mapping_fmaps": kw["latent_dim"], "mapping_layers": kw["mapping_layers"],
-              "mapping_lrmul": kw["mapping_lrmul"], "dlatent_avg_beta": kw["w_avg_beta"]}
+              "mapping_lrmul": kw["mapping_lrmul"]}
+    if kw["w_avg_beta"] != 0.995:
+        # no static kwarg for it is both NVIDIA's and accepted by stylegan2-ada-pytorch; readers
+        # use 0.995 when training further (the .npz beside the pickle keeps our value)
+        log.warning("%s: w_avg_beta %s is not written to the TF1 pickle (readers assume 0.995)",
+                    name, kw["w_avg_beta"])
+    assert set(static) <= EXPORT_G_KWARGS
     names = list(G.named_variables())
     synthesis = TF1Network("G_synthesis", static, {}, "G_synthesis_stylegan2",
                            [(n.split("/", 1)[1], v) for n, v in
@@ -318,6 +384,10 @@ def _tf1_discriminator(D) -> TF1Network:
     static = {"num_channels": kw["num_channels"], "resolution": kw["resolution"], "label_size": 0,
               "fmap_base": kw["channel_base"], "fmap_max": kw["channel_max"],
               "mbstd_group_size": kw["mbstd_group_size"], "mbstd_num_features": kw["mbstd_num_features"]}
+    if kw["mbstd_group_size"] <= 1:
+        # off: stylegan2 skips the layer for group <= 1, stylegan2-ada-pytorch for 0 features
+        static.update(mbstd_group_size=0, mbstd_num_features=0)
+    assert set(static) <= EXPORT_D_KWARGS
     return TF1Network("D", static, {}, "D_stylegan2", _vars_list(D, list(D.named_variables())), _NOTE_SRC)
 
 
@@ -341,3 +411,46 @@ def save_tf1_pickle(path: str | os.PathLike, G, D, Gs) -> None:
     buf = io.BytesIO()
     _TF1Pickler(buf, protocol=3).dump((_tf1_generator(G, "G"), _tf1_discriminator(D), _tf1_generator(Gs, "Gs")))
     atomic_write_bytes(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- export_model
+
+def export_model(network: str | os.PathLike, pkl: str | os.PathLike, npz: str | os.PathLike) -> dict:
+    """Our checkpoint (final network or any snapshot) -> ``pkl`` (TF1 network pickle) and ``npz``
+    (our format, all float32), then read the pickle back and require every variable to be
+    identical. Returns a summary for the log."""
+    from gan import checkpoint
+    # float32 everywhere: a snapshot of a mixed-precision run is exported ready for CPU use
+    G, D, Gs, extra = checkpoint.load_network(network, num_fp16_res=0, conv_clamp=None)
+    if D is None or Gs is None:
+        raise ValueError(f"{network}: a network pickle needs G, D and Gs")
+    save_tf1_pickle(pkl, G, D, Gs)
+    G2, D2, Gs2 = load_tf1_pickle(pkl)
+    for ours, back in ((G, G2), (D, D2), (Gs, Gs2)):
+        theirs = back.named_variables()
+        for name, var in ours.named_variables().items():
+            if not np.array_equal(var.numpy(), theirs[name].numpy()):
+                raise ValueError(f"{pkl}: {ours.name} {name} changed in the round trip")
+    checkpoint.save_network(npz, G, D, Gs, {**extra, "exported_from": str(network)})
+    return {"network": str(network), "pkl": str(pkl), "npz": str(npz),
+            "resolution": G.resolution, "w_avg_beta": G.w_avg_beta}
+
+
+def main(argv=None) -> None:
+    import argparse
+    import json
+    p = argparse.ArgumentParser(
+        prog="python -m gan.legacy",
+        description="Export a faceprep network (.npz: final network or snapshot) as an NVIDIA TF1 "
+                    "network pickle that stylegan2-ada-pytorch / stylegan3 legacy.py and "
+                    "faceprep's importer load, plus a float32 .npz copy.")
+    p.add_argument("--network", required=True, help="our checkpoint (.npz)")
+    p.add_argument("--pkl", required=True, help="TF1 network pickle to write")
+    p.add_argument("--npz", required=True, help="our checkpoint copy to write")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    print(json.dumps(export_model(a.network, a.pkl, a.npz)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

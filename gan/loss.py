@@ -1,4 +1,5 @@
-"""StyleGAN2 losses: non-saturating logistic G loss, logistic D loss, lazy R1.
+"""StyleGAN2 losses: non-saturating logistic G loss, logistic D loss, lazy R1, lazy path-length
+regularization.
 
 Functions return per-image values; the training step averages them over the global
 batch (so MirroredStrategy replicas sum to the right mean).
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 
@@ -47,3 +49,47 @@ def lazy_adam_args(lr: float, interval: int, beta1: float = 0.0, beta2: float = 
     mb_ratio = interval / (interval + 1) if interval else 1.0
     return {"learning_rate": lr * mb_ratio, "beta_1": beta1 ** mb_ratio,
             "beta_2": beta2 ** mb_ratio, "epsilon": 1e-8}
+
+
+# ---------------------------------------------------------------- path-length regularization
+# StyleGAN2 config-f (training/loss.py G_logistic_ns_pathreg): for fakes g(w), the length of
+# J_w^T y with y ~ N(0, I) / sqrt(H*W) should stay near its moving average a:
+# penalty = (|J_w^T y| - a)^2, weight 2, every 4th minibatch (lazy), on batch / 2 fakes.
+
+PL_CONFIG_F_CHANNEL_BASE = 16384   # config-f's fmap_base (16 << 10); config-e is 8 << 10
+
+
+def pl_weight_for(cfg: dict, channel_base: int) -> float:
+    """``pl_weight``: a number as given; ``auto`` = 2 for config-f sized networks, else 0 (off)."""
+    weight = cfg.get("pl_weight", "auto")
+    if weight == "auto":
+        return 2.0 if int(channel_base) >= PL_CONFIG_F_CHANNEL_BASE else 0.0
+    return float(weight)
+
+
+def path_lengths(synthesize: Callable[[tf.Tensor], tf.Tensor], ws: tf.Tensor, noise_seed
+                 ) -> tuple[tf.Tensor, tf.Tensor]:
+    """(|J_w^T y| per image, images): ws [N, num_ws, w_dim]; y is seeded normal noise scaled
+    by 1/sqrt(H*W); the length is sqrt(mean over layers of the squared norm over w_dim).
+    Differentiable (a nested tape), so a penalty on it trains the generator."""
+    with tf.GradientTape() as tape:
+        tape.watch(ws)
+        images = tf.cast(synthesize(ws), tf.float32)
+        height, width = images.shape[1], images.shape[2]
+        noise = tf.random.stateless_normal(tf.shape(images), seed=noise_seed) / float(np.sqrt(height * width))
+        total = tf.reduce_sum(images * noise)
+    grads = tf.cast(tape.gradient(total, ws), tf.float32)
+    return tf.sqrt(tf.reduce_mean(tf.reduce_sum(tf.square(grads), axis=2), axis=1)), images
+
+
+def path_length_penalty(lengths: tf.Tensor, pl_mean: tf.Tensor, decay: float
+                        ) -> tuple[tf.Tensor, tf.Tensor]:
+    """((|J^T y| - a)^2 per image, a): a = pl_mean moved by ``decay`` toward this batch's mean
+    length; as in NVIDIA's code the gradient also flows through a's batch-mean part."""
+    new_mean = pl_mean + decay * (tf.reduce_mean(lengths) - pl_mean)
+    return tf.square(lengths - new_mean), new_mean
+
+
+def lazy_pl_loss(penalty: tf.Tensor, weight: float, interval: int) -> tf.Tensor:
+    """The penalty applied every ``interval`` minibatches, scaled by the interval."""
+    return penalty * (weight * interval)

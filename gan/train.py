@@ -5,8 +5,11 @@
         --output results/holo/finetune/network-final.npz
 
 `--config` is the `finetune:` block as JSON (or @file); keys it leaves out take the
-defaults of schemas/config.schema.yaml. Killed and restarted with `resume: latest`, it
-continues from the newest snapshot in <run-dir>/snapshots/.
+defaults of schemas/config.schema.yaml. Each (dataset fingerprint, architecture,
+pretrained file) trains in its own folder <run-dir>/runs/<id>/ (gan.runs); `--manifest`
+(the export manifest) gives the fingerprint, else the top-level TFRecord file does.
+Killed and restarted with `resume: latest`, it continues from the newest readable
+snapshot of that run; new data starts a new run that trains `kimg` on it.
 """
 from __future__ import annotations
 
@@ -43,11 +46,20 @@ def main(argv=None) -> None:
     p.add_argument("--run-dir", required=True, help="snapshots/, samples/, tb/ go here")
     p.add_argument("--config", required=True, help="the finetune config block as JSON or @file")
     p.add_argument("--output", required=True, help="final network (.npz, gan.checkpoint format)")
+    p.add_argument("--manifest", help="the export manifest.tsv (dataset fingerprint: ids + image bytes)")
     a = p.parse_args(argv)
     cfg = resolve_config(load_config_arg(a.config))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # keep TF's C++ INFO/WARNING out of the log
+    from gan import runs
+    from gan.dataset import dataset_info
     from gan.training_loop import training_loop   # TensorFlow loads only when training
-    training_loop(a.data, a.run_dir, cfg, a.output)
+    info = dataset_info(a.data)
+    fingerprint = (runs.dataset_fingerprint(a.manifest) if a.manifest
+                   else runs.tfrecords_fingerprint(a.data))
+    run = runs.prepare_run(a.run_dir, cfg, fingerprint, info.resolution, info.channels)
+    training_loop(a.data, run.dir, cfg, run.final, run=run.info)
+    runs.publish(run, a.run_dir, a.output)
+    print(f"published: {a.output} from run {run.id}", flush=True)
 
 
 if __name__ == "__main__":

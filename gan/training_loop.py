@@ -1,8 +1,9 @@
 """StyleGAN2 training loop in TF2: fine-tuning (or training from scratch) on TFRecords.
 
 Per minibatch, as NVIDIA's StyleGAN2: a G step (non-saturating logistic loss), a D step
-(logistic loss), every ``r1_interval`` minibatches a lazy R1 step on D, then the EMA
-generator Gs follows G. Optional ADA-style augmentation in front of D with adaptive p,
+(logistic loss), every ``r1_interval`` minibatches a lazy R1 step on D, every ``pl_interval``
+minibatches a lazy path-length step on G (config-f; ``pl_weight: auto`` = on for config-f
+widths), then the EMA generator Gs follows G. Optional ADA-style augmentation in front of D with adaptive p,
 freeze-D (the highest-resolution D blocks are not updated), mixed precision and XLA on GPU,
 MirroredStrategy when several GPUs are visible.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,13 +162,18 @@ def verify_sha256(path: str, expected: str | None) -> None:
 
 
 def build_networks(cfg: dict, resolution: int, channels: int, snapshot: Path | None,
-                   mixed_precision: bool = False):
-    """(G, D, Gs, extra, how): from a snapshot, the pretrained file, or fresh (seeded)."""
+                   mixed_precision: bool = False, warm_start: Path | None = None):
+    """(G, D, Gs, extra, how): from a snapshot, a warm-start network (another run's final:
+    its weights, not its image count), the pretrained file, or fresh (seeded)."""
     from gan import checkpoint, networks
     extra: dict = {}
     if snapshot is not None:
         G, D, Gs, extra = checkpoint.load_network(snapshot)
         how = f"snapshot {snapshot}"
+    elif warm_start is not None:
+        G, D, Gs, warm_extra = checkpoint.load_network(warm_start)
+        extra = {"augment_p": warm_extra.get("augment_p", 0.0)}   # D's overfitting state carries over
+        how = f"warm start {warm_start}"
     elif cfg.get("pretrained"):
         pretrained = str(cfg["pretrained"])
         verify_sha256(pretrained, cfg.get("pretrained_sha256"))
@@ -208,6 +215,7 @@ class StepResult:
     real_score: tf.Tensor
     fake_score: tf.Tensor
     real_sign_sum: tf.Tensor
+    pl_length: tf.Tensor | None = None
 
 
 class Trainer:
@@ -228,6 +236,11 @@ class Trainer:
         self.use_augment = float(cfg.get("ada_target", 0.0)) > 0
         self.latent_dim = int(G.latent_dim)
         self.num_ws = int(G.num_ws)
+        # path-length regularization (config-f; `auto` turns it on for config-f widths)
+        self.pl_weight = loss_lib.pl_weight_for(cfg, G.init_kwargs["channel_base"])
+        self.pl_interval = int(cfg.get("pl_interval", 4)) if self.pl_weight > 0 else 0
+        self.pl_decay = float(cfg.get("pl_decay", 0.01))
+        self.pl_batch = max(1, self.batch // self.replicas // int(cfg.get("pl_batch_shrink", 2)))
 
         self.frozen_d = frozen_d_variables(D, int(cfg.get("freeze_d", 0)))
         frozen = {v.ref() for v in self.frozen_d}
@@ -238,7 +251,9 @@ class Trainer:
         self.gs_pairs = [(gs_vars[n], v) for n, v in G.named_variables().items()]
 
         with strategy.scope():
-            self.opt_g = keras.optimizers.Adam(**loss_lib.lazy_adam_args(float(cfg["lr_g"]), 0))
+            self.opt_g = keras.optimizers.Adam(
+                **loss_lib.lazy_adam_args(float(cfg["lr_g"]), self.pl_interval))
+            self.pl_mean = tf.Variable(0.0, trainable=False, name="pl_mean")
             self.opt_d = keras.optimizers.Adam(
                 **loss_lib.lazy_adam_args(float(cfg["lr_d"]), self.r1_interval))
             if mixed_precision:
@@ -256,6 +271,7 @@ class Trainer:
         # R1 is its own function: the main step is traced once, not once with and once without
         self._train_step = tf.function(self._train_step_fn, jit_compile=jit, reduce_retracing=True)
         self._r1_step = tf.function(self._r1_step_fn, jit_compile=jit, reduce_retracing=True)
+        self._pl_step = tf.function(self._pl_step_fn, jit_compile=jit, reduce_retracing=True)
         self._ema_step = tf.function(self._ema_step_fn, jit_compile=jit)
 
     @property
@@ -272,6 +288,11 @@ class Trainer:
 
     def _generate(self, n, step, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         """Fakes with style mixing (as config-e/f training); also the batch's mean w."""
+        ws = self._mixed_ws(n, step, k)
+        return self.G.synthesis(ws, noise_mode="random"), tf.reduce_mean(ws[:, 0], axis=0)
+
+    def _mixed_ws(self, n, step, k: int) -> tf.Tensor:
+        """ws [n, num_ws, w_dim] from seeded z, style-mixed with probability 0.9."""
         z = tf.random.stateless_normal([n, self.latent_dim], seed=self._step_seed(step, k))
         ws = self.G.mapping(z)
         if self.num_ws > 1:
@@ -283,7 +304,7 @@ class Trainer:
             cutoff = tf.where(mix, cutoff, self.num_ws)
             use_first = tf.range(self.num_ws)[None, :] < cutoff[:, None]
             ws = tf.where(use_first[:, :, None], ws, ws2)
-        return self.G.synthesis(ws, noise_mode="random"), tf.reduce_mean(ws[:, 0], axis=0)
+        return ws
 
     def _discriminate(self, images, p, step, k: int) -> tf.Tensor:
         if self.use_augment:
@@ -331,6 +352,27 @@ class Trainer:
         self._apply(self.opt_d, scaled, tape, self.d_trainables)
         return self._mean(penalty)
 
+    def _replica_pl_step(self, step):
+        n = self.pl_batch
+        with tf.GradientTape() as tape:
+            ws = self._mixed_ws(n, step, 50)
+            lengths, _ = loss_lib.path_lengths(lambda w: self.G.synthesis(w, noise_mode="random"), ws,
+                                               self._step_seed(step, 54))
+            penalty, _ = loss_lib.path_length_penalty(lengths, self.pl_mean, self.pl_decay)
+            pl_loss = tf.nn.compute_average_loss(
+                loss_lib.lazy_pl_loss(penalty, self.pl_weight, self.pl_interval),
+                global_batch_size=n * self.replicas)
+            scaled = self._scaled(self.opt_g, pl_loss)
+        self._apply(self.opt_g, scaled, tape, self.g_trainables)
+        return tf.reduce_sum(lengths) / (n * self.replicas)
+
+    def _pl_step_fn(self, step):
+        per_replica = self.strategy.run(self._replica_pl_step, args=(step,))
+        mean_length = self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        # the moving average follows the mean path length over all replicas
+        self.pl_mean.assign(self.pl_mean + self.pl_decay * (mean_length - self.pl_mean))
+        return mean_length
+
     def _train_step_fn(self, reals, step, p):
         out = self.strategy.run(self._replica_step, args=(reals, step, p))
         out = [self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in out]
@@ -358,7 +400,10 @@ class Trainer:
         r1 = None
         if self.r1_interval and step % self.r1_interval == 0:
             r1 = self._r1_step(reals, step_t, p_t)
-        return StepResult(g, d, r1, rs, fs, signs)
+        pl = None
+        if self.pl_interval and step % self.pl_interval == 0:
+            pl = self._pl_step(step_t)
+        return StepResult(g, d, r1, rs, fs, signs, pl)
 
     def update_ema(self, cur_nimg: int) -> None:
         ema_nimg = float(self.cfg["ema_kimg"]) * 1000
@@ -395,11 +440,14 @@ def _arch(cfg: dict) -> dict:
     return {k: cfg.get(k) for k in ARCH_KEYS}
 
 
-def pick_resume(run_dir: Path, cfg: dict, resolution: int) -> Path | None:
+def pick_resume(run_dir: Path, cfg: dict, resolution: int, run: dict | None = None) -> Path | None:
     """The snapshot to continue from, per `resume` (latest | none | <path>). `latest` is
-    the newest snapshot of this run's network (same pretrained file, sizes, resolution):
-    snapshots of an earlier configuration are skipped, not resumed."""
+    the newest readable snapshot of this run's network (same pretrained file, sizes,
+    resolution; with ``run``, also the same data fingerprint and pretrained sha256):
+    snapshots of another configuration are skipped, not resumed; an unreadable one (zero
+    bytes, truncated) is skipped with a warning and the one before it is used."""
     from gan import checkpoint
+    from gan.runs import same_identity
     resume = str(cfg.get("resume") or "none")
     snapshots = list_snapshots(run_dir)
     if resume == "none":
@@ -413,9 +461,20 @@ def pick_resume(run_dir: Path, cfg: dict, resolution: int) -> Path | None:
             raise FileNotFoundError(f"resume: {path} does not exist")
         return path
     for _, path in reversed(snapshots):
-        meta = checkpoint.read_meta(path)
+        try:
+            meta = checkpoint.verify_readable(path)
+        except Exception as e:  # noqa: BLE001 - any damage means: not this one
+            log(f"warning: resume: skipping unreadable snapshot {path} ({type(e).__name__}: {e}); "
+                "trying the one before it")
+            continue
         stored = _arch(meta["extra"].get("training_config", {}))
         stored_res = (meta["networks"].get("G") or {}).get("resolution")
+        if run is not None:   # the identity covers data, architecture and the pretrained bytes
+            if same_identity(meta["extra"].get("run") or {}, run):
+                return path
+            log(f"resume: skipping {path.name} (another run: data, architecture or pretrained "
+                "file differ)")
+            continue
         if stored == _arch(cfg) and stored_res == resolution:
             return path
         log(f"resume: skipping {path.name} (trained with {stored} at {stored_res} px, "
@@ -423,9 +482,23 @@ def pick_resume(run_dir: Path, cfg: dict, resolution: int) -> Path | None:
     return None
 
 
-def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: str | Path) -> dict:
-    """Train until ``cfg['kimg']`` thousand images have been shown; returns a summary."""
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Half-written snapshot temp files a kill left behind (never read: names differ)."""
+    folder = run_dir / "snapshots"
+    for p in sorted(folder.glob(".network-snapshot-*.tmp")) if folder.is_dir() else []:
+        log(f"resume: removing {p.name} (a snapshot a kill left half-written)")
+        p.unlink(missing_ok=True)
+
+
+def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: str | Path,
+                  run: dict | None = None) -> dict:
+    """Train until ``cfg['kimg']`` thousand images have been shown; returns a summary.
+
+    ``run`` (gan.runs): the run's identity (data fingerprint, architecture, pretrained
+    sha256) and warm-start source; recorded in every snapshot and the final network, and
+    a snapshot is resumed only when it matches."""
     run_dir = Path(run_dir)
+    remove_stale_temp_files(run_dir)
     from gan import checkpoint
     strategy, mixed = setup_devices(cfg)
     info = dataset_info(data_dir)
@@ -434,9 +507,11 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
         f"{'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'}; "
         f"mixed precision {'on' if mixed else 'off'}; xla {'on' if cfg.get('xla') else 'off'}")
 
-    resume_from = pick_resume(run_dir, cfg, info.resolution)
+    resume_from = pick_resume(run_dir, cfg, info.resolution, run)
+    warm_start = (run or {}).get("warm_start", {}).get("network")
     with strategy.scope():
-        G, D, Gs, extra, how = build_networks(cfg, info.resolution, info.channels, resume_from, mixed)
+        G, D, Gs, extra, how = build_networks(cfg, info.resolution, info.channels, resume_from, mixed,
+                                              warm_start=Path(warm_start) if warm_start else None)
     if int(G.resolution) != info.resolution:
         raise ValueError(f"the network is {G.resolution} px but the dataset is {info.resolution} px "
                          "(fine-tuning at another resolution is not supported)")
@@ -445,12 +520,18 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
                                     ADA_INTERVAL, float(cfg.get("ada_kimg", 500)),
                                     p=float(extra.get("augment_p", 0.0)))
     trainer = Trainer(G, D, Gs, cfg, strategy, mixed)
+    trainer.pl_mean.assign(float(extra.get("pl_mean", 0.0)))   # path-length average resumes too
+    if trainer.pl_interval:
+        log(f"path-length regularization: weight {trainer.pl_weight:g} every {trainer.pl_interval} "
+            f"minibatches on {trainer.pl_batch} fakes per replica")
+    run_extra = {"run": run} if run is not None else {}
     if resume_from is not None:
         optim = resume_from.with_name(resume_from.stem + "-optim.npz")
         if optim.is_file():
             try:
                 load_optimizers(optim, trainer.optimizers)
-            except ValueError as e:   # e.g. mixed precision switched on or off since
+            # mixed precision switched on or off since, or a damaged file
+            except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
                 log(f"resume: optimizer state not restored ({e}); it starts fresh")
         else:
             log(f"resume: {optim.name} missing; optimizer state starts fresh")
@@ -489,7 +570,8 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
         # optimizer state first: a snapshot file implies its optimizer file is complete
         save_optimizers(base.with_name(base.name + "-optim.npz"), trainer.optimizers)
         snap_extra = {"kimg": cur_nimg / 1000, "cur_nimg": cur_nimg, "augment_p": ada.p,
-                      "training_config": cfg}
+                      "pl_mean": float(trainer.pl_mean.numpy()), "training_config": cfg,
+                      **run_extra}
         checkpoint.save_network(base.with_name(base.name + ".npz"), G, D, Gs, snap_extra)
         write_grid(samples_dir / f"fakes-{cur_nimg:09d}.png",
                    generate_grid_images(Gs, latents, psi, batch), GRID[0])
@@ -539,7 +621,8 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
     # the final network is stored all-float32 (num_fp16_res 0), ready for CPU use (rank)
     final = [with_precision(net, False) for net in (G, D, Gs)]
     checkpoint.save_network(output, *final, {"kimg": cur_nimg / 1000, "cur_nimg": cur_nimg,
-                                             "augment_p": ada.p, "training_config": cfg})
+                                             "augment_p": ada.p, "pl_mean": float(trainer.pl_mean.numpy()),
+                                             "training_config": cfg, **run_extra})
     log(f"done: kimg {cur_nimg / 1000:.3f}; final network {output}")
     return {"cur_nimg": cur_nimg, "augment_p": ada.p, **last}
 
@@ -547,17 +630,20 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
 def summarize(results: list[StepResult]) -> dict:
     """Means over a tick (one device sync per tick, not per step)."""
     if not results:
-        return {"loss_g": math.nan, "loss_d": math.nan, "r1": math.nan,
+        return {"loss_g": math.nan, "loss_d": math.nan, "r1": math.nan, "pl_length": math.nan,
                 "score_real": math.nan, "score_fake": math.nan}
     r1s = [float(r.r1) for r in results if r.r1 is not None]
+    pls = [float(r.pl_length) for r in results if r.pl_length is not None]
     return {"loss_g": float(np.mean([float(r.g_loss) for r in results])),
             "loss_d": float(np.mean([float(r.d_loss) for r in results])),
             "r1": float(np.mean(r1s)) if r1s else math.nan,
+            "pl_length": float(np.mean(pls)) if pls else math.nan,
             "score_real": float(np.mean([float(r.real_score) for r in results])),
             "score_fake": float(np.mean([float(r.fake_score) for r in results]))}
 
 
 SCALAR_TAGS = {"loss_g": "Loss/G", "loss_d": "Loss/D", "r1": "Loss/r1_penalty",
+               "pl_length": "Loss/pl_lengths",
                "score_real": "Loss/scores/real", "score_fake": "Loss/scores/fake",
                "augment_p": "Progress/augment_p", "sec_per_kimg": "Timing/sec_per_kimg",
                "kimg": "Progress/kimg"}

@@ -43,12 +43,32 @@ def dataset_rows(normalized: list[Row], dedup: list[Row]) -> list[Row]:
     return sorted((r for r in kept(normalized) if r.id not in duplicates), key=lambda r: r.id)
 
 
-def read_rejects(path: str | os.PathLike | None) -> set[str]:
-    """The review page's rejects.txt: one image id (or source path) a line, '#' comments."""
+def read_rejects(path: str | os.PathLike | None, warn=None) -> set[str]:
+    """The review page's rejects.txt: one image id (or source path) a line, '#' comments.
+
+    UTF-8 with or without a BOM, any line ending. A line that is not UTF-8 (a file saved as
+    Latin-1) is reported with its number and read byte for byte, so it still matches a
+    source whose name has those bytes; a folder stops with one clear line.
+    """
     if not path or not Path(path).exists():
         return set()
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return {s for line in lines if (s := line.split("#", 1)[0].strip())}
+    if Path(path).is_dir():
+        raise SystemExit(f"faceprep: the rejects file {str(path)!r} is a folder; expected a "
+                         "text file with one image id per line")
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    data = Path(path).read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    out = set()
+    for n, raw in enumerate(data.splitlines(), 1):  # LF, CRLF or CR
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            warn(f"{path}: line {n} is not UTF-8 (byte {e.start}); read as raw bytes")
+            line = raw.decode("utf-8", "surrogateescape")
+        if s := line.split("#", 1)[0].strip():
+            out.add(s)
+    return out
 
 
 def ranked_rows(dataset: list[Row], scores: dict[str, float], rejects: set[str],

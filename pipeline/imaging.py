@@ -5,7 +5,13 @@ Pure functions: they never write; callers decide where results go.
 from __future__ import annotations
 
 import io
+import os
+import struct
+import sys
+import tempfile
 import warnings
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +26,92 @@ _SRGB = ImageCms.createProfile("sRGB")
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
-def decode_check(path: str | Path, max_pixels: int) -> tuple[str, dict]:
-    """Fully decode ``path``. Returns ("", info) when usable, else (reason, info).
+# libjpeg's warnings that mean the pixels are not what was encoded (jerror.h JWRN_*).
+# Pillow discards libjpeg warnings, so a JPEG with a zeroed run mid-scan decodes to a
+# garbage lower half without an error; OpenCV's decoder prints them to stderr.
+_JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file",
+                "Inconsistent progression sequence")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-    Reasons: empty_file, not_an_image, decompression_bomb, truncated, decode_error.
+
+@contextmanager
+def _fd2_captured():
+    """Collect what C code writes to file descriptor 2 (libjpeg warnings) while inside."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    out: list[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode("utf-8", "replace"))
+
+
+def jpeg_damage(data: bytes) -> str:
+    """libjpeg's first corrupt-data / premature-end warning for these JPEG bytes, or "".
+
+    Redirects the process's fd 2 while decoding: call it from one thread at a time
+    (ingest checks a shard's files one after another)."""
+    import cv2
+    with _fd2_captured() as err:
+        cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    for line in err[0].splitlines():
+        if line.startswith(_JPEG_DAMAGE):
+            return line.strip()
+    return ""
+
+
+def png_damage(data: bytes) -> tuple[str, str]:
+    """("", "") when every PNG chunk is whole with a correct CRC up to IEND, else
+    ("truncated" | "corrupt_data", what is wrong). Pillow stops reading once it has the
+    pixels, so a file cut after its image data or with a damaged chunk decodes silently."""
+    pos = len(_PNG_SIGNATURE)
+    while True:
+        if pos + 8 > len(data):
+            return "truncated", f"file ends at byte {len(data)} before IEND"
+        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        name = ctype.decode("latin-1")
+        end = pos + 12 + length
+        if end > len(data):
+            return "truncated", f"{name!r} chunk at byte {pos} cut short ({length} bytes declared)"
+        (crc,) = struct.unpack(">I", data[end - 4:end])
+        if zlib.crc32(data[pos + 4:end - 4]) != crc:
+            return "corrupt_data", f"{name!r} chunk at byte {pos}: CRC mismatch"
+        if ctype == b"IEND":
+            return "", ""
+        pos = end
+
+
+def decode_check(path: str | Path, max_pixels: int, keep_damaged: bool = False) -> tuple[str, dict]:
+    """Fully decode ``path`` the way later stages will (``load_rgb``). Returns ("", info)
+    when usable, else (reason, info).
+
+    Reasons: unreadable, file_too_large, empty_file, not_an_image, decompression_bomb, truncated,
+    corrupt_data (libjpeg corrupt-data warnings, PNG chunk CRC), decode_error. With
+    ``keep_damaged`` a file that decodes despite truncated/corrupt data is kept and the
+    damage is recorded in ``info["damage"]``.
     """
     path = Path(path)
     info: dict = {}
     try:
         size = path.stat().st_size
+        if size > max(1 << 26, 16 * max_pixels):  # no picture of max_pixels is this big
+            return "file_too_large", {"bytes": size, "max_pixels": max_pixels}
+        data = path.read_bytes()
     except OSError as e:
-        return "unreadable", {"error": str(e)}
-    info["bytes"] = size
-    if size == 0:
+        return "unreadable", {"error": e.strerror or str(e)}
+    info["bytes"] = len(data)
+    if not data:
         return "empty_file", info
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(data)) as im:
+                first_real_frame(im, info)  # the size checked is the size used
                 info.update(format=im.format, mode=im.mode, width=im.width, height=im.height)
                 if im.width * im.height > max_pixels:
                     info["max_pixels"] = max_pixels
@@ -45,7 +119,7 @@ def decode_check(path: str | Path, max_pixels: int) -> tuple[str, dict]:
                 frames = getattr(im, "n_frames", 1)
                 if frames > 1:
                     info["frames"] = frames
-                im.load()
+            load_rgb(io.BytesIO(data))  # what crop/clean/normalize will do with it
     except UnidentifiedImageError:
         return "not_an_image", info
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -59,6 +133,16 @@ def decode_check(path: str | Path, max_pixels: int) -> tuple[str, dict]:
     except Exception as e:  # a codec bug must not crash a shard of thousands
         info["error"] = f"{type(e).__name__}: {e}"
         return "decode_error", info
+    reason, damage = "", ""
+    if info["format"] == "JPEG":
+        damage = jpeg_damage(data)
+        reason = "truncated" if damage.startswith("Premature end") else "corrupt_data"
+    elif info["format"] == "PNG":
+        reason, damage = png_damage(data)
+    if damage:
+        info["damage"] = damage
+        if not keep_damaged:
+            return reason, info
     return "", info
 
 
@@ -91,16 +175,32 @@ def _icc_to_srgb(im: Image.Image, notes: dict) -> Image.Image:
         return im
 
 
-def load_rgb(path: str | Path, background: tuple[int, int, int] = (0, 0, 0)) -> tuple[Image.Image, dict]:
+def first_real_frame(im: Image.Image, notes: dict | None = None) -> None:
+    """Move ``im`` (just opened) to the frame to use. Image.open is at the first frame, and
+    we never seek(0): a PSD refuses it (its frame 0 is the merged image, layers are 1..n).
+    A TIFF may start with a thumbnail page (NewSubfileType bit 0, "reduced resolution"):
+    use the first full page."""
+    if im.format != "TIFF" or not im.tag_v2.get(254, 0) & 1:
+        return
+    for page in range(1, getattr(im, "n_frames", 1)):
+        im.seek(page)
+        if not im.tag_v2.get(254, 0) & 1:
+            if notes is not None:
+                notes["page"] = page
+            return
+    im.seek(0)
+
+
+def load_rgb(path: str | Path | io.BytesIO, background: tuple[int, int, int] = (0, 0, 0)) -> tuple[Image.Image, dict]:
     """Open ``path`` as upright 8-bit sRGB ``RGB``. Returns (image, notes about what was done).
 
     EXIF orientation applied; ICC profile converted to sRGB; CMYK, LAB, 16-bit, float,
     palette and grayscale made RGB; alpha composited over ``background``; first frame
-    of an animation.
+    of an animation, merged image of a PSD, first full-resolution page of a TIFF.
     """
     notes: dict = {}
     with Image.open(path) as src:
-        src.seek(0)
+        first_real_frame(src, notes)
         notes["mode"] = src.mode
         im = ImageOps.exif_transpose(src)  # copies, also when no orientation tag
         if im is src:

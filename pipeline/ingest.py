@@ -7,16 +7,18 @@ and apply the optional Danbooru-style metadata filter.
 from __future__ import annotations
 
 import argparse
+import errno
 import hashlib
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
 from pipeline.imaging import decode_check
-from pipeline.manifest import (Row, atomic_write_text, load_config_arg, write_manifest)
+from pipeline.manifest import (Row, atomic_write_text, load_config_arg, read_text, write_manifest)
 
 RATING_ALIASES = {"general": "g", "sensitive": "s", "safe": "s", "questionable": "q",
                   "explicit": "e"}
@@ -33,35 +35,138 @@ def shard_of(relpath: str, nshards: int) -> int:
     return int(source_id(relpath), 16) % nshards
 
 
-def list_raw_dir(raw_dir: str | os.PathLike) -> list[tuple[str, int, int]]:
-    """(relative path, size, mtime_ns) of every file below ``raw_dir``, sorted."""
-    raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
+# Listing problems: paths under raw_dir that are there but cannot be ingested. Each gets
+# one listing line and one dropped manifest row, so nothing under raw_dir vanishes.
+HIDDEN_FOLDER = "hidden_folder"            # dot-folders (.git, .thumbnails...) are not searched
+UNREADABLE_FOLDER = "unreadable_folder"    # the folder's entries could not be listed
+DANGLING_SYMLINK = "dangling_symlink"
+SYMLINK_LOOP = "symlink_loop"              # a link to itself or to a folder it is inside
+SYMLINK_OUTSIDE = "symlink_outside_raw_dir"
+NOT_A_FILE = "not_a_regular_file"          # FIFO, socket, device: opening one could block
+SYMLINK_REPEATED = "symlink_repeated"      # folder already listed through MAX_LINKS_PER_FOLDER links
+# Links can reach a folder along exponentially many paths (a/l1,a/l2 -> b; b/l1,b/l2 -> c...):
+# each real folder is listed through at most this many folder links.
+MAX_LINKS_PER_FOLDER = 16
+
+
+def list_raw_dir(raw_dir: str | os.PathLike) -> list[tuple]:
+    """Every path below ``raw_dir``: ``(relative path, size, mtime_ns, problem)``, sorted.
+
+    ``problem`` is "" for a regular file to ingest, else one of the listing reasons above.
+    Symlinks are followed while they stay inside raw_dir (a linked file or folder is listed
+    under the link's path); a link leaving raw_dir, dangling or looping is listed with its
+    reason instead (as is a folder link past the ``MAX_LINKS_PER_FOLDER``-th to the same
+    folder). Dot-folders are listed once as ``hidden_folder`` and not searched; dot-files
+    are ordinary files.
+    """
+    root = os.path.realpath(raw_dir)
+    if not os.path.isdir(root):
         raise SystemExit(f"faceprep: raw_dir {str(raw_dir)!r} is not a folder")
-    found = []
-    for root, dirs, files in os.walk(raw_dir):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            full = os.path.join(root, name)
+    found: list[tuple] = []
+
+    def problem(rel: str, full: str, reason: str) -> None:
+        try:
+            st = os.lstat(full)
+            found.append((rel, st.st_size, st.st_mtime_ns, reason))
+        except OSError:
+            found.append((rel, 0, 0, reason))
+
+    # an explicit stack, not recursion: a hostile tree may nest deeper than Python recurses
+    stack = [(root, "", frozenset({root}))]
+    via_links: dict[str, int] = {}
+    while stack:
+        real_dir, rel_dir, ancestors = stack.pop()
+        try:
+            with os.scandir(real_dir) as it:
+                entries = sorted(it, key=lambda e: e.name, reverse=True)  # same order every run
+        except OSError as e:
+            if not rel_dir:
+                raise SystemExit(f"faceprep: raw_dir {str(raw_dir)!r} cannot be listed: {e.strerror}")
+            problem(rel_dir, real_dir, UNREADABLE_FOLDER)
+            continue
+        for entry in entries:
+            rel = os.path.join(rel_dir, entry.name) if rel_dir else entry.name
+            full = os.path.join(real_dir, entry.name)  # real: real_dir is, entry is no link
+            target = full
+            if entry.is_symlink():
+                try:
+                    os.stat(full)
+                except OSError as e:
+                    problem(rel, full, SYMLINK_LOOP if e.errno == errno.ELOOP else DANGLING_SYMLINK)
+                    continue
+                target = os.path.realpath(full)
+                if os.path.commonpath([root, target]) != root:
+                    problem(rel, full, SYMLINK_OUTSIDE)
+                    continue
             try:
-                st = os.stat(full)
+                st = os.stat(target)
             except OSError:
-                continue  # vanished or dangling link: nothing to ingest
-            found.append((os.path.relpath(full, raw_dir), st.st_size, st.st_mtime_ns))
+                problem(rel, full, DANGLING_SYMLINK if target != full else "unreadable")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if entry.name.startswith("."):
+                    problem(rel, full, HIDDEN_FOLDER)
+                elif target in ancestors:
+                    problem(rel, full, SYMLINK_LOOP)
+                elif target != full and via_links.get(target, 0) >= MAX_LINKS_PER_FOLDER:
+                    problem(rel, full, SYMLINK_REPEATED)
+                else:
+                    if target != full:
+                        via_links[target] = via_links.get(target, 0) + 1
+                    stack.append((target, rel, ancestors | {target}))
+            elif stat.S_ISREG(st.st_mode):
+                found.append((rel, st.st_size, st.st_mtime_ns, ""))
+            else:
+                problem(rel, full, NOT_A_FILE)
     found.sort()
     return found
 
 
+def _within(inner: str, outer: str) -> bool:
+    inner, outer = os.path.realpath(inner), os.path.realpath(outer)
+    return os.path.commonpath([inner, outer]) == outer
+
+
+def config_path_problem(cfg: dict, rejects: str | None = None) -> str:
+    """One line saying why these config paths cannot work together, or "".
+
+    Outputs inside raw_dir would be listed and ingested by the next run (which then never
+    settles); raw_dir inside an output folder could be deleted with it.
+    """
+    raw = cfg["raw_dir"]
+    for key in ("results_dir", "cache_dir"):
+        out = cfg.get(key)
+        if not out:
+            continue
+        if _within(out, raw):
+            return (f"faceprep: {key} {out!r} is inside raw_dir {raw!r}: every run would ingest "
+                    f"its own outputs; put {key} outside raw_dir")
+        if _within(raw, out):
+            return (f"faceprep: raw_dir {raw!r} is inside {key} {out!r}: outputs and sources "
+                    f"must not share a folder; move one of them")
+    metadata = (cfg.get("ingest") or {}).get("metadata")
+    if metadata and not os.path.isfile(metadata):
+        what = "a folder" if os.path.isdir(metadata) else "not a file"
+        return f"faceprep: ingest.metadata {metadata!r} is {what}; expected a JSONL file"
+    if rejects and os.path.isdir(rejects):
+        return (f"faceprep: the rejects file {rejects!r} (rank.rejects) is a folder; "
+                "expected a text file with one image id per line")
+    return ""
+
+
 def format_listing(entries) -> str:
-    return "".join(f"{json.dumps(rel, ensure_ascii=False)}\t{size}\t{mtime}\n"
-                   for rel, size, mtime in entries)
+    # JSON escapes tab/CR/LF; a 4th column only for problems keeps old listings valid
+    return "".join(f"{json.dumps(e[0], ensure_ascii=False)}\t{e[1]}\t{e[2]}"
+                   + (f"\t{e[3]}" if len(e) > 3 and e[3] else "") + "\n" for e in entries)
 
 
-def parse_listing(text: str) -> list[tuple[str, int, int]]:
+def parse_listing(text: str) -> list[tuple]:
     out = []
-    for line in text.splitlines():
-        rel, size, mtime = line.split("\t")
-        out.append((json.loads(rel), int(size), int(mtime)))
+    for line in text.split("\n"):  # not splitlines(): U+2028 or \x85 may be in a name
+        if not line:
+            continue
+        rel, size, mtime, *problem = line.split("\t")
+        out.append((json.loads(rel), int(size), int(mtime), problem[0] if problem else ""))
     return out
 
 
@@ -79,7 +184,7 @@ def write_shard_listings(entries, out_dir: str | os.PathLike, shards: list[str])
         path = out_dir / f"{shard}.tsv"
         text = format_listing(items)
         try:
-            if path.read_text(encoding="utf-8") == text:
+            if read_text(path) == text:
                 continue
         except FileNotFoundError:
             pass
@@ -90,14 +195,26 @@ def write_shard_listings(entries, out_dir: str | os.PathLike, shards: list[str])
 
 # ---------------------------------------------------------------- metadata filter
 
+class BadPost(ValueError):
+    """A metadata line that is JSON but not a post we can read (the message says why)."""
+
+
 def post_tags(post: dict) -> set[str]:
     """Tags of a Danbooru post in either dump style: ``tag_string`` or ``tags: [{name}]``."""
-    if "tag_string" in post:
-        return set(str(post["tag_string"]).split())
-    tags = post.get("tags", [])
+    tags = post["tag_string"] if "tag_string" in post else post.get("tags", [])
+    if tags is None:
+        return set()
     if isinstance(tags, str):
         return set(tags.split())
-    return {t["name"] if isinstance(t, dict) else str(t) for t in tags}
+    if not isinstance(tags, list):
+        raise BadPost(f"tags are a {type(tags).__name__}, expected a string or a list")
+    out = set()
+    for t in tags:
+        name = t.get("name") if isinstance(t, dict) else t
+        if not isinstance(name, (str, int)) or isinstance(name, bool):
+            raise BadPost(f"a tag is {json.dumps(t)[:60]}, expected a string or {{\"name\": ...}}")
+        out.add(str(name))
+    return out
 
 
 def normalize_rating(value) -> str:
@@ -123,46 +240,111 @@ def judge_post(post: dict, cfg: dict) -> tuple[str, dict]:
 
 def post_keys(post: dict) -> list[str]:
     """File stems a post may be saved under: its id and its md5 (Danbooru dumps use both)."""
-    return [str(post[k]) for k in ("id", "md5") if post.get(k) not in (None, "")]
+    keys = []
+    for k in ("id", "md5"):
+        v = post.get(k)
+        if v in (None, ""):
+            continue
+        if not isinstance(v, (str, int)) or isinstance(v, bool):
+            raise BadPost(f"{k} is a {type(v).__name__}, expected a string or a number")
+        keys.append(str(v))
+    return keys
 
 
-def metadata_decisions(lines, cfg: dict) -> dict[str, tuple[str, dict]]:
+def metadata_lines(path: str | os.PathLike, warn=None):
+    """(line number, text) of every non-blank line of a UTF-8 JSONL file (BOM or not).
+
+    A line that is not UTF-8 is reported through ``warn`` with its number and skipped; a
+    folder or a missing file stops with one clear line.
+    """
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    p = Path(path)
+    if p.is_dir():
+        raise SystemExit(f"faceprep: ingest.metadata {str(path)!r} is a folder; "
+                         "expected a JSONL file (one post per line)")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise SystemExit(f"faceprep: cannot read ingest.metadata {str(path)!r}: {e.strerror}")
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]  # UTF-8 BOM (Windows editors)
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            warn(f"metadata line {n}: not UTF-8 (byte {e.start}), skipped")
+            continue
+        if line:
+            yield n, line
+
+
+def metadata_decisions(lines, cfg: dict, warn=None) -> dict[str, tuple[str, dict]]:
+    """Decisions per file stem from ``(line number, JSON text)`` pairs (or plain lines).
+
+    Malformed lines are reported with their number and skipped; a post whose id we can
+    read but whose tags we cannot gets ``metadata_malformed`` so its file says why.
+    """
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
     decisions: dict[str, tuple[str, dict]] = {}
-    for n, line in enumerate(lines, 1):
-        line = line.strip()
+    for n, item in enumerate(lines, 1):
+        if isinstance(item, tuple):
+            n, item = item
+        line = item.strip()
         if not line:
             continue
         try:
             post = json.loads(line)
-        except json.JSONDecodeError:
-            print(f"metadata line {n}: not JSON, skipped", file=sys.stderr)
+        except (json.JSONDecodeError, RecursionError) as e:
+            warn(f"metadata line {n}: not JSON ({str(e)[:80]}), skipped")
             continue
-        verdict = judge_post(post, cfg)
-        for key in post_keys(post):
+        if not isinstance(post, dict):
+            warn(f"metadata line {n}: a JSON {type(post).__name__}, not an object, skipped")
+            continue
+        try:
+            keys = post_keys(post)
+        except BadPost as e:
+            warn(f"metadata line {n}: {e}, skipped")
+            continue
+        try:
+            verdict = judge_post(post, cfg)
+        except BadPost as e:
+            warn(f"metadata line {n}: {e}; its files are dropped as metadata_malformed")
+            verdict = ("metadata_malformed", {"metadata_line": n, "error": str(e)})
+        for key in keys:
             decisions[key] = verdict
     return decisions
 
 
 def write_decisions(path, decisions: dict[str, tuple[str, dict]]) -> None:
-    lines = [f"{k}\t{reason}\t{json.dumps(d, sort_keys=True)}\n"
+    # keys are JSON (an id may hold a tab or newline); ASCII-only, one line each
+    lines = [f"{json.dumps(k)}\t{reason}\t{json.dumps(d, sort_keys=True)}\n"
              for k, (reason, d) in sorted(decisions.items())]
     atomic_write_text(path, "".join(lines))
 
 
 def read_decisions(path) -> dict[str, tuple[str, dict]]:
     out = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            key, reason, details = line.rstrip("\n").split("\t")
-            out[key] = (reason, json.loads(details))
+    for line in read_text(path).split("\n"):
+        if line:
+            key, reason, details = line.split("\t")
+            out[json.loads(key)] = (reason, json.loads(details))
     return out
 
 
 # ---------------------------------------------------------------- per-shard ingest
 
-def ingest_file(relpath: str, raw_dir: str, cfg: dict, decisions: dict | None) -> Row:
-    """One manifest row for one listed file: keep, or drop with a reason."""
+def ingest_file(relpath: str, raw_dir: str, cfg: dict, decisions: dict | None,
+                problem: str = "") -> Row:
+    """One manifest row for one listed path: keep, or drop with a reason."""
     row = Row(id=source_id(relpath), source=relpath, path=os.path.join(raw_dir, relpath))
+    if problem:  # found by the listing: a link, folder or special file we do not read
+        details = {}
+        if os.path.islink(row.path):
+            try:
+                details["link"] = os.readlink(row.path)
+            except OSError:
+                pass
+        return row.drop(problem, details=details)
     ext = Path(relpath).suffix.lower().lstrip(".")
     if ext not in cfg["extensions"]:
         return row.drop("unsupported_extension", details={"extension": ext})
@@ -173,7 +355,8 @@ def ingest_file(relpath: str, raw_dir: str, cfg: dict, decisions: dict | None) -
         reason, details = decisions[stem]
         if reason:
             return row.drop(reason, details=details)
-    reason, info = decode_check(row.path, cfg["max_pixels"])
+    reason, info = decode_check(row.path, cfg["max_pixels"],
+                                keep_damaged=cfg.get("damaged", "drop") == "keep")
     width, height = info.pop("width", 0), info.pop("height", 0)
     if reason:
         return row.drop(reason, width=width, height=height, details=info)
@@ -181,8 +364,8 @@ def ingest_file(relpath: str, raw_dir: str, cfg: dict, decisions: dict | None) -
 
 
 def ingest_shard(entries, raw_dir: str, cfg: dict, decisions: dict | None) -> list[Row]:
-    return [ingest_file(rel, raw_dir, cfg, decisions)
-            for rel, _size, _mtime in tqdm(entries, desc="ingest", unit="img", mininterval=2)]
+    return [ingest_file(e[0], raw_dir, cfg, decisions, e[3] if len(e) > 3 else "")
+            for e in tqdm(entries, desc="ingest", unit="img", mininterval=2)]
 
 
 def main(argv=None) -> None:
@@ -201,13 +384,12 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     cfg = load_config_arg(a.config)
     if a.cmd == "metadata":
-        with open(a.metadata, encoding="utf-8") as f:
-            decisions = metadata_decisions(f, cfg)
+        decisions = metadata_decisions(metadata_lines(a.metadata), cfg)
         write_decisions(a.output, decisions)
         print(f"metadata: {len(decisions)} posts, "
               f"{sum(1 for r, _ in decisions.values() if not r)} pass the filter")
         return
-    entries = parse_listing(Path(a.listing).read_text(encoding="utf-8"))
+    entries = parse_listing(read_text(a.listing))
     decisions = read_decisions(a.metadata_decisions) if a.metadata_decisions.strip() else None
     rows = ingest_shard(entries, a.raw_dir, cfg, decisions)
     write_manifest(a.output, rows)

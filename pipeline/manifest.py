@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -59,19 +59,55 @@ class Row:
         return replace(self, action=action, reason=reason, details=details, **changes)
 
 
+# Text files we write hold file names as the file system gave them: a name that is not
+# valid UTF-8 arrives as a str with surrogate escapes (PEP 383) and goes back out as the
+# same bytes, so any name round-trips losslessly (read them back with ``read_text``).
+ENCODING, ERRORS = "utf-8", "surrogateescape"
+
+
 def dumps_details(details: dict) -> str:
     # sorted keys + compact separators: the same data always gives the same bytes
-    return json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode(ENCODING, ERRORS)
+    except UnicodeEncodeError:  # a lone surrogate no file name can hold (e.g. from JSON input)
+        text = json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return text
+
+
+_QUOTE = re.compile(r'[\t"\r\n]')
+
+
+def tsv_field(value) -> str:
+    """One TSV field, quoted like the csv module's (doubled quotes) whenever it holds a tab,
+    quote, CR or LF. csv.writer leaves CR unquoted with a "\\n" line terminator, and a
+    reader then splits the row."""
+    s = "" if value is None else str(value)
+    return f'"{s.replace(chr(34), chr(34) * 2)}"' if _QUOTE.search(s) else s
+
+
+def format_tsv(rows: Iterable[Iterable]) -> str:
+    """Rows of fields as TSV text that ``csv.reader(f, delimiter="\\t")`` reads back exactly."""
+    return "".join("\t".join(tsv_field(v) for v in row) + "\n" for row in rows)
+
+
+class tsv_writer:
+    """Drop-in for ``csv.writer(f, delimiter="\\t", lineterminator="\\n")`` that also
+    quotes CR (see ``tsv_field``)."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def writerow(self, row: Iterable) -> None:
+        self._f.write(format_tsv([row]))
+
+    def writerows(self, rows: Iterable[Iterable]) -> None:
+        self._f.write(format_tsv(rows))
 
 
 def format_manifest(rows: Iterable[Row]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for r in rows:
-        writer.writerow([r.id, r.source, r.parent_id, r.path, r.width, r.height,
-                         r.action, r.reason, dumps_details(r.details)])
-    return buf.getvalue()
+    return format_tsv([COLUMNS] + [[r.id, r.source, r.parent_id, r.path, r.width, r.height,
+                                    r.action, r.reason, dumps_details(r.details)] for r in rows])
 
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[Row]) -> None:
@@ -79,7 +115,7 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[Row]) -> None:
 
 
 def read_manifest(path: str | os.PathLike) -> list[Row]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding=ENCODING, errors=ERRORS) as f:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if header != COLUMNS:
@@ -123,7 +159,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode(ENCODING, ERRORS))
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A text file written by ``atomic_write_text`` (names with any bytes come back as written)."""
+    return Path(path).read_text(encoding=ENCODING, errors=ERRORS)
 
 
 def atomic_write_with(path: str | os.PathLike, write) -> None:

@@ -6,6 +6,12 @@ time, seeded) and the scores are averaged; ``mirror`` also averages the horizont
 flipped batch. Every batch is full: the last one is padded with other dataset images,
 whose extra logits are discarded. Runs on the GPU when TensorFlow sees one.
 
+``method: mean_logit`` ranks by that mean logit (the seed's ranker). ``method: combined``
+(default) also computes, from the same network file, each image's distance to its
+``knn_k`` nearest dataset images in D's features and an upright test (logit minus the
+logit of the image upside down), and ranks by ``combine`` of the three; every signal is
+written as a ``signal:<name>`` column (SIGNALS says what each means).
+
     python -m pipeline.rank --manifest R/export/manifest.tsv --network R/finetune/network-final.npz \
         --output R/rank/scores.tsv --histogram R/rank/histogram.png --config JSON
 """
@@ -30,7 +36,19 @@ SCORE_COLUMNS = ["id", "score", "std", "source", "crop_box", "path"]
 SIGNAL_PREFIX = "signal:"
 # Only these keys change the scores; the rule passes just them, so editing
 # drop_bottom_fraction or the rejects path does not rerun the (GPU) rank job.
-SCORING_KEYS = ("group_size", "shuffles", "mirror", "seed", "batch")
+SCORING_KEYS = ("method", "group_size", "shuffles", "mirror", "seed", "batch", "knn_k")
+# mean_logit: the seed's ranking (mean D logit only); combined: logit + the outlier signals
+METHODS = ("combined", "mean_logit")
+# What each signal:<name> column means and which end is bad, for the report's "why low".
+SIGNALS = {
+    "logit": {"label": "D logit (mean over shuffles)", "worse": "low"},
+    # logit(image) - logit(image upside down): faces score far better upright; symmetric
+    # junk (noise, flat colour) scores the same both ways; an upside-down face scores worse
+    "upright": {"label": "D logit upright minus upside down", "worse": "low"},
+    # mean distance to the knn_k nearest dataset images in D's features (before
+    # minibatch-stddev): junk is far from every face, whatever its logit
+    "knn": {"label": "distance to the nearest dataset images in D's features", "worse": "high"},
+}
 # Where crop records the region it cut, first match wins: "crop" (left, top, right,
 # bottom) for box crops, "quad" (4 corners) for FFHQ alignment, "box" (the detection).
 CROP_BOX_KEYS = ("crop_box", "crop", "quad", "box")
@@ -96,10 +114,11 @@ def _image_dataset(paths: list[str], resolution: int | None):
 
 
 def score_paths(D, paths: list[str], cfg: dict, resolution: int | None = None,
-                progress: bool = True) -> tuple[np.ndarray, dict]:
+                progress: bool = True, upside_down: bool = False) -> tuple[np.ndarray, dict]:
     """Scores [shuffles, n] (mirror already averaged in) of the images at ``paths``.
 
     ``D`` maps NHWC float32 in [-1, 1] to logits [N]. Also returns timing stats.
+    ``upside_down`` scores every batch flipped top to bottom (same plan, same companions).
     """
     import tensorflow as tf
 
@@ -111,6 +130,8 @@ def score_paths(D, paths: list[str], cfg: dict, resolution: int | None = None,
 
     @tf.function(reduce_retracing=True)
     def d_logits(x):
+        if upside_down:
+            x = tf.reverse(x, axis=[1])
         logits = tf.reshape(D(x), [-1])
         if cfg["mirror"]:
             # the flipped batch keeps the same companions, flipped too
@@ -119,7 +140,8 @@ def score_paths(D, paths: list[str], cfg: dict, resolution: int | None = None,
 
     out = np.empty(flat.shape, dtype=np.float64)
     start = time.perf_counter()
-    with tqdm(total=len(flat), desc="rank", unit="img", mininterval=2, disable=not progress) as bar:
+    desc = "rank (upside down)" if upside_down else "rank"
+    with tqdm(total=len(flat), desc=desc, unit="img", mininterval=2, disable=not progress) as bar:
         pos = 0
         for x in images:
             logits = d_logits(x).numpy()
@@ -132,6 +154,91 @@ def score_paths(D, paths: list[str], cfg: dict, resolution: int | None = None,
              "d_evaluations_per_second": evaluations / elapsed, "call_size": call_size,
              "padding_per_shuffle": plan.shape[1] * call_size - n}
     return collect_scores(plan, out, n), stats
+
+
+# ---------------------------------------------------------------- D features
+
+def d_features(D, images):
+    """D's view of each image before minibatch-stddev, [N, F]: unlike the logit it depends on
+    the image alone, not on its batch companions.
+
+    Follows gan.networks.Discriminator.__call__ up to the minibatch-stddev layer (test_rank
+    checks that D's own head on these activations gives D's logits). F = every block's
+    channel means (coarse colour/texture statistics per scale) + the 4x4 map (layout).
+    """
+    import tensorflow as tf
+    from gan import ops
+
+    res_log2 = D._res_log2
+    dtype = D._layer_dtype(res_log2)
+    x = D._conv(tf.cast(images, dtype), f"{D.resolution}x{D.resolution}/FromRGB", dtype=dtype)
+    parts = []
+    for res in range(res_log2, 2, -1):
+        scope = f"{2 ** res}x{2 ** res}"
+        dtype = D._layer_dtype(res)
+        x = tf.cast(x, dtype)
+        skip = ops.conv2d(x, D._w(f"{scope}/Skip/weight", dtype), down=True)
+        x = D._conv(x, f"{scope}/Conv0", dtype=dtype)
+        x = D._conv(x, f"{scope}/Conv1_down", down=True, dtype=dtype)
+        x = (x + skip) * tf.cast(1.0 / np.sqrt(2.0), dtype)
+        parts.append(tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2]))
+    x = tf.cast(x, tf.float32)
+    return x, tf.concat(parts + [tf.reshape(x, [tf.shape(x)[0], -1])], axis=1)
+
+
+def feature_paths(D, paths: list[str], resolution: int | None, batch: int, mirror: bool) -> np.ndarray:
+    """d_features of every image [N, F] (mirror: averaged with the flipped image's)."""
+    import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def features(x):
+        f = d_features(D, x)[1]
+        return (f + d_features(D, tf.reverse(x, axis=[2]))[1]) / 2 if mirror else f
+
+    return np.concatenate([features(x).numpy().astype(np.float64)
+                           for x in _image_dataset(paths, resolution).batch(max(batch, 1))])
+
+
+def principal_axes(x: np.ndarray, dims: int, iterations: int = 3) -> np.ndarray:
+    """[F, dims] top principal axes of the (centred) rows of ``x`` by randomized SVD
+    (Halko et al.; seeded, so deterministic): a full SVD of 4096 x 12k features takes minutes."""
+    omega = np.random.default_rng(0).standard_normal((x.shape[1], dims + 8)).astype(x.dtype)
+    y = x @ omega
+    for _ in range(iterations):
+        y = x @ (x.T @ np.linalg.qr(y)[0])
+    q = np.linalg.qr(y)[0]
+    _, _, vt = np.linalg.svd(q.T @ x, full_matrices=False)
+    return vt[:dims].T
+
+
+def knn_distance(features: np.ndarray, k: int, dims: int = 64, chunk: int | None = None,
+                 basis_rows: int = 4096) -> np.ndarray:
+    """Mean distance of each row to its ``k`` nearest other rows (an outlier score).
+
+    Features are standardised per dimension (no single large channel dominates) and
+    projected on their ``dims`` principal axes (found on at most ``basis_rows`` evenly
+    spread rows), so the exact O(N^2) search costs O(N^2 dims) and ``chunk`` rows of
+    distances at a time (default: ~64M distances) keep memory flat.
+    """
+    n = len(features)
+    k = min(k, n - 1)
+    if k < 1:
+        return np.zeros(n)
+    f = np.asarray(features, dtype=np.float32)   # a 20k x 12k-feature dataset stays < 1 GB
+    f = (f - f.mean(axis=0)) / (f.std(axis=0) + 1e-8)
+    if f.shape[1] > dims:
+        f = f @ principal_axes(f[np.linspace(0, n - 1, min(n, basis_rows)).astype(int)], dims)
+    f = f.astype(np.float64)
+    chunk = chunk or max(1, min(n, (1 << 26) // n))
+    sq = (f * f).sum(axis=1)
+    out = np.empty(n)
+    for start in range(0, n, chunk):
+        block = f[start:start + chunk]
+        d2 = sq[start:start + chunk, None] + sq[None, :] - 2 * block @ f.T
+        d2[np.arange(len(block)), np.arange(start, start + len(block))] = np.inf  # not itself
+        nearest = np.partition(d2, k - 1, axis=1)[:, :k]
+        out[start:start + chunk] = np.sqrt(np.maximum(nearest, 0)).mean(axis=1)
+    return out
 
 
 # ---------------------------------------------------------------- scores.tsv
@@ -172,9 +279,78 @@ def rank_rows(rows: list[Row], per_shuffle: np.ndarray) -> list[Score]:
     return sorted(scored, key=lambda s: (s.score, s.id))
 
 
+def robust_z(values, ref=None) -> np.ndarray:
+    """(v - median) / (1.4826 MAD) of ``ref`` (default: ``values``): a z-score that a few
+    extreme images cannot squash."""
+    values = np.asarray(values, dtype=np.float64)
+    ref = values if ref is None else np.asarray(ref, dtype=np.float64)
+    med = np.median(ref)
+    mad = 1.4826 * np.median(np.abs(ref - med))
+    if mad <= 1e-12:
+        mad = ref.std() or 1.0
+    return (values - med) / mad
+
+
+# A secondary signal pulls the score down only past this many robust standard deviations
+# below the dataset's median (see combine).
+GATE_Z = 2.0
+
+
+def combine(signals: dict[str, np.ndarray], ref: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """The combined score (higher = better) from the signals' robust z-scores, each turned so
+    that higher is better: the kNN outlier score, plus min(z + GATE_Z, 0) of every other signal.
+
+    Measured on bench/bench_rank_junk.py: the kNN distance alone catches most junk and ranks
+    the same way whatever the training seed, while a small-data D's logit (and the upright
+    test) swing between trainings and even rank noise or text above faces; averaged in they
+    cut the seed-to-seed Spearman from 0.94 to 0.72. So they only count where they are
+    extreme (an upside-down face is near other faces in D's features but fails the upright
+    test).
+    ``ref`` gives the signals the z-scores are taken against (default: ``signals``).
+    """
+    ref = ref or signals
+    z = {name: robust_z(signals[name], ref[name]) * (-1 if SIGNALS[name]["worse"] == "high" else 1)
+         for name in signals}
+    return z["knn"] + sum(np.minimum(v + GATE_Z, 0) for name, v in z.items() if name != "knn")
+
+
+def score_dataset(D, rows: list[Row], cfg: dict, resolution: int | None = None,
+                  progress: bool = True, stats: dict | None = None) -> list[Score]:
+    """Score every row's image with ``D`` per ``cfg['method']``; worst first.
+
+    mean_logit: the mean logit over shuffles (and mirror), the seed's ranking. combined:
+    three signals (see SIGNALS and combine), each written beside the score.
+    """
+    method = cfg["method"]
+    if method not in METHODS:
+        raise ValueError(f"rank.method must be one of {METHODS}, not {method!r}")
+    paths = [r.path for r in rows]
+    per_shuffle, st = score_paths(D, paths, cfg, resolution, progress)
+    if stats is not None:
+        stats.update(st)
+    if method == "mean_logit":
+        return rank_rows(rows, per_shuffle)
+    start = time.perf_counter()
+    # paired with per_shuffle: the same batches, turned upside down
+    flipped, _ = score_paths(D, paths, cfg, resolution, progress, upside_down=True)
+    knn = knn_distance(feature_paths(D, paths, resolution, cfg["batch"], cfg["mirror"]), cfg["knn_k"])
+    if stats is not None:
+        stats["signal_seconds"] = time.perf_counter() - start
+    upright = per_shuffle - flipped
+    signals = {"logit": per_shuffle.mean(axis=0), "upright": upright.mean(axis=0), "knn": knn}
+    combined = combine(signals)
+    # std: how much the combined score moves between shuffles (only the logits do)
+    std = np.std([combine({"logit": per_shuffle[k], "upright": upright[k], "knn": knn}, signals)
+                  for k in range(len(per_shuffle))], axis=0)
+    scored = [Score(r.id, float(combined[i]), float(std[i]), r.source, crop_box(r.details), r.path,
+                    {name: float(v[i]) for name, v in signals.items()}) for i, r in enumerate(rows)]
+    return sorted(scored, key=lambda s: (s.score, s.id))
+
+
 def format_scores(scores: list[Score]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    from pipeline.manifest import tsv_writer  # quotes CR too: any file name (issue 16)
+    writer = tsv_writer(buf)
     names = sorted({name for s in scores for name in s.signals})
     writer.writerow(SCORE_COLUMNS + [SIGNAL_PREFIX + n for n in names])
     for s in scores:
@@ -186,7 +362,7 @@ def format_scores(scores: list[Score]) -> str:
 
 def read_scores(path: str | os.PathLike) -> list[Score]:
     """scores.tsv back as Score rows, in file order (worst first)."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:  # any name
         return [Score(r["id"], float(r["score"]), float(r["std"]), r["source"],
                       json.loads(r["crop_box"]) if r["crop_box"] else None, r["path"],
                       {k[len(SIGNAL_PREFIX):]: float(v) for k, v in r.items()
@@ -196,8 +372,13 @@ def read_scores(path: str | os.PathLike) -> list[Score]:
 
 # ---------------------------------------------------------------- histogram
 
-def histogram_png(values, width: int = 640, height: int = 320, bins: int | None = None) -> bytes:
-    """A bar chart of the score distribution as PNG bytes (PIL only)."""
+SCORE_LABELS = {"mean_logit": "Discriminator score (left = worst)",
+                "combined": "combined score (left = worst)"}
+
+
+def histogram_png(values, width: int = 640, height: int = 320, bins: int | None = None,
+                  label: str = "Discriminator score (left = worst)") -> bytes:
+    """A bar chart of the distribution of ``values`` (a score or one signal) as PNG bytes (PIL only)."""
     values = np.asarray(values, dtype=np.float64)
     bins = bins or int(np.clip(np.sqrt(len(values)) * 2, 5, 60))
     counts, edges = np.histogram(values, bins=bins)
@@ -206,7 +387,7 @@ def histogram_png(values, width: int = 640, height: int = 320, bins: int | None 
     font = ImageFont.load_default()
     left, right, top, bottom = 48, 16, 28, 40
     plot_w, plot_h = width - left - right, height - top - bottom
-    draw.text((left, 6), f"Discriminator score, n={len(values)} (left = worst)", fill="black", font=font)
+    draw.text((left, 6), f"{label}, n={len(values)}", fill="black", font=font)
     peak = max(int(counts.max()), 1)
     bar_w = plot_w / len(counts)
     for i, c in enumerate(counts):
@@ -266,16 +447,17 @@ def main(argv=None) -> None:
     if resolution and d_resolution and resolution != d_resolution:
         raise SystemExit(f"rank: the dataset is {resolution} px but the D of {a.network} takes "
                          f"{d_resolution} px (finetune at normalize.resolution)")
-    print(f"rank: {len(rows)} images on {device}, {cfg['shuffles']} shuffles"
+    print(f"rank: {len(rows)} images on {device}, method {cfg['method']}, {cfg['shuffles']} shuffles"
           f"{' + mirror' if cfg['mirror'] else ''}, group size {cfg['group_size']}", flush=True)
-    per_shuffle, stats = score_paths(D, [r.path for r in rows], cfg, resolution)
-    scores = rank_rows(rows, per_shuffle)
-    atomic_write_bytes(a.histogram, histogram_png([s.score for s in scores]))
+    stats: dict = {}
+    scores = score_dataset(D, rows, cfg, resolution, stats=stats)
+    atomic_write_bytes(a.histogram, histogram_png([s.score for s in scores], label=SCORE_LABELS[cfg["method"]]))
     atomic_write_text(a.output, format_scores(scores))  # last: its presence means done
     print(f"rank: {stats['images_per_second']:.1f} images/s "
           f"({stats['d_evaluations_per_second']:.1f} D evaluations/s, {stats['seconds']:.1f} s, "
-          f"{stats['call_size']} images per D call); worst {scores[0].score:.4f} {scores[0].id}, "
-          f"best {scores[-1].score:.4f} {scores[-1].id}")
+          f"{stats['call_size']} images per D call"
+          + (f"; signals {stats['signal_seconds']:.1f} s" if "signal_seconds" in stats else "")
+          + f"); worst {scores[0].score:.4f} {scores[0].id}, best {scores[-1].score:.4f} {scores[-1].id}")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,8 @@ def provenance(stages: dict[str, list[Row]], scores: dict[str, Score]) -> list[l
 
 def format_provenance(table: list[list[str]]) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    from pipeline.manifest import tsv_writer  # quotes CR too: any file name (issue 16)
+    writer = tsv_writer(buf)
     writer.writerow(PROVENANCE_COLUMNS)
     writer.writerows(table)
     return buf.getvalue()

@@ -14,7 +14,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 BASE = Path(workflow.basedir)
 sys.path.insert(0, str(BASE))
-from pipeline.ingest import list_raw_dir, write_shard_listings  # noqa: E402
+from pipeline.ingest import config_path_problem, list_raw_dir, write_shard_listings  # noqa: E402
 
 # Every stage runs as `python -m pipeline.<stage>` with snakemake's own interpreter and the
 # package root on PYTHONPATH, so the workflow runs from any --directory and any venv.
@@ -89,6 +89,11 @@ PER_SHARD_STAGES = ["ingest", "crop", "clean", "upscale", "normalize"] + (
 DATASET = dataset_outputs(f"{R}/export")
 RANKED = dataset_outputs(f"{R}/ranked")
 
+
+# Paths that cannot work together stop the run here with one line (issue 16).
+_path_problem = config_path_problem(config, REJECTS)
+if _path_problem:
+    raise SystemExit(_path_problem)
 
 # The raw folder is listed at parse time; a shard's listing file is rewritten only when
 # its (path, size, mtime) lines change, so untouched shards keep their mtime and are

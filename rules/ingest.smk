@@ -37,5 +37,5 @@ rule ingest:
         bench_path("ingest", "{shard}")
     shell:
         "python -m pipeline.ingest shard --listing {input.listing:q} --raw-dir {params.raw_dir:q}"
-        " --metadata-decisions '{input.metadata}' --output {output:q} --config {params.cfg:q}"
+        " --metadata-decisions={input.metadata:q} --output {output:q} --config {params.cfg:q}"
         " > {log:q} 2>&1"

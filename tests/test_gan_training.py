@@ -251,14 +251,17 @@ def test_killed_training_resumes_from_latest_snapshot(tiny_dataset, tmp_path):
     cmd = [sys.executable, "-m", "gan.train", "--data", str(tfrecords), "--run-dir", str(run_dir),
            "--config", json.dumps(cfg), "--output", str(output)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    snaps = run_dir / "snapshots"
+
+    def snapshot_folders():   # the run's folder (gan.runs): runs/<data fp>-<model>/snapshots
+        return [p for p in run_dir.glob("runs/*/snapshots")
+                if any(SNAPSHOT.fullmatch(f.name) for f in p.iterdir())]
 
     first_log = tmp_path / "first.log"
     with open(first_log, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 240
-        while not (snaps.is_dir() and any(SNAPSHOT.fullmatch(p.name) for p in snaps.iterdir())):
+        while not snapshot_folders():
             assert proc.poll() is None, first_log.read_text()[-3000:]
             assert time.time() < deadline, "no snapshot within 240 s"
             time.sleep(0.05)
@@ -270,6 +273,7 @@ def test_killed_training_resumes_from_latest_snapshot(tiny_dataset, tmp_path):
     first = first_log.read_text()
     assert f"start: pretrained {pickle_path}" in first
     assert not output.exists() and "done:" not in first
+    snaps, = snapshot_folders()
     done = sorted(int(m.group(1)) for p in snaps.iterdir() if (m := SNAPSHOT.fullmatch(p.name)))
     assert done and 0 < done[-1] < 200
 

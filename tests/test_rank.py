@@ -13,14 +13,16 @@ from PIL import Image
 from conftest import REPO, TESTDATA
 from pipeline.imaging import load_rgb
 from pipeline.manifest import Row, write_manifest
-from pipeline.rank import (SCORE_COLUMNS, collect_scores, crop_box, format_scores, histogram_png,
-                           plan_batches, rank_rows, read_scores, score_paths)
+from pipeline.rank import (SCORE_COLUMNS, SCORING_KEYS, collect_scores, crop_box, d_features,
+                           format_scores, histogram_png, knn_distance, plan_batches, rank_rows,
+                           read_scores, robust_z, score_dataset, score_paths)
 
 RES = 32
 FILES = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png", "anime_tone.png",
          "noface_city.jpg", "photo_dogs.jpg", "photo_2008_001009.jpg", "broken/cmyk.jpg",
          "broken/<img src=x onerror=alert(1)>.png"]
-CFG = {"group_size": 4, "shuffles": 3, "mirror": True, "seed": 0, "batch": 64}
+CFG = {"method": "mean_logit", "group_size": 4, "shuffles": 3, "mirror": True, "seed": 0, "batch": 64,
+       "knn_k": 3}
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,20 @@ def test_mirror_off_scores_plain_images_only(images, discriminator):
     np.testing.assert_allclose(per_shuffle[0, plan[0, 0]], logits, rtol=1e-4, atol=1e-5)
 
 
+def test_upside_down_scores_the_same_batches_flipped(images, discriminator):
+    """The upright signal's second pass: the same plan (companions), every image flipped
+    top to bottom (and, with mirror, also left to right)."""
+    import tensorflow as tf
+    cfg = {**CFG, "shuffles": 1}
+    per_shuffle, _ = score_paths(discriminator, images[:4], cfg, RES, progress=False, upside_down=True)
+    x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in images[:4]]).astype(np.float32) / 127.5 - 1
+    plan, _ = plan_batches(4, 4, 1, 0, 64)
+    flipped = x[plan[0, 0]][:, ::-1]
+    logits = (discriminator(tf.constant(flipped)).numpy()
+              + discriminator(tf.constant(flipped[:, :, ::-1].copy())).numpy()) / 2
+    np.testing.assert_allclose(per_shuffle[0, plan[0, 0]], logits, rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------- scores.tsv and histogram
 
 def test_rank_rows_sorted_worst_first_with_crop_boxes(tmp_path):
@@ -170,10 +186,11 @@ def test_cli_ranks_dataset_manifest(tmp_path, images, discriminator):
     write_manifest(tmp_path / "manifest.tsv", rows)
     cmd = [sys.executable, "-m", "pipeline.rank", "--manifest", str(tmp_path / "manifest.tsv"),
            "--network", str(tmp_path / "net.npz"), "--output", str(tmp_path / "rank" / "scores.tsv"),
-           "--histogram", str(tmp_path / "rank" / "histogram.png"), "--config", json.dumps(CFG)]
+           "--histogram", str(tmp_path / "rank" / "histogram.png"),
+           "--config", json.dumps({**CFG, "method": "combined"})]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "images/s" in proc.stdout and "CPU" in proc.stdout
+    assert "images/s" in proc.stdout and "CPU" in proc.stdout and "method combined" in proc.stdout
     scores = read_scores(tmp_path / "rank" / "scores.tsv")
     assert sorted(s.id for s in scores) == sorted(r.id for r in rows)
     assert [s.score for s in scores] == sorted(s.score for s in scores)
@@ -183,9 +200,12 @@ def test_cli_ranks_dataset_manifest(tmp_path, images, discriminator):
         assert s.crop_box == by_id[s.id].details["crop_box"]
     with Image.open(tmp_path / "rank" / "histogram.png") as im:
         assert im.format == "PNG"
-    # same D, same seed: the CLI matches the library call
+    # same D, same seed: the CLI's logit signal matches the library call
     per_shuffle, _ = score_paths(D, images, CFG, RES, progress=False)
-    np.testing.assert_allclose(sorted(s.score for s in scores), np.sort(per_shuffle.mean(0)), atol=2e-6)
+    logit = {s.id: s.signals["logit"] for s in scores}
+    np.testing.assert_allclose([logit[r.id] for r in rows], per_shuffle.mean(0), atol=2e-6)
+    header = (tmp_path / "rank" / "scores.tsv").read_text().splitlines()[0].split("\t")
+    assert header == SCORE_COLUMNS + ["signal:knn", "signal:logit", "signal:upright"]
 
 
 def test_cli_refuses_a_d_of_another_resolution(tmp_path, images):
@@ -202,3 +222,127 @@ def test_cli_refuses_a_d_of_another_resolution(tmp_path, images):
     assert proc.returncode != 0
     assert re.search(r"32 px but the D .* takes 64 px", proc.stderr), proc.stderr[-2000:]
     assert not (tmp_path / "scores.tsv").exists()
+
+
+# ---------------------------------------------------------------- combined method: signals
+
+def test_d_features_are_what_d_scores(images, discriminator):
+    """d_features follows D up to minibatch-stddev: D's own head on them gives D's logits,
+    and they do not depend on the batch companions."""
+    import tensorflow as tf
+    from gan import ops
+    D = discriminator
+    x = tf.constant(np.stack([np.asarray(Image.open(p).convert("RGB")) for p in images[:8]])
+                    .astype(np.float32) / 127.5 - 1)
+    trunk, features = d_features(D, x)
+    h = ops.minibatch_stddev(trunk, D.mbstd_group_size, D.mbstd_num_features)
+    h = D._conv(h, "4x4/Conv")
+    h = tf.reshape(tf.transpose(h, [0, 3, 1, 2]), [-1, h.shape[3] * 16])
+    h = ops.bias_act(tf.matmul(h, D._w("4x4/Dense0/weight")), D._w("4x4/Dense0/bias"), act="lrelu")
+    logits = ops.bias_act(tf.matmul(h, D._w("Output/weight")), D._w("Output/bias"))[:, 0]
+    np.testing.assert_allclose(logits.numpy(), D(x).numpy(), rtol=1e-5, atol=1e-5)
+    alone = d_features(D, x[4:8])[1].numpy()
+    np.testing.assert_allclose(features.numpy()[4:8], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_knn_distance_matches_brute_force_and_flags_outliers():
+    rng = np.random.default_rng(0)
+    cluster = rng.normal(size=(60, 8))
+    outliers = rng.normal(size=(3, 8)) * 0.5 + 6
+    f = np.concatenate([cluster, outliers])
+    d = knn_distance(f, k=4, chunk=16)   # several chunks
+    z = (f - f.mean(0)) / (f.std(0) + 1e-8)
+    full = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))
+    np.fill_diagonal(full, np.inf)
+    np.testing.assert_allclose(d, np.sort(full, axis=1)[:, :4].mean(1), rtol=1e-5)
+    assert set(np.argsort(d)[-3:]) == {60, 61, 62}
+    # projected on fewer principal axes, the outliers still stand out
+    assert set(np.argsort(knn_distance(f, k=4, dims=2))[-3:]) == {60, 61, 62}
+    assert knn_distance(f[:1], k=4).tolist() == [0.0]
+
+
+def test_robust_z_ignores_a_few_extremes():
+    v = np.concatenate([np.linspace(-1, 1, 50), [1000.0, -1000.0]])
+    z = robust_z(v)
+    assert abs(z[25]) < 0.1 and 1.0 < z[49] < 2.5 and z[50] > 500
+    assert np.all(robust_z(np.ones(5)) == 0)
+
+
+def _planted_junk_rows(folder, res: int) -> tuple[list[Row], set[str]]:
+    """Real annotated photo faces (res x res crops) plus planted junk of several kinds."""
+    from PIL import ImageDraw
+    from conftest import voc_boxes
+    rows, junk = [], {}
+    for name, boxes in sorted(voc_boxes().items()):
+        im, _ = load_rgb(TESTDATA / name)
+        for k, (x, y, w, h) in enumerate(boxes):
+            cx, cy, side = x + w / 2, y + h / 2, 1.8 * max(w, h)
+            face = im.crop((round(cx - side / 2), round(cy - side / 2), round(cx + side / 2),
+                            round(cy + side / 2))).resize((res, res), Image.Resampling.LANCZOS)
+            rows.append((f"{name[6:-4]}-f{k}", face))
+    rng = np.random.default_rng(1)
+    junk["noise"] = Image.fromarray(rng.integers(0, 256, (res, res, 3), dtype=np.uint8))
+    junk["flat"] = Image.new("RGB", (res, res), (200, 40, 40))
+    card = Image.new("RGB", (res, res), "white")
+    ImageDraw.Draw(card).multiline_text((2, 4), "SALE\n50%", fill="black")
+    junk["text"] = card
+    city, _ = load_rgb(TESTDATA / "noface_city.jpg")
+    junk["city"] = city.crop((0, 0, 160, 160)).resize((res, res), Image.Resampling.LANCZOS)
+    tone, _ = load_rgb(TESTDATA / "anime_tone.png")
+    junk["screentone"] = tone.crop((0, 0, 120, 120)).resize((res, res), Image.Resampling.LANCZOS)
+    rows += [(f"junk-{k}", im) for k, im in junk.items()]
+    out = []
+    for i, (rid, im) in enumerate(rows):
+        path = folder / f"{rid}.png"
+        im.save(path)
+        out.append(Row(id=rid, source=path.name, path=str(path), width=res, height=res,
+                       details={"index": i}))
+    return out, {f"junk-{k}" for k in junk}
+
+
+def test_combined_ranks_planted_junk_low(tmp_path, discriminator):
+    """43 real faces + 5 planted junk (noise, flat colour, text card, city, screentone).
+
+    Uses the module's D untrained (training one here costs minutes on a shared CPU; the
+    trained case, with seed-to-seed agreement, is bench/bench_rank_junk.py): even random
+    D features put junk far from every face, so the combined method ranks all 5 junk in
+    the bottom 8 of 48 while the untrained D's logit ranks them anywhere.
+    """
+    rows, junk = _planted_junk_rows(tmp_path, RES)
+    cfg = {**CFG, "method": "combined", "shuffles": 2, "knn_k": 5}
+    scores = score_dataset(discriminator, rows, cfg, RES, progress=False)
+    assert [s.score for s in scores] == sorted(s.score for s in scores)
+    assert sorted(s.id for s in scores) == sorted(r.id for r in rows)
+    assert all(set(s.signals) == {"logit", "upright", "knn"} for s in scores)
+    ids = [s.id for s in scores]
+    assert max(ids.index(j) for j in junk) < 8, ids[:10]
+    # the knn signal says why: every junk image is far from its nearest dataset neighbours
+    knn = {s.id: s.signals["knn"] for s in scores}
+    face_knn = sorted(v for k, v in knn.items() if k not in junk)
+    assert min(knn[j] for j in junk) > face_knn[len(face_knn) // 2]
+    # combined = knn z-score + the gated logit and upright z-scores, recomputed by hand
+    signals = {n: np.array([s.signals[n] for s in scores]) for n in ("logit", "upright", "knn")}
+    z = {n: robust_z(v) for n, v in signals.items()}
+    expected = -z["knn"] + np.minimum(z["logit"] + 2, 0) + np.minimum(z["upright"] + 2, 0)
+    np.testing.assert_allclose([s.score for s in scores], expected, atol=2e-9)
+    assert all(s.std >= 0 for s in scores) and max(s.std for s in scores) > 0
+    # mean_logit on the same D is the seed's ranking: its scores are the mean logits
+    plain = {s.id: s for s in score_dataset(discriminator, rows, {**cfg, "method": "mean_logit"},
+                                            RES, progress=False)}
+    assert all(not s.signals for s in plain.values())
+    for s in scores:
+        assert abs(plain[s.id].score - s.signals["logit"]) < 1e-9
+    with pytest.raises(ValueError, match="rank.method"):
+        score_dataset(discriminator, rows[:4], {**cfg, "method": "best"}, RES, progress=False)
+
+
+def test_rule_passes_every_scoring_key():
+    """rank.method and knn_k change scores: they must be in what the rule passes."""
+    import yaml
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    rank_keys = set(schema["properties"]["rank"]["properties"])
+    assert {"method", "knn_k"} <= set(SCORING_KEYS) <= rank_keys
+    assert rank_keys - set(SCORING_KEYS) == {"drop_bottom_fraction", "rejects"}
+    config = yaml.safe_load((REPO / "config.yaml").read_text())["rank"]
+    assert {k: config[k] for k in ("method", "knn_k")} == \
+        {k: schema["properties"]["rank"]["properties"][k]["default"] for k in ("method", "knn_k")}

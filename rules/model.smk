@@ -1,0 +1,61 @@
+# The trained model goes out: a TF1 network pickle (+ our .npz) and figures to look at it.
+from gan.generate import video_format  # noqa: E402  (no TensorFlow at parse time)
+
+MODEL = {"pkl": f"{R}/model/{config['name']}.pkl", "npz": f"{R}/model/{config['name']}.npz"}
+GENERATE_DIR = f"{R}/generate"
+# mp4 when the imageio-ffmpeg package is importable by the python that runs the rules, else gif
+VIDEO_EXT = video_format()[0]
+
+
+def gan_code(*modules):
+    return [local(str(BASE / "gan" / f"{m}.py")) for m in modules]
+
+
+rule export_model:
+    """results/<name>/model/<name>.pkl: NVIDIA TF1 network-pickle layout (G, D, Gs) that
+    stylegan2-ada-pytorch / stylegan3 legacy.py load; <name>.npz: the same networks, ours."""
+    input:
+        network=FINAL_NETWORK,
+        code=gan_code("legacy", "networks", "checkpoint"),
+    output:
+        **MODEL,
+    conda:
+        CONDA_ENV
+    log:
+        log_path("export_model"),
+    benchmark:
+        bench_path("export_model")
+    shell:
+        "python -m gan.legacy --network {input.network:q} --pkl {output.pkl:q}"
+        " --npz {output.npz:q} > {log:q} 2>&1"
+
+
+rule generate:
+    """Truncation sweep, style mixing grid, per-seed PNGs and an interpolation video from the
+    final network (or generate.network: any snapshot .npz or a .pkl)."""
+    input:
+        network=config["generate"]["network"] or FINAL_NETWORK,
+        code=gan_code("generate", "legacy", "networks", "checkpoint"),
+    output:
+        truncation=f"{GENERATE_DIR}/truncation.png",
+        style_mixing=f"{GENERATE_DIR}/style_mixing.png",
+        seeds=[f"{GENERATE_DIR}/seeds/seed{int(s):04d}.png" for s in config["generate"]["seeds"]],
+        video=f"{GENERATE_DIR}/interpolation.{VIDEO_EXT}",
+        index=f"{GENERATE_DIR}/generate.json",
+    params:
+        cfg=json.dumps({k: v for k, v in config["generate"].items() if k != "network"}, sort_keys=True),
+        outdir=GENERATE_DIR,
+    # no gpu resource: a few hundred images run on CPU in minutes; TF still uses a visible GPU
+    # (memory growth on, so it shares one with a rank job)
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        CONDA_ENV
+    log:
+        log_path("generate"),
+    benchmark:
+        bench_path("generate")
+    shell:
+        "python -m gan.generate --network {input.network:q} --outdir {params.outdir:q}"
+        " --config {params.cfg:q} --video {VIDEO_EXT} > {log:q} 2>&1"
