@@ -23,7 +23,7 @@ import pytest
 
 from conftest import copy_testdata, run_snakemake, scheduled_jobs
 from test_report import HOSTILE as TREE_HOSTILE
-from test_report import build_results, items_of, make_report
+from test_report import build_results, items_of, make_report, page_data
 from pipeline.export import read_rejects
 from pipeline.manifest import kept, read_manifest
 
@@ -184,7 +184,7 @@ def test_dataset_target_writes_the_check_page_without_training(tmp_path):
     assert "report_ranking" not in jobs
 
 
-def test_scores_and_report_of_the_real_run(finished_run):
+def test_scores_and_report_of_the_real_run(finished_run, monkeypatch):
     from pipeline.rank import read_scores
     dataset = list(kept(read_manifest(finished_run / R / "export" / "manifest.tsv")))
     scores = read_scores(finished_run / R / "rank" / "scores.tsv")
@@ -195,7 +195,13 @@ def test_scores_and_report_of_the_real_run(finished_run):
     assert "<img src=x" not in page
     data = (finished_run / R / "report" / "check.js").read_text(encoding="utf-8")
     assert "\\\\u003cimg src=x onerror=alert(1)\\\\u003e.png" in data and "<" not in data
-    assert (finished_run / R / "report" / "ranking.js").exists() and (finished_run / R / "provenance.tsv").exists()
+    assert (finished_run / R / "provenance.tsv").exists()
+    # the network records the fingerprint of this very dataset: no "training is older" warning
+    ranking = page_data(finished_run / R / "report" / "ranking.js")
+    assert ranking["problems"] == [] and set(ranking["ids"]) == {r.id for r in dataset}
+    from pipeline.report import recorded_fingerprint, run_fingerprint
+    monkeypatch.chdir(finished_run)  # manifest paths are relative to the workdir
+    assert recorded_fingerprint(R / "finetune" / "network-final.npz") == run_fingerprint(R / "export" / "manifest.tsv")
     log = (finished_run / R / "logs" / "rank" / "all.log").read_text(encoding="utf-8")
     assert "images/s" in log and "on CPU" in log
 

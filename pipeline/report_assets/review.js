@@ -207,13 +207,17 @@
     }
     if (label) cap.append(el('div', {class: 'label', text: label}));
     if (rankPos[i] > 0) {
-      let line = '#' + rankPos[i] + ' score ' + score[i].toFixed(4) + ' \u00b1 ' + stdev[i].toFixed(4);
+      const line = '#' + rankPos[i] + ' score ' + score[i].toFixed(4) + ' \u00b1 ' + stdev[i].toFixed(4);
       cap.append(el('div', {class: 'score', text: line}));
-      for (const n of signalNames) if (!isNaN(signals[n][i])) cap.append(el('div', {class: 'signal', text: n + ' ' + signals[n][i].toFixed(4)}));
     }
+    // the source before the signals: a long caption must not hide where the image came from
     cap.append(el('div', {class: 'src', title: C.sources[I.src[i]], text: C.sources[I.src[i]]}));
     const why = C.reasons[I.reason[i]] || status[i];
     if (why) cap.append(el('div', {class: 'reason', text: why}));
+    if (rankPos[i] > 0 && signalNames.length) {
+      const parts = signalNames.filter((n) => !isNaN(signals[n][i])).map((n) => n + ' ' + signals[n][i].toFixed(3));
+      cap.append(el('div', {class: 'signal', text: parts.join(' \u00b7 ')}));
+    }
     if (I.note[i]) cap.append(el('div', {class: 'note', text: I.note[i]}));
     cap.append(el('div', {class: 'id', text: I.id[i]}));
     c.append(cap);
@@ -379,7 +383,7 @@
 
   // ------------------------------------------------------------ the virtualized grid
   const grid = $('grid');
-  const CW = 140, CH = 230;  // a card and its gap
+  const CW = 140, CH = 262;  // a card and its gap
   let cursor = 0, cols = 1, lastRange = '';
   const alive = new Map();  // grid position -> its card; cards that stay visible are kept
   function renderGrid(force) {
