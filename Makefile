@@ -11,7 +11,7 @@ SYSTEM_PACKAGES := libvulkan1 libomp5 libgl1 libglib2.0-0 chromium chromium-driv
 CASCADE_URL := https://raw.githubusercontent.com/nagadomi/lbpcascade_animeface/master/lbpcascade_animeface.xml
 CASCADE_SHA256 := 9376d30ac38db6bda2a68b88b3b76bbd7e6aa33af47f7f5c76bc88ca75f1ce30
 
-.PHONY: setup system-packages demo test models lint clean-demo
+.PHONY: setup system-packages demo test models lint clean-demo review
 
 setup: system-packages $(VENV)/.installed
 
@@ -38,6 +38,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Serve results/$(NAME)/report on 127.0.0.1; "save" on the page writes the rejects file.
+review:
+	@test -n "$(NAME)" || { echo "usage: make review NAME=<character name>"; exit 2; }
+	$(BIN)/python -m pipeline.review $(NAME)
 
 # For real anime datasets: the LBP cascade (MIT) with a sha256 check.
 models: models/lbpcascade_animeface.xml

@@ -1,19 +1,35 @@
-"""report: the static review page and provenance.tsv.
+"""report: the review page (a check page before training, the ranking once rank has run)
+and provenance.tsv.
 
-``R/report/index.html`` opens from disk (no server, no network): the stage funnel (what
-each stage received, kept and dropped, by reason), the newest training sample grid, the
-score histogram, and the bottom-k / top-k images by Discriminator score with thumbnail,
-score, source path and crop box. Each image has a reject checkbox (preticked from the
-rejects file); "download rejects.txt" saves a file export reads as is: one dataset image
-id a line, ``#`` starts a comment. Images and thumbnails are files beside the page.
+``R/report/`` opens from disk (no server, no network, no build step): ``index.html`` with
+``review.js``/``review.css`` beside it and two data files it loads as scripts:
 
-``R/provenance.tsv``: for every raw file and every face, the last stage it reached,
-keep/drop, the reason, its score and details (all manifests joined).
+* ``check.js`` (``python -m pipeline.report check``, part of the ``dataset`` target, so it
+  exists before any GPU time): the stage funnel, every image of the dataset and every
+  image or file a stage dropped, with its reason; duplicate clusters (the image kept, the
+  dropped ones, their Hamming distances); no-face sources with the too-small boxes drawn;
+  each face over its source with the crop box; the rejects file's ticks and its problems.
+* ``ranking.js`` (``python -m pipeline.report ranking``, after rank): scores in score
+  order with their signals, the ranked export's verdicts, the newest training samples,
+  and whether the training is older than the dataset. Absent, the page says rank has
+  not run yet.
 
-    python -m pipeline.report --name N --dataset R/export/manifest.tsv --dedup R/clean/dedup.tsv \
-        --ranked R/ranked/manifest.tsv --scores R/rank/scores.tsv --histogram R/rank/histogram.png \
-        --samples R/finetune/samples --rejects FILE --output R/report/index.html \
-        --provenance R/provenance.tsv --config JSON R/<stage>/<shard>/manifest.tsv...
+Thumbnails (``thumbs/``) and upright source previews (``sources/``) are files beside the
+page, kept between runs and remade only when their input file changes; the full-size
+view is the dataset file itself (a relative link). ``R/provenance.tsv``: for every raw
+file and every face, the last stage it reached, keep/drop, the reason, its score.
+
+    python -m pipeline.report check --name N --dataset R/export/manifest.tsv \
+        --dedup R/clean/dedup.tsv --rejects FILE --output R/report/index.html \
+        --config JSON [--threads T] R/<stage>/<shard>/manifest.tsv...
+    python -m pipeline.report ranking --dataset R/export/manifest.tsv --ranked R/ranked/manifest.tsv \
+        --scores R/rank/scores.tsv --network R/finetune/network-final.npz \
+        --samples R/finetune/samples --dedup R/clean/dedup.tsv --output R/report/ranking.js \
+        --provenance R/provenance.tsv R/<stage>/<shard>/manifest.tsv...
+
+Problems the user must see (reject lines that match no image, an unreadable rejects file,
+training older than the dataset) go on the page and to stderr, which the rule shows on
+the console.
 """
 from __future__ import annotations
 
@@ -21,34 +37,41 @@ import argparse
 import csv
 import hashlib
 import html
+import inspect
 import io
 import json
+import os
 import re
-import shutil
+import sys
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.export import read_rejects
-from pipeline.manifest import (Row, ShardDir, atomic_write_text, dumps_details, kept,
+from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, dumps_details, kept,
                                load_config_arg, read_manifest)
 from pipeline.rank import Score, read_scores
 
 # Stages in data-flow order; dedup (a gather over clean) applies at export.
 FUNNEL = ("ingest", "crop", "clean", "upscale", "normalize", "augment", "dedup", "export", "ranked")
-RECEIVES_FROM = {"crop": "ingest", "clean": "crop", "upscale": "clean", "normalize": "upscale",
-                 "augment": "normalize",
-                 "dedup": "clean", "export": "normalize", "ranked": "export"}
 PROVENANCE_COLUMNS = ["id", "source", "parent_id", "last_stage", "action", "reason", "score",
                       "path", "details"]
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
+ASSETS = Path(__file__).with_name("report_assets")
+PREVIEW_SIDE = 1024  # upright source previews: enough to see a small face box
+DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
 
 
 def esc(value) -> str:
     return html.escape(str(value), quote=True)
+
+
+def warn(message: str) -> None:
+    """A problem the user must see: stderr goes to the console (the rule tees it)."""
+    print(f"WARNING report: {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- funnel
@@ -62,10 +85,11 @@ class FunnelRow:
 
 
 def funnel(stages: dict[str, list[Row]]) -> list[FunnelRow]:
-    """Per stage: images in (the previous stage's keeps), kept, dropped by reason.
+    """Per stage: images in, kept, dropped by reason.
 
-    A stage whose manifest does not list every image it received (export lists only its
-    dataset) gets the difference as ``duplicate`` (dedup is the only step between).
+    A stage lists every image it received, so "in" is its row count (crop: the sources
+    its faces came from), whatever order the stages run in. Export lists only its
+    dataset: "in" is what its input stage kept, the difference shown as ``duplicate``.
     """
     out = []
     kept_count = {s: sum(r.kept for r in rows) for s, rows in stages.items()}
@@ -73,10 +97,13 @@ def funnel(stages: dict[str, list[Row]]) -> list[FunnelRow]:
         if stage not in stages:
             continue
         rows = stages[stage]
-        prev = RECEIVES_FROM.get(stage)
-        if stage == "export" and "augment" in stages:
-            prev = "augment"  # the optional stage sits between normalize and export
-        received = kept_count[prev] if prev in kept_count else len(rows)
+        if stage == "export":
+            prev = "augment" if "augment" in stages else "normalize"
+            received = kept_count.get(prev, len(rows))
+        elif stage == "crop":
+            received = len({r.parent_id if r.parent_id and r.id != r.parent_id else r.id for r in rows})
+        else:
+            received = len(rows)
         dropped = Counter(r.reason or "unspecified" for r in rows if not r.kept)
         if stage == "export":
             unlisted = received - len(rows)
@@ -122,6 +149,123 @@ def format_provenance(table: list[list[str]]) -> str:
     return buf.getvalue()
 
 
+# ---------------------------------------------------------------- reading the results tree
+
+def stage_of(manifest_path: str) -> str:
+    """R/<stage>/<shard>/manifest.tsv -> stage."""
+    return Path(manifest_path).parent.parent.name
+
+
+def load_stages(stage_manifests: list[str], dedup: str | None, dataset: str | None,
+                ranked: str | None = None) -> dict[str, list[Row]]:
+    """Rows by stage; any per-shard stage the rule passes is read, whatever its name."""
+    stages: dict[str, list[Row]] = {}
+    for path in stage_manifests:
+        stages.setdefault(stage_of(path), []).extend(read_manifest(path))
+    for stage, path in (("dedup", dedup), ("export", dataset), ("ranked", ranked)):
+        if path and Path(path).exists():
+            stages[stage] = read_manifest(path)
+    return stages
+
+
+def dataset_fingerprint(export_manifest: str | os.PathLike) -> str:
+    """What the dataset is: the sha256 of export's manifest (ids, files, order)."""
+    return hashlib.sha256(Path(export_manifest).read_bytes()).hexdigest()
+
+
+def run_fingerprint(export_manifest: str | os.PathLike) -> str:
+    """The dataset fingerprint training records (gan.runs.dataset_fingerprint, issue 11a):
+    sha256 over "<id>\t<sha256 of the image file>" of every dataset image in id order."""
+    try:
+        from gan.runs import dataset_fingerprint as fingerprint_of  # the trainer's own, when there
+        return fingerprint_of(export_manifest)["sha256"]
+    except ImportError:
+        h = hashlib.sha256()
+        for r in sorted(kept(read_manifest(export_manifest)), key=lambda r: r.id):
+            h.update(f"{r.id}\t{hashlib.sha256(Path(r.path).read_bytes()).hexdigest()}\n".encode())
+        return h.hexdigest()
+
+
+def recorded_fingerprint(network: str | os.PathLike) -> str | None:
+    """The dataset fingerprint a checkpoint records: its ``__meta__`` JSON's
+    ``extra.run.dataset.sha256`` (gan.checkpoint + gan.runs), or a string entry whose key
+    names a fingerprint; None when it records none (an older checkpoint)."""
+    import numpy as np
+    with np.load(network, allow_pickle=False) as npz:
+        for key in npz.files:
+            if npz[key].dtype.kind not in "US" or npz[key].size != 1:
+                continue
+            value = str(npz[key].reshape(()).item())
+            if key == "__meta__":
+                run = (json.loads(value).get("extra") or {}).get("run") or {}
+                sha = (run.get("dataset") or {}).get("sha256") if isinstance(run, dict) else None
+                if sha:
+                    return str(sha)
+            elif "fingerprint" in key.lower():
+                return value
+    return None
+
+
+def training_staleness(network: str | os.PathLike | None, export_manifest: str | os.PathLike) -> str:
+    """"" when the network was trained on this dataset, else why it looks older.
+
+    The checkpoint's recorded dataset fingerprint decides when it has one (compared with
+    the same fingerprint of the export manifest); otherwise file times do.
+    """
+    if not network or not Path(network).exists() or not Path(export_manifest).exists():
+        return ""
+    try:
+        recorded = recorded_fingerprint(network)
+    except (OSError, ValueError, KeyError) as e:
+        return f"cannot read the network {network}: {e}"
+    if recorded:
+        try:
+            current = run_fingerprint(export_manifest)
+        except OSError as e:
+            return f"cannot fingerprint the dataset {export_manifest}: {e}"
+        if recorded != current:
+            return (f"the network {network} was trained on another dataset (fingerprint "
+                    f"{recorded[:12]}, dataset now {current[:12]}): rerun the fine-tune")
+        return ""
+    if os.stat(network).st_mtime_ns < os.stat(export_manifest).st_mtime_ns:
+        return (f"the network {network} is older than the dataset {export_manifest}: "
+                "its scores may not fit the images now in it; rerun the fine-tune")
+    return ""
+
+
+def shown(text: str) -> str:
+    """Text for the page and the console: a name with non-UTF-8 bytes (surrogate-escaped)
+    must not stop the page from being written."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def read_rejects_checked(path: str | None) -> tuple[set[str], list[str]]:
+    """(reject lines, problems): an unreadable file is a problem, not a crash; lines the
+    reader warns about (read_rejects's ``warn``, where it has one) are problems too."""
+    if not path:
+        return set(), []
+    warnings: list[str] = []
+    kwargs = {"warn": warnings.append} if "warn" in inspect.signature(read_rejects).parameters else {}
+    try:
+        lines = read_rejects(path, **kwargs)
+    except (OSError, UnicodeDecodeError, ValueError, SystemExit) as e:
+        return set(), [shown(f"the rejects file {path} cannot be read ({type(e).__name__}: {e}); "
+                             "the page starts with no rejects and saving would replace it")]
+    return lines, [shown(f"rejects file: {w}") for w in warnings]
+
+
+def preset_rejects(lines: set[str], dataset: list[Row]) -> tuple[list[str], list[str]]:
+    """(ids the page preticks, lines that match no image).
+
+    A line names a dataset id or a source (all its images). Unmatched lines are carried
+    over unchanged so a download or save never loses them.
+    """
+    out = {r.id for r in dataset if r.id in lines or r.source in lines}
+    matched = {r.id for r in dataset} | {r.source for r in dataset}
+    unmatched = sorted(lines - matched)
+    return sorted(out | set(unmatched)), unmatched
+
+
 # ---------------------------------------------------------------- images beside the page
 
 def thumb_name(image_id: str) -> str:
@@ -131,16 +275,79 @@ def thumb_name(image_id: str) -> str:
     return hashlib.sha1(image_id.encode("utf-8", "surrogateescape")).hexdigest() + ".jpg"
 
 
-def write_thumb(src: str, dest: Path, side: int) -> bool:
+def source_preview_name(source: str) -> str:
+    """The preview of a source (its path relative to raw_dir: the same in every workdir)."""
+    # 80 bits of sha1: no collision among millions of sources, and short in check.js
+    return hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()[:20] + ".jpg"
+
+
+def _make_image(job: tuple[str, str, int]) -> tuple[str, int, int, str]:
+    """(dest, upright width, upright height, error): a JPEG of at most side x side."""
+    from pipeline.imaging import load_rgb
+    src, dest, side = job
     try:
-        with Image.open(src) as im:
-            im = im.convert("RGB")
-            im.thumbnail((side, side), Image.Resampling.LANCZOS)
-            im.save(dest, format="JPEG", quality=90)
-        return True
-    except (OSError, ValueError) as e:  # a missing file must not lose the whole page
-        print(f"report: no thumbnail for {src!r}: {e}")
-        return False
+        im, _ = load_rgb(src)
+        w, h = im.size
+        im.thumbnail((side, side), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=85)
+        atomic_write_bytes(dest, buf.getvalue())
+        return dest, w, h, ""
+    except Exception as e:  # a missing or broken file must not lose the whole page
+        return dest, 0, 0, f"{type(e).__name__}: {e}"
+
+
+def file_key(path: str, side: int) -> str:
+    st = os.stat(path)
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}|{side}"
+
+
+def make_images(folder: Path, wanted: dict[str, tuple[str, int]], threads: int = 1,
+                index_path: Path | None = None) -> dict[str, tuple[int, int]]:
+    """Files ``folder/<name>`` from ``wanted`` {name: (source file, side)}, remade only when
+    the source changed; others in the folder are removed. Returns {name: upright size}.
+
+    What each file was made from (path, size, mtime) is kept in ``index_path``: outside
+    the results (the rule puts it under cache_dir) so two runs still give identical results.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    index_path = Path(index_path) if index_path else folder / "index.json"
+    try:
+        old = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = {}
+    done: dict[str, list] = {}
+    jobs = []
+    for name, (src, side) in wanted.items():
+        try:
+            key = file_key(src, side)
+        except OSError:
+            continue
+        prev = old.get(name)
+        if prev and prev[0] == key and (folder / name).exists():
+            done[name] = prev
+        else:
+            jobs.append((src, str(folder / name), side))
+            done[name] = [key, 0, 0]
+    if jobs:
+        print(f"report: making {len(jobs)} images in {folder} ({len(wanted) - len(jobs)} reused)", flush=True)
+        if threads > 1 and len(jobs) > 16:
+            with ProcessPoolExecutor(max_workers=threads) as pool:
+                results = list(pool.map(_make_image, jobs, chunksize=max(1, len(jobs) // (threads * 8))))
+        else:
+            results = [_make_image(j) for j in jobs]
+        for dest, w, h, err in results:
+            name = Path(dest).name
+            if err:
+                print(f"report: no image for {name}: {err}")
+                done.pop(name, None)
+            else:
+                done[name][1:] = [w, h]
+    for stale in folder.iterdir():
+        if stale.name not in done and stale != index_path:
+            stale.unlink()
+    atomic_write_text(index_path, json.dumps(done, sort_keys=True))
+    return {name: (v[1], v[2]) for name, v in done.items()}
 
 
 def newest_sample_grid(samples_dir: str | None) -> Path | None:
@@ -156,70 +363,130 @@ def copy_scaled(src: Path, dest: Path, max_side: int = 1536) -> bool:
     try:
         with Image.open(src) as im:
             if max(im.size) <= max_side:
-                shutil.copyfile(src, dest)
+                atomic_write_bytes(dest, Path(src).read_bytes())
             else:
                 im = im.convert("RGB")
                 im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-                im.save(dest, format="PNG")
+                buf = io.BytesIO()
+                im.save(buf, format="PNG")
+                atomic_write_bytes(dest, buf.getvalue())
         return True
     except (OSError, ValueError) as e:
         print(f"report: cannot copy {src}: {e}")
         return False
 
 
-# ---------------------------------------------------------------- HTML
+# ---------------------------------------------------------------- what each image shows
 
-STYLE = """
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
-table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-td.reasons,th.reasons,td.stage{text-align:left}
-.grid{display:flex;flex-wrap:wrap;gap:8px}
-.card{margin:0;padding:6px;border:1px solid #ccc;border-radius:4px;width:var(--thumb);font-size:11px}
-.card img{display:block;width:var(--thumb);height:var(--thumb);object-fit:contain;background:#eee}
-.card .src,.card .id{overflow-wrap:anywhere}
-.card.rejected{border-color:#c00;background:#fee}
-.status{color:#a00}
-#toolbar{position:sticky;top:0;background:#fff;padding:6px 0;border-bottom:1px solid #ccc}
-img.wide{max-width:100%}
-"""
+def _num(v) -> float | int:
+    """A coordinate for the page: 0.1 px is plenty, and whole numbers print without '.0'."""
+    v = round(float(v), 1)
+    return int(v) if v.is_integer() else v
 
-SCRIPT = """
-(function () {
-  const data = JSON.parse(document.getElementById('review-data').textContent);
-  const boxes = Array.from(document.querySelectorAll('input.reject'));
-  const shown = new Set(boxes.map(b => b.dataset.id));
-  function ticked() {
-    // rejects not shown on this page are kept as they are
-    const ids = new Set(data.preset.filter(id => !shown.has(id)));
-    boxes.forEach(b => { if (b.checked) ids.add(b.dataset.id); });
-    return Array.from(ids).sort();
-  }
-  function refresh() {
-    boxes.forEach(b => b.closest('.card').classList.toggle('rejected', b.checked));
-    document.getElementById('reject-count').textContent = String(ticked().length);
-  }
-  boxes.forEach(b => b.addEventListener('change', () => {
-    // the same image may be in both grids: keep its boxes in step
-    boxes.forEach(o => { if (o.dataset.id === b.dataset.id) o.checked = b.checked; });
-    refresh();
-  }));
-  document.getElementById('download').addEventListener('click', () => {
-    const text = data.header.map(l => '# ' + l).join('\\n') + '\\n' + ticked().map(id => id + '\\n').join('');
-    const url = URL.createObjectURL(new Blob([text], {type: 'text/plain'}));
-    const a = document.createElement('a');
-    a.href = url; a.download = 'rejects.txt';
-    document.body.appendChild(a); a.click(); a.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 1000);
-  });
-  refresh();
-})();
-"""
 
+def face_geometry(details: dict):
+    """The region a face was cut from, in upright source pixels: [l, t, r, b] or 4 [x, y]."""
+    if isinstance(details.get("quad"), list) and details["quad"]:
+        q = details["quad"]
+        flat = [v for p in q for v in (p if isinstance(p, list) else [p])]
+        if len(flat) == 8:
+            return [[_num(flat[i]), _num(flat[i + 1])] for i in range(0, 8, 2)]
+    for key in ("crop", "crop_box"):
+        box = details.get(key)
+        if isinstance(box, list) and len(box) == 4:
+            return [_num(v) for v in box]
+    box = details.get("box")  # the detector's x, y, w, h
+    if isinstance(box, list) and len(box) == 4:
+        x, y, w, h = (float(v) for v in box)
+        return [_num(x), _num(y), _num(x + w), _num(y + h)]
+    return None
+
+
+def small_face_boxes(details: dict) -> list:
+    """crop's faces below min_face ([x, y, w, h] each) as [l, t, r, b]; [] when absent."""
+    out = []
+    for b in details.get("small_faces") or []:
+        if isinstance(b, list) and len(b) == 4:
+            x, y, w, h = (float(v) for v in b)
+            out.append([_num(x), _num(y), _num(x + w), _num(y + h)])
+    return out
+
+
+def drop_note(row: Row) -> str:
+    """One line about why a row was dropped (the details a user needs)."""
+    d = row.details
+    if row.reason in DUPLICATE_REASONS:
+        dist = d.get("distance", 0 if row.reason == "exact_duplicate" else "?")
+        return f"duplicate of {d.get('duplicate_of', '?')}, distance {dist}"
+    if row.reason == "no_face":
+        n = len(d.get("small_faces") or [])
+        parts = [f"min_face {d['min_face']}" if "min_face" in d else ""]
+        if n:
+            parts.append(f"{n} face(s) found below min_face")
+        return "; ".join(p for p in parts if p)
+    keys = ("error", "side", "bytes", "file_bytes", "colors", "colorful_fraction", "max_pixels", "extension")
+    return ", ".join(f"{k} {d[k]}" for k in keys if k in d)
+
+
+@dataclass
+class Item:
+    id: str
+    source: str
+    reason: str            # "" for a dataset image, else "<stage>: <reason>"
+    image: str = ""        # the file its thumbnail and full view come from
+    geom: object = None    # region over the source (see face_geometry), or small boxes
+    preview: str = ""      # source file to show it over ("" = none)
+    note: str = ""
+
+
+def collect_items(stages: dict[str, list[Row]]) -> tuple[list[Item], list[list]]:
+    """Dataset images (id order) then every drop, and the duplicate clusters."""
+    raw_path = {r.source: r.path for r in stages.get("ingest", []) if r.kept}
+    items = []
+    for r in sorted(kept(stages.get("export", [])), key=lambda r: r.id):
+        geom = face_geometry(r.details)
+        items.append(Item(r.id, r.source, "", r.path, geom, raw_path.get(r.source, "") if geom else ""))
+    clusters: dict[str, list] = {}
+    for stage, rows in stages.items():
+        if stage in ("export", "ranked"):
+            continue  # their verdicts are the dataset itself and the ranking's
+        for r in rows:
+            if r.kept:
+                continue
+            reason = f"{stage}: {r.reason or 'unspecified'}"
+            # error texts name the file: show it as the user knows it (and keep the page
+            # the same in every workdir)
+            note = drop_note(r).replace(r.path, r.source) if r.path else drop_note(r)
+            if stage == "ingest":
+                items.append(Item(r.id, r.source, reason, "", None, "", note))
+            elif r.reason == "no_face" or (stage == "crop" and r.parent_id in ("", r.id)):
+                # a whole source: show it, with the too-small faces crop found
+                src = raw_path.get(r.source, r.path)
+                items.append(Item(r.id, r.source, reason, src, small_face_boxes(r.details), src, note))
+            else:
+                geom = face_geometry(r.details)
+                items.append(Item(r.id, r.source, reason, r.path, geom,
+                                  raw_path.get(r.source, "") if geom else "", note))
+            if r.reason in DUPLICATE_REASONS:
+                d = r.details
+                dist = d.get("distance", 0 if r.reason == "exact_duplicate" else None)
+                clusters.setdefault(str(d.get("duplicate_of", "")), []).append([r.id, dist])
+    return items, [[k, v] for k, v in sorted(clusters.items())]
+
+
+# ---------------------------------------------------------------- page
 
 def script_json(value) -> str:
     """JSON safe inside <script>: no '<', '>' or '&' can end the element early."""
-    return (json.dumps(value, ensure_ascii=True).replace("<", "\\u003c").replace(">", "\\u003e")
-            .replace("&", "\\u0026"))
+    return (json.dumps(value, ensure_ascii=True, separators=(",", ":")).replace("<", "\\u003c")
+            .replace(">", "\\u003e").replace("&", "\\u0026"))
+
+
+def data_script(var: str, value) -> str:
+    """A data file the page loads with <script src>: a JSON string given to JSON.parse,
+    which Chromium reads about twice as fast as the same object literal (100k images:
+    ~0.4 s instead of ~0.9 s, bench/RESULTS.md)."""
+    return f"window.{var} = JSON.parse({json.dumps(script_json(value))});\n"
 
 
 def funnel_html(rows: list[FunnelRow]) -> str:
@@ -234,159 +501,249 @@ def funnel_html(rows: list[FunnelRow]) -> str:
     return "\n".join(lines)
 
 
-def card_html(position: int, s: Score, thumb: str | None, rejected: bool, status: str) -> str:
-    box = esc(json.dumps(s.crop_box)) if s.crop_box is not None else "whole image"
-    img = (f"<img src='thumbs/{esc(thumb)}' alt='{esc(s.source)}'>" if thumb
-           else "<div class='missing'>no thumbnail</div>")
-    note = f"<div class='status'>{esc(status)}</div>" if status else ""
-    return (f"<figure class='card' data-id='{esc(s.id)}'>{img}<figcaption>"
-            f"<div>#{position} score <b>{s.score:.4f}</b> &plusmn; {s.std:.4f}</div>"
-            f"<div class='src' title='{esc(s.source)}'>{esc(s.source)}</div>"
-            f"<div>crop box {box}</div><div class='id'>{esc(s.id)}</div>{note}"
-            f"<label><input type='checkbox' class='reject' data-id='{esc(s.id)}'"
-            f"{' checked' if rejected else ''}> reject</label></figcaption></figure>")
+CSP = ("default-src 'none'; img-src 'self' file: data: blob:; style-src 'self' file:; "
+       "script-src 'self' file:; connect-src 'self'")
 
 
-def render(name: str, funnel_rows: list[FunnelRow], scores: list[Score], thumbs: dict[str, str],
-           preset: list[str], ranked_status: dict[str, str], cfg: dict,
-           sample_grid: str | None, histogram: str | None) -> str:
-    n = len(scores)
-    bottom_k, top_k = min(cfg["bottom_k"], n), min(cfg["top_k"], n)
-    bottom = list(enumerate(scores[:bottom_k], 1))
-    top = list(enumerate(scores, 1))[n - top_k:][::-1] if top_k else []
-    preset_set = set(preset)
-
-    def grid(items):
-        return "<div class='grid'>" + "".join(
-            card_html(pos, s, thumbs.get(s.id), s.id in preset_set, ranked_status.get(s.id, ""))
-            for pos, s in items) + "</div>"
-
-    one_line = " ".join(str(name).split())  # a comment line must stay one line
-    data = {"preset": preset,
-            "header": [f"faceprep rejects for {one_line}",
-                       "one dataset image id a line (ids as in rank/scores.tsv); '#' starts a comment",
-                       f"save as characters/{one_line}.rejects.txt (or the rank.rejects path) "
-                       "and rerun ranked_dataset"]}
-    samples = (f"<img class='wide' src='{esc(sample_grid)}' alt='latest training samples'>"
-               if sample_grid else "<p>No training sample grid yet.</p>")
-    hist = (f"<img src='{esc(histogram)}' alt='score histogram'>" if histogram
-            else "<p>No histogram.</p>")
-    csp = ("default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; "
-           "script-src 'unsafe-inline'")
+def render_index(name: str, funnel_rows: list[FunnelRow], problems: list[str], rejects_path: str) -> str:
+    """The page shell: what needs no script is in the HTML, the rest comes from the data files."""
+    probs = "".join(f"<li>{esc(p)}</li>" for p in problems)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{csp}">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
 <title>faceprep report: {esc(name)}</title>
-<style>{STYLE}:root{{--thumb:{int(cfg['thumb'])}px}}</style></head>
+<link rel="stylesheet" href="review.css"></head>
 <body>
 <h1>faceprep report: {esc(name)}</h1>
-<p>{n} images in the dataset, ranked by the fine-tuned Discriminator (lowest score = least
-like the rest). Full per-image history: <a href="../provenance.tsv">provenance.tsv</a>;
-all scores: <a href="../rank/scores.tsv">rank/scores.tsv</a>.</p>
+<ul id="problems" class="problems">{probs}</ul>
+<p id="summary"></p>
+<p>Per-image history: <a href="../provenance.tsv">provenance.tsv</a> (after rank);
+scores: <a href="../rank/scores.tsv">rank/scores.tsv</a>. Keys in the review grid:
+<kbd>&rarr;</kbd>/<kbd>j</kbd> next, <kbd>&larr;</kbd>/<kbd>k</kbd> previous,
+<kbd>x</kbd> toggle reject, <kbd>Enter</kbd> open, <kbd>Esc</kbd> close.</p>
 <h2>Stage funnel</h2>
 {funnel_html(funnel_rows)}
-<h2>Latest training samples</h2>
-{samples}
-<h2>Score histogram</h2>
-{hist}
+<h2>What was dropped</h2>
+<div id="drops"><p>Loading&hellip; (this page needs JavaScript and check.js beside it)</p></div>
+<h2>Ranking</h2>
+<div id="ranking"><p id="no-ranking">Rank has not run yet: the scores appear here after
+<code>snakemake ranked_dataset</code>.</p></div>
 <h2>Review</h2>
-<div id="toolbar">Tick the images to drop, then
+<div id="toolbar">
+<label>score &ge; <input id="score-min" type="number" step="any" size="7"></label>
+<label>&le; <input id="score-max" type="number" step="any" size="7"></label>
+<label>folder <select id="folder"></select></label>
+<label>stage / reason <select id="reason"></select></label>
+<span id="shown-count">0</span> shown &middot;
+<b><span id="reject-count">0</span></b> rejects <span id="unmatched-count"></span>
 <button id="download" type="button">download rejects.txt</button>
-(<span id="reject-count">0</span> rejects). Save it as
-<code>characters/{esc(name)}.rejects.txt</code> (or the path in <code>rank.rejects</code>) and
-rerun <code>snakemake ranked_dataset</code>: only the re-export and this page are redone.</div>
-<h3>Bottom {bottom_k} (worst scores)</h3>
-{grid(bottom)}
-<h3>Top {top_k} (best scores)</h3>
-{grid(top)}
-<script type="application/json" id="review-data">{script_json(data)}</script>
-<script>{SCRIPT}</script>
+<button id="save" type="button" hidden>save rejects</button>
+<span id="save-status" role="status"></span>
+<div class="hint">Save the download as <code>{esc(rejects_path)}</code> and rerun
+<code>snakemake ranked_dataset</code> (or serve this page with <code>python -m pipeline.review {esc(name)}</code>
+and press save).</div>
+</div>
+<div id="grid" tabindex="0" aria-label="review grid"></div>
+<div id="viewer" hidden role="dialog" aria-modal="true">
+<div class="bar"><button id="v-prev" type="button">&larr; previous</button>
+<button id="v-next" type="button">next &rarr;</button>
+<button id="v-reject" type="button">reject</button>
+<button id="v-close" type="button">close (Esc)</button></div>
+<div class="panes"><figure><img id="v-full" alt="full size"><figcaption id="v-info"></figcaption></figure>
+<figure id="v-source-fig"><div class="overlay-wrap"><img id="v-source" alt="source image"><svg id="v-box"></svg></div>
+<figcaption id="v-source-info"></figcaption></figure></div>
+</div>
+<script src="check.js"></script>
+<script src="ranking.js"></script>
+<script src="review.js"></script>
 </body></html>
 """
 
 
-# ---------------------------------------------------------------- building it
-
-def stage_of(manifest_path: str) -> str:
-    """R/<stage>/<shard>/manifest.tsv -> stage."""
-    return Path(manifest_path).parent.parent.name
+FULL_EXTS = [".png", ".jpg", ".jpeg", ".webp"]
 
 
-def load_stages(stage_manifests: list[str], dedup: str | None, dataset: str,
-                ranked: str | None) -> dict[str, list[Row]]:
-    stages: dict[str, list[Row]] = {}
-    for path in stage_manifests:
-        stages.setdefault(stage_of(path), []).extend(read_manifest(path))
-    for stage, path in (("dedup", dedup), ("export", dataset), ("ranked", ranked)):
-        if path and Path(path).exists():
-            stages[stage] = read_manifest(path)
-    return stages
+class FullPaths:
+    """Full-size links, compact: ``<id><ext>`` in a known folder is one number
+    (folder index * 4 + extension index), anything else the relative path itself."""
+
+    def __init__(self, page_dir: Path):
+        self.page_dir = page_dir.resolve()
+        self.dirs: list[str] = []
+        self._dir_index: dict[str, int] = {}
+        self._rel: dict[str, str] = {}
+
+    def entry(self, image_id: str, path: str):
+        if not path:
+            return ""
+        folder, base = os.path.split(path)
+        rel = self._rel.get(folder)
+        if rel is None:  # one resolve per folder, not per image
+            rel = self._rel[folder] = Path(os.path.relpath(Path(folder or ".").resolve(), self.page_dir)).as_posix()
+        stem, ext = os.path.splitext(base)
+        if stem == image_id and ext in FULL_EXTS:
+            d = self._dir_index.setdefault(rel, len(self.dirs))
+            if d == len(self.dirs):
+                self.dirs.append(rel)
+            return d * len(FULL_EXTS) + FULL_EXTS.index(ext)
+        return f"{rel}/{base}"
 
 
-def preset_rejects(rejects_file: str | None, dataset: list[Row]) -> list[str]:
-    """Ids the page pretick: lines naming a dataset id, or a source (all its images).
+def check_data(name: str, items: list[Item], clusters: list, thumbs: dict, previews: dict,
+               page_dir: Path, preset: list[str], problems: list[str], fingerprint: str,
+               rejects_path: str) -> dict:
+    """The page's data, in columns (a 100,000-image dataset stays a few MB)."""
+    sources, source_index = [], {}
+    preview_list, preview_index = [], {}
+    reasons, reason_index = [""], {"": 0}
+    cols = {k: [] for k in ("id", "src", "reason", "thumb", "full", "geom", "prev", "note")}
+    full = FullPaths(page_dir)
+    for it in items:
+        si = source_index.setdefault(it.source, len(sources))
+        if si == len(sources):
+            sources.append(it.source)
+        ri = reason_index.setdefault(it.reason, len(reasons))
+        if ri == len(reasons):
+            reasons.append(it.reason)
+        pi = -1
+        if it.preview and source_preview_name(it.source) in previews:
+            pname = source_preview_name(it.source)
+            pi = preview_index.setdefault(pname, len(preview_list))
+            if pi == len(preview_list):
+                preview_list.append([pname, *previews[pname]])
+        tname = thumb_name(it.id)
+        has_thumb = tname in thumbs
+        cols["id"].append(it.id)
+        cols["src"].append(si)
+        cols["reason"].append(ri)
+        # 1: thumbs/<id>.jpg, a string: another name, 0: none (keeps the file small)
+        cols["thumb"].append((1 if tname == f"{it.id}.jpg" else tname) if has_thumb else 0)
+        cols["full"].append(full.entry(it.id, it.image) if has_thumb else "")
+        cols["geom"].append(it.geom)
+        cols["prev"].append(pi)
+        cols["note"].append(it.note)
+    one_line = " ".join(str(name).split())  # a comment line must stay one line
+    return {"version": 1, "name": name, "datasetFingerprint": fingerprint,
+            "rejectsPath": rejects_path, "sources": sources, "reasons": reasons,
+            "previews": preview_list, "fullDirs": full.dirs, "fullExts": FULL_EXTS,
+            "items": cols, "clusters": clusters,
+            "preset": preset, "problems": problems,
+            "header": [f"faceprep rejects for {one_line}",
+                       "one dataset image id a line (ids as in rank/scores.tsv); '#' starts a comment",
+                       f"save as {' '.join(rejects_path.split())} and rerun ranked_dataset"]}
 
-    Lines that match nothing are carried over unchanged so a download never loses them.
-    """
-    lines = read_rejects(rejects_file)
-    out = {r.id for r in dataset if r.id in lines or r.source in lines}
-    matched = {r.id for r in dataset} | {r.source for r in dataset}
-    return sorted(out | (lines - matched))
+
+def copy_assets(out_dir: Path) -> None:
+    for asset in ("review.js", "review.css"):
+        atomic_write_bytes(out_dir / asset, (ASSETS / asset).read_bytes())
 
 
-def build_report(*, name: str, stage_manifests: list[str], dataset: str, dedup: str | None,
-                 ranked: str | None, scores_path: str, histogram: str | None,
-                 samples_dir: str | None, rejects: str | None, output: str, provenance_path: str,
-                 cfg: dict) -> None:
+# ---------------------------------------------------------------- the two builds
+
+def build_check(*, name: str, stage_manifests: list[str], dataset: str, dedup: str | None,
+                rejects: str | None, output: str, cfg: dict, threads: int = 1,
+                rejects_shown: str | None = None, cache: str | None = None) -> list[str]:
+    """The page before training: index.html, check.js, thumbnails, source previews.
+
+    Returns the problems it found (also on the page and on stderr)."""
+    out_dir = Path(output).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".*.tmp"):  # temp files of a killed run (atomic writes)
+        stale.unlink(missing_ok=True)
+    stages = load_stages(stage_manifests, dedup, dataset)
+    items, clusters = collect_items(stages)
+    side = int(cfg["thumb"])
+    wanted_thumbs = {thumb_name(it.id): (it.image, side) for it in items if it.image}
+    wanted_previews = {source_preview_name(it.source): (it.preview, PREVIEW_SIDE) for it in items if it.preview}
+    cache_dir = Path(cache) if cache else None
+    thumbs = make_images(out_dir / "thumbs", wanted_thumbs, threads, cache_dir and cache_dir / "thumbs.json")
+    previews = make_images(out_dir / "sources", wanted_previews, threads, cache_dir and cache_dir / "sources.json")
+
+    lines, problems = read_rejects_checked(rejects)
+    dataset_rows = [r for r in kept(stages.get("export", []))]
+    preset, unmatched = preset_rejects(lines, dataset_rows)
+    if unmatched:
+        listed = ", ".join(repr(u) for u in unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")
+        problems.append(shown(f"{len(unmatched)} line(s) of the rejects file {rejects} match no image "
+                              f"of the dataset: {listed}"))
+    for p in problems:
+        warn(p)
+    fingerprint = dataset_fingerprint(dataset) if Path(dataset).exists() else ""
+    shown_path = rejects_shown or rejects or f"characters/{name}.rejects.txt"
+    data = check_data(name, items, clusters, thumbs, previews, out_dir, preset, problems,
+                      fingerprint, shown_path)
+    copy_assets(out_dir)
+    atomic_write_text(out_dir / "check.js", data_script("FACEPREP_CHECK", data))
+    # where `python -m pipeline.review` saves (an absolute path: the server may run elsewhere)
+    atomic_write_text(out_dir / "review.json", json.dumps(
+        {"name": name, "rejects": str(Path(rejects).resolve()) if rejects else ""}, indent=1) + "\n")
+    atomic_write_text(output, render_index(name, funnel(stages), problems, shown_path))
+    return problems
+
+
+def build_ranking(*, stage_manifests: list[str], dataset: str, dedup: str | None, ranked: str | None,
+                  scores_path: str, network: str | None, samples_dir: str | None, output: str,
+                  provenance_path: str) -> list[str]:
+    """ranking.js beside the page (scores, signals, verdicts, samples) and provenance.tsv."""
+    out_dir = Path(output).parent
     stages = load_stages(stage_manifests, dedup, dataset, ranked)
     scores = read_scores(scores_path)
-    by_id = {s.id: s for s in scores}
-    dataset_rows = list(kept(stages.get("export", [])))
-    ranked_status = {r.id: r.reason for r in stages.get("ranked", []) if not r.kept}
-    n = len(scores)
-    shown = scores[:min(cfg["bottom_k"], n)] + scores[max(n - cfg["top_k"], 0):]
-    out_dir = Path(output).parent
-    with ShardDir(out_dir) as folder:
-        (folder.tmp / "thumbs").mkdir()
-        thumbs = {}
-        for s in tqdm({s.id: s for s in shown}.values(), desc="report thumbs", unit="img", mininterval=2):
-            name_ = thumb_name(s.id)
-            if write_thumb(s.path, folder.tmp / "thumbs" / name_, cfg["thumb"]):
-                thumbs[s.id] = name_
-        grid = newest_sample_grid(samples_dir)
-        sample_name = None
-        if grid is not None and copy_scaled(grid, folder.tmp / "samples.png"):
-            sample_name = "samples.png"
-        hist_name = None
-        if histogram and Path(histogram).exists():
-            shutil.copyfile(histogram, folder.tmp / "histogram.png")
-            hist_name = "histogram.png"
-        page = render(name, funnel(stages), scores, thumbs, preset_rejects(rejects, dataset_rows),
-                      ranked_status, cfg, sample_name, hist_name)
-        atomic_write_text(folder.tmp / Path(output).name, page)
-    atomic_write_text(provenance_path, format_provenance(provenance(stages, by_id)))
+    problems = []
+    stale = training_staleness(network, dataset)
+    if stale:
+        problems.append(shown(stale))
+    names = sorted({n for s in scores for n in s.signals})
+    sample = None
+    grid = newest_sample_grid(samples_dir)
+    if grid is not None and copy_scaled(grid, out_dir / "samples.png"):
+        sample = "samples.png"
+    for p in problems:
+        warn(p)
+    data = {"datasetFingerprint": dataset_fingerprint(dataset), "ids": [s.id for s in scores],
+            "score": [round(s.score, 6) for s in scores], "std": [round(s.std, 6) for s in scores],
+            "signals": {n: [round(s.signals[n], 6) if n in s.signals else None for s in scores] for n in names},
+            "status": {r.id: r.reason for r in stages.get("ranked", []) if not r.kept},
+            "samples": sample, "problems": problems}
+    atomic_write_text(output, data_script("FACEPREP_RANKING", data))
+    atomic_write_text(provenance_path, format_provenance(provenance(stages, {s.id: s for s in scores})))
+    return problems
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", required=True)
-    p.add_argument("--dataset", required=True, help="R/export/manifest.tsv")
-    p.add_argument("--dedup", help="R/clean/dedup.tsv")
-    p.add_argument("--ranked", help="R/ranked/manifest.tsv")
-    p.add_argument("--scores", required=True, help="R/rank/scores.tsv")
-    p.add_argument("--histogram", help="R/rank/histogram.png")
-    p.add_argument("--samples", help="R/finetune/samples (newest grid is shown)")
-    p.add_argument("--rejects", default="", help="rejects file (may not exist yet)")
-    p.add_argument("--output", required=True, help="R/report/index.html")
-    p.add_argument("--provenance", required=True, help="R/provenance.tsv")
-    p.add_argument("--config", required=True, help="the report block as JSON")
-    p.add_argument("stage_manifests", nargs="*", help="R/<stage>/<shard>/manifest.tsv")
+    sub = p.add_subparsers(dest="part", required=True)
+    c = sub.add_parser("check", help="the page before training (dataset target)")
+    c.add_argument("--name", required=True)
+    c.add_argument("--dataset", required=True, help="R/export/manifest.tsv")
+    c.add_argument("--dedup", help="R/clean/dedup.tsv")
+    c.add_argument("--rejects", default="", help="rejects file (may not exist yet)")
+    c.add_argument("--output", required=True, help="R/report/index.html")
+    c.add_argument("--config", required=True, help="the report block as JSON")
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--cache", help="where to remember what each thumbnail was made from "
+                                   "(default: an index.json in each image folder)")
+    c.add_argument("stage_manifests", nargs="*", help="R/<stage>/<shard>/manifest.tsv")
+    r = sub.add_parser("ranking", help="the ranking beside the page (after rank)")
+    r.add_argument("--dataset", required=True)
+    r.add_argument("--dedup")
+    r.add_argument("--ranked", help="R/ranked/manifest.tsv")
+    r.add_argument("--scores", required=True)
+    r.add_argument("--network", help="R/finetune/network-final.npz (is it older than the dataset?)")
+    r.add_argument("--samples", help="R/finetune/samples (newest grid is shown)")
+    r.add_argument("--output", required=True, help="R/report/ranking.js")
+    r.add_argument("--provenance", required=True, help="R/provenance.tsv")
+    r.add_argument("stage_manifests", nargs="*")
     a = p.parse_args(argv)
-    build_report(name=a.name, stage_manifests=a.stage_manifests, dataset=a.dataset, dedup=a.dedup,
-                 ranked=a.ranked, scores_path=a.scores, histogram=a.histogram,
-                 samples_dir=a.samples, rejects=a.rejects.strip() or None, output=a.output,
-                 provenance_path=a.provenance, cfg=load_config_arg(a.config))
-    print(f"report: {a.output}\nprovenance: {a.provenance}")
+    if a.part == "check":
+        build_check(name=a.name, stage_manifests=a.stage_manifests, dataset=a.dataset, dedup=a.dedup,
+                    rejects=a.rejects.strip() or None, output=a.output, cfg=load_config_arg(a.config),
+                    threads=a.threads, rejects_shown=a.rejects.strip() or None, cache=a.cache)
+        print(f"report: {a.output}")
+    else:
+        build_ranking(stage_manifests=a.stage_manifests, dataset=a.dataset, dedup=a.dedup, ranked=a.ranked,
+                      scores_path=a.scores, network=a.network, samples_dir=a.samples, output=a.output,
+                      provenance_path=a.provenance)
+        print(f"ranking: {a.output}\nprovenance: {a.provenance}")
 
 
 if __name__ == "__main__":

@@ -78,6 +78,11 @@ def stage_code(stage):
     return local(str(BASE / "pipeline" / f"{stage}.py"))
 
 
+def gan_code(*modules):
+    """gan/ modules as inputs (checksum-compared): editing one reruns the rules that run it."""
+    return [local(str(BASE / "gan" / f"{m}.py")) for m in modules]
+
+
 def stage_config(*blocks):
     """The config blocks a rule depends on, as a stable JSON param (params trigger reruns)."""
     picked = {b: config[b] for b in blocks}

@@ -74,8 +74,10 @@ rule zip:
 
 
 rule dataset:
-    """Target: the exported dataset (no training); TFRecords unless export.tfrecords is off."""
+    """Target: the exported dataset (no training) and its check page; TFRecords and ZIP as
+    export.tfrecords / export.zip say."""
     input:
         manifest=DATASET["manifest"],
         **({"zip": DATASET["zip"]} if "zip" in DATASET else {}),
         **({"tfrecords": DATASET["tfrecords"]} if config["export"]["tfrecords"] else {}),
+        report=f"{R}/report/index.html",  # rules/report.smk: review before any GPU time

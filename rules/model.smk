@@ -7,10 +7,6 @@ GENERATE_DIR = f"{R}/generate"
 VIDEO_EXT = video_format()[0]
 
 
-def gan_code(*modules):
-    return [local(str(BASE / "gan" / f"{m}.py")) for m in modules]
-
-
 rule export_model:
     """results/<name>/model/<name>.pkl: NVIDIA TF1 network-pickle layout (G, D, Gs) that
     stylegan2-ada-pytorch / stylegan3 legacy.py load; <name>.npz: the same networks, ours."""
@@ -44,7 +40,8 @@ rule generate:
         index=f"{GENERATE_DIR}/generate.json",
     params:
         cfg=json.dumps({k: v for k, v in config["generate"].items() if k != "network"}, sort_keys=True),
-        outdir=GENERATE_DIR,
+        outdir=lambda wildcards, output: os.path.dirname(output.index),
+        video=VIDEO_EXT,
     # no gpu resource: a few hundred images run on CPU in minutes; TF still uses a visible GPU
     # (memory growth on, so it shares one with a rank job)
     resources:
@@ -58,4 +55,4 @@ rule generate:
         bench_path("generate")
     shell:
         "python -m gan.generate --network {input.network:q} --outdir {params.outdir:q}"
-        " --config {params.cfg:q} --video {VIDEO_EXT} > {log:q} 2>&1"
+        " --config {params.cfg:q} --video {params.video} > {log:q} 2>&1"

@@ -26,43 +26,78 @@ rule ranked_export:
         " > {log:q} 2>&1"
 
 
+REPORT_CODE = [stage_code("report")] + [local(str(p)) for p in sorted((BASE / "pipeline" / "report_assets").iterdir())]
+REPORT_PAGE = f"{R}/report/index.html"
+
+
 rule report:
-    """Static HTML review page: funnel, samples, histogram, bottom/top-k with reject toggles."""
+    """The review page before training (part of the dataset target): funnel, every drop
+    with its reason, the dataset with each face over its source, the rejects file's ticks."""
     input:
         stage_manifests=[m for stage in PER_SHARD_STAGES for m in shard_manifests(stage)],
         dedup=f"{R}/clean/dedup.tsv",
         dataset=DATASET["manifest"],
-        ranked=RANKED["manifest"],
-        scores=f"{R}/rank/scores.tsv",
-        histogram=f"{R}/rank/histogram.png",
-        network=FINAL_NETWORK,  # its samples/ grids are done when it is
         rejects=rejects_input,
-        code=stage_code("report"),
+        code=REPORT_CODE,
     output:
-        html=f"{R}/report/index.html",
-        provenance=f"{R}/provenance.tsv",
+        html=REPORT_PAGE,
+        data=f"{R}/report/check.js",
     params:
-        cfg=stage_config("report"),
+        # only the key the page uses: bottom_k/top_k are no longer read
+        cfg=json.dumps({"thumb": config["report"]["thumb"]}),
         name=config["name"],
-        samples=f"{R}/finetune/samples",
         rejects=REJECTS,
+    threads: 4
     conda:
         CONDA_ENV
     log:
         log_path("report"),
     benchmark:
         bench_path("report")
+    # stdout to the log; problems (stderr) to the log and the console; the thumbnail cache
+    # (what each thumbnail was made from) is $FACEPREP_CACHE_DIR: no param, moving it reruns nothing
     shell:
-        "python -m pipeline.report --name {params.name:q} --dataset {input.dataset:q}"
-        " --dedup {input.dedup:q} --ranked {input.ranked:q} --scores {input.scores:q}"
-        " --histogram {input.histogram:q} --samples {params.samples:q}"
-        " --rejects {params.rejects:q} --output {output.html:q}"
-        " --provenance {output.provenance:q} --config {params.cfg:q}"
-        " {input.stage_manifests:q} > {log:q} 2>&1"
+        "python -m pipeline.report check --name {params.name:q} --dataset {input.dataset:q}"
+        " --dedup {input.dedup:q} --rejects {params.rejects:q} --output {output.html:q}"
+        " --config {params.cfg:q} --threads {threads} --cache \"$FACEPREP_CACHE_DIR/report/{params.name}\""
+        " {input.stage_manifests:q}"
+        " 2>&1 > {log:q} | tee -a {log:q} >&2"
+
+
+rule report_ranking:
+    """The ranking beside the page (scores in order, signals, verdicts, samples, whether the
+    training is older than the dataset) and provenance.tsv."""
+    input:
+        page=REPORT_PAGE,
+        stage_manifests=[m for stage in PER_SHARD_STAGES for m in shard_manifests(stage)],
+        dedup=f"{R}/clean/dedup.tsv",
+        dataset=DATASET["manifest"],
+        ranked=RANKED["manifest"],
+        scores=f"{R}/rank/scores.tsv",
+        network=FINAL_NETWORK,  # its samples/ grids are done when it is
+        code=stage_code("report"),
+    output:
+        ranking=f"{R}/report/ranking.js",
+        provenance=f"{R}/provenance.tsv",
+    params:
+        samples=f"{R}/finetune/samples",
+    conda:
+        CONDA_ENV
+    log:
+        log_path("report_ranking"),
+    benchmark:
+        bench_path("report_ranking")
+    shell:
+        "python -m pipeline.report ranking --dataset {input.dataset:q} --dedup {input.dedup:q}"
+        " --ranked {input.ranked:q} --scores {input.scores:q} --network {input.network:q}"
+        " --samples {params.samples:q} --output {output.ranking:q}"
+        " --provenance {output.provenance:q} {input.stage_manifests:q}"
+        " 2>&1 > {log:q} | tee -a {log:q} >&2"
 
 
 rule ranked_dataset:
     """Target: the whole loop, from raw images to the ranked dataset and its report."""
     input:
         **RANKED,
-        report=f"{R}/report/index.html",
+        report=REPORT_PAGE,
+        ranking=f"{R}/report/ranking.js",

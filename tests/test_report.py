@@ -1,4 +1,5 @@
-"""report: funnel, grids, escaping, preticked rejects, provenance, on a results tree of real images.
+"""report: funnel, drop galleries, escaping, preticked rejects, ranking data, provenance, on a
+results tree of real images.
 
 The tree is what the stages leave behind (manifests in the documented format, real
 normalized images, real ingest decisions, ranked rows from export's own ranked_rows), so
@@ -7,10 +8,12 @@ the report is tested without running the whole workflow; test_browser.py runs it
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
 from html.parser import HTMLParser
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,8 @@ from pipeline.imaging import load_rgb
 from pipeline.ingest import ingest_file, shard_of, source_id
 from pipeline.manifest import Row, kept, write_manifest
 from pipeline.rank import format_scores, histogram_png, rank_rows
-from pipeline.report import build_report, funnel, load_stages, thumb_name
+from pipeline.report import (build_check, build_ranking, funnel, load_stages, source_preview_name,
+                             thumb_name, training_staleness)
 
 HOSTILE = "broken/<img src=x onerror=alert(1)>.png"
 RAW_FILES = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png",
@@ -47,8 +51,9 @@ def build_results(root: Path, rejects: set[str] = frozenset()) -> dict:
         stage_rows["ingest"][shard].append(row)
         if not row.kept:
             continue
-        if rel == "noface_city.jpg":
-            stage_rows["crop"][shard].append(row.drop("no_face"))
+        if rel == "noface_city.jpg":  # crop found two faces, both below min_face
+            stage_rows["crop"][shard].append(row.drop("no_face", details={
+                "min_face": 250, "small_faces": [[10, 20, 40, 40], [100, 30, 60, 60]]}))
             continue
         im, _ = load_rgb(row.path)
         w, h = im.size
@@ -81,7 +86,8 @@ def build_results(root: Path, rejects: set[str] = frozenset()) -> dict:
     write_manifest(R / "export" / "manifest.tsv", dataset)
 
     per_shuffle = np.random.default_rng(5).normal(size=(3, len(dataset)))
-    scores = rank_rows(dataset, per_shuffle)
+    scores = [replace(s, signals={"logit": s.score, "knn": -k * 0.5})
+              for k, s in enumerate(rank_rows(dataset, per_shuffle))]
     (R / "rank").mkdir(parents=True)
     (R / "rank" / "scores.tsv").write_text(format_scores(scores), encoding="utf-8")
     (R / "rank" / "histogram.png").write_bytes(histogram_png([s.score for s in scores]))
@@ -98,78 +104,91 @@ def build_results(root: Path, rejects: set[str] = frozenset()) -> dict:
     return {"R": R, "dataset": dataset, "scores": scores, "stage_rows": stage_rows}
 
 
-def report_args(tree: dict, rejects: Path | None, cfg: dict = CFG) -> dict:
+def report_args(tree: dict) -> dict:
     R = tree["R"]
-    return dict(name="t", stage_manifests=[str(p) for p in sorted(R.glob("*/[01]/manifest.tsv"))],
-                dataset=str(R / "export" / "manifest.tsv"), dedup=str(R / "clean" / "dedup.tsv"),
-                ranked=str(R / "ranked" / "manifest.tsv"), scores_path=str(R / "rank" / "scores.tsv"),
-                histogram=str(R / "rank" / "histogram.png"), samples_dir=str(R / "finetune" / "samples"),
-                rejects=str(rejects) if rejects else None, output=str(R / "report" / "index.html"),
-                provenance_path=str(R / "provenance.tsv"), cfg=cfg)
+    return dict(stage_manifests=[str(p) for p in sorted(R.glob("*/[01]/manifest.tsv"))],
+                dataset=str(R / "export" / "manifest.tsv"), dedup=str(R / "clean" / "dedup.tsv"))
 
 
-class Cards(HTMLParser):
-    """The review cards of the page: [(data-id, checked, img src, caption text)]."""
+def make_report(tree: dict, rejects: Path | None = None, network: Path | None = None, cfg: dict = CFG) -> dict:
+    """Both parts of the page, as the two rules run them; returns the page's data."""
+    R = tree["R"]
+    args = report_args(tree)
+    problems = build_check(name="t", rejects=str(rejects) if rejects else None,
+                           output=str(R / "report" / "index.html"), cfg=cfg, **args)
+    ranking_problems = build_ranking(ranked=str(R / "ranked" / "manifest.tsv"),
+                                     scores_path=str(R / "rank" / "scores.tsv"), network=str(network or ""),
+                                     samples_dir=str(R / "finetune" / "samples"),
+                                     output=str(R / "report" / "ranking.js"),
+                                     provenance_path=str(R / "provenance.tsv"), **args)
+    return {"check": page_data(R / "report" / "check.js"), "ranking": page_data(R / "report" / "ranking.js"),
+            "problems": problems, "ranking_problems": ranking_problems,
+            "page": (R / "report" / "index.html").read_text(encoding="utf-8")}
+
+
+def page_data(path: Path) -> dict:
+    """window.X = JSON.parse("..."); -> the dict (the data files are one JSON string each)."""
+    text = path.read_text(encoding="utf-8")
+    m = re.fullmatch(r"window\.FACEPREP_[A-Z]+ = JSON\.parse\((\".*\")\);\n", text, re.S)
+    assert m, text[:200]
+    return json.loads(json.loads(m.group(1)))
+
+
+def items_of(check: dict) -> dict[str, dict]:
+    cols = check["items"]
+    return {cols["id"][k]: {c: cols[c][k] for c in cols} | {
+        "source": check["sources"][cols["src"][k]], "why": check["reasons"][cols["reason"][k]]}
+        for k in range(len(cols["id"]))}
+
+
+class Funnel(HTMLParser):
+    """The funnel table of the page: [[cell text...]] per stage row."""
 
     def __init__(self, page: str):
         super().__init__()
-        self.cards: list[dict] = []
-        self.funnel: list[list[str]] = []
-        self._in_card = self._in_cell = False
+        self.rows: list[list[str]] = []
+        self._in_cell = False
         self.feed(page)
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
-        if tag == "figure" and a.get("class") == "card":
-            self.cards.append({"id": a["data-id"], "text": "", "img": None, "checked": None})
-            self._in_card = True
-        elif tag == "img" and self._in_card:
-            self.cards[-1]["img"] = a["src"]
-        elif tag == "input" and self._in_card:
-            assert a["data-id"] == self.cards[-1]["id"]
-            self.cards[-1]["checked"] = "checked" in a
-        elif tag == "tr" and "data-stage" in a:
-            self.funnel.append([])
-        elif tag == "td" and self.funnel:
-            self.funnel[-1].append("")
+        if tag == "tr" and "data-stage" in a:
+            self.rows.append([])
+        elif tag == "td" and self.rows:
+            self.rows[-1].append("")
             self._in_cell = True
 
     def handle_endtag(self, tag):
-        if tag == "figure":
-            self._in_card = False
-        elif tag == "td":
+        if tag == "td":
             self._in_cell = False
 
     def handle_data(self, data):
-        if self._in_card:
-            self.cards[-1]["text"] += data
         if self._in_cell:
-            self.funnel[-1][-1] += data
+            self.rows[-1][-1] += data
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     tree = build_results(root)
-    build_report(**report_args(tree, None))
-    tree["page"] = (tree["R"] / "report" / "index.html").read_text(encoding="utf-8")
+    tree.update(make_report(tree))
     return tree
 
 
-def test_hostile_file_names_are_escaped(tree):
+def test_hostile_file_names_are_inert(tree):
     page = tree["page"]
-    assert "<img src=x onerror" not in page
-    assert "&lt;img src=x onerror=alert(1)&gt;.png" in page
-    cards = Cards(page).cards
-    hostile = [c for c in cards if HOSTILE in c["text"]]
-    assert hostile, "the hostile file's faces are in the dataset and should be in a grid"
-    # every <img> on the page is one we wrote
-    srcs = re.findall(r"<img\b[^>]*\bsrc='([^']*)'", page)
-    assert srcs and all(s in ("samples.png", "histogram.png") or s.startswith("thumbs/") for s in srcs)
+    assert "<img src=x" not in page  # the page's HTML names no file at all
+    for name in ("check.js", "ranking.js"):
+        text = (tree["R"] / "report" / name).read_text(encoding="utf-8")
+        assert "<" not in text and ">" not in text  # JSON escapes: nothing can close a <script>
+    assert HOSTILE in tree["check"]["sources"]
+    # every file the page links is beside it: thumbnails have safe names
+    for t in tree["check"]["items"]["thumb"]:
+        assert t in (0, 1) or re.fullmatch(r"[0-9a-f]{40}\.jpg", t)
 
 
 def test_funnel_counts_match_the_manifests(tree):
-    stages = load_stages(report_args(tree, None)["stage_manifests"], str(tree["R"] / "clean" / "dedup.tsv"),
+    stages = load_stages(report_args(tree)["stage_manifests"], str(tree["R"] / "clean" / "dedup.tsv"),
                          str(tree["R"] / "export" / "manifest.tsv"), str(tree["R"] / "ranked" / "manifest.tsv"))
     rows = {f.stage: f for f in funnel(stages)}
     assert list(rows) == ["ingest", "crop", "clean", "upscale", "normalize", "dedup", "export", "ranked"]
@@ -184,51 +203,117 @@ def test_funnel_counts_match_the_manifests(tree):
     assert rows["export"].kept == len(tree["dataset"]) == rows["normalize"].kept - 1
     assert rows["export"].dropped == {"duplicate": 1}
     assert rows["ranked"].kept == len(tree["dataset"])
-    table = {cells[0]: cells for cells in Cards(tree["page"]).funnel}
+    # the check page (no ranked manifest yet) shows the stages up to export
+    table = {cells[0]: cells for cells in Funnel(tree["page"]).rows}
+    assert list(table) == ["ingest", "crop", "clean", "upscale", "normalize", "dedup", "export"]
     assert table["ingest"][1:4] == [str(len(RAW_FILES)), str(len(RAW_FILES) - 3), "3"]
     assert "no_face: 1" in table["crop"][4] and "exact_duplicate: 1" in table["dedup"][4]
 
 
-def test_bottom_and_top_grids_with_thumbnails_scores_sources_boxes(tree):
-    cards = Cards(tree["page"]).cards
-    scores = tree["scores"]
-    bottom, top = cards[:CFG["bottom_k"]], cards[CFG["bottom_k"]:]
-    assert [c["id"] for c in bottom] == [s.id for s in scores[:CFG["bottom_k"]]]
-    assert [c["id"] for c in top] == [s.id for s in scores[::-1][:CFG["top_k"]]]
-    by_id = {s.id: s for s in scores}
-    for c in cards:
-        s = by_id[c["id"]]
-        assert f"{s.score:.4f}" in c["text"] and s.source in c["text"]
-        assert json.dumps(s.crop_box) in c["text"]
-        assert c["checked"] is False
-        thumb = tree["R"] / "report" / c["img"]
-        with Image.open(thumb) as im:
-            assert im.format == "JPEG" and max(im.size) == CFG["thumb"]
-    # the newest sample grid (highest kimg) and the histogram sit beside the page
-    report = tree["R"] / "report"
+def test_every_image_and_every_drop_is_on_the_page(tree):
+    check, R = tree["check"], tree["R"]
+    items = items_of(check)
+    dataset_ids = [r.id for r in tree["dataset"]]
+    assert [i for i, it in items.items() if it["why"] == ""] == dataset_ids  # id order before ranking
+    why = {it["source"]: it["why"] for it in items.values() if it["why"]}
+    assert why == {"broken/zero_bytes.jpg": "ingest: empty_file", "broken/text_named.jpg": "ingest: not_an_image",
+                   "broken/truncated.jpg": "ingest: truncated", "noface_city.jpg": "crop: no_face",
+                   "broken/gray_of_anime_miku_noisy.jpg": "clean: monochrome",
+                   "broken/dup_exact_of_anime_miku_noisy.jpg": "dedup: exact_duplicate"}
+    # undecodable files: listed with their reason, no picture
+    assert all(it["thumb"] == 0 for it in items.values() if it["why"].startswith("ingest"))
+    # a duplicate cluster: the image kept and the dropped one, distance 0 for an exact copy
+    keep = f"{source_id('anime_miku_noisy.jpg')}-f0"
+    dup = f"{source_id('broken/dup_exact_of_anime_miku_noisy.jpg')}-f0"
+    assert check["clusters"] == [[keep, [[dup, 0]]]]
+    assert items[dup]["note"] == f"duplicate of {keep}, distance 0" and items[keep]["thumb"] == 1
+    # no-face source: its thumbnail, the two too-small boxes as [l, t, r, b] over an upright preview
+    noface = items[source_id("noface_city.jpg")]
+    assert noface["geom"] == [[10, 20, 50, 60], [100, 30, 160, 90]] and "2 face(s)" in noface["note"]
+    name, w, h = check["previews"][noface["prev"]]
+    assert name == source_preview_name("noface_city.jpg")  # the same in every workdir
+    with Image.open(TESTDATA / "noface_city.jpg") as im:
+        assert (w, h) == im.size
+    with Image.open(R / "report" / "sources" / name) as im:
+        assert max(im.size) == min(1024, max(w, h)) and im.format == "JPEG"
+    # a face of the hostile photo: its crop box over its source; full size = the dataset file
+    hostile = [it for it in items.values() if it["source"] == HOSTILE]
+    assert len(hostile) == 2 and sorted(it["geom"][0] for it in hostile) == [0, hostile[0]["geom"][2]]
+    for it in hostile:
+        assert it["prev"] >= 0
+        n = len(check["fullExts"])  # <folder index, extension index> for <id><ext> files
+        rel = f"{check['fullDirs'][it['full'] // n]}/{it['id']}{check['fullExts'][it['full'] % n]}"
+        full = (R / "report" / rel).resolve()
+        assert full in {Path(r.path).resolve() for r in tree["dataset"]}
+    # thumbnails beside the page at the configured size
+    for i, it in items.items():
+        if it["thumb"]:
+            with Image.open(R / "report" / "thumbs" / thumb_name(i)) as im:
+                assert max(im.size) <= CFG["thumb"] and im.format == "JPEG"
+    assert tree["problems"] == []
+
+
+def test_ranking_data_in_score_order_with_signals_and_verdicts(tree):
+    rk, scores = tree["ranking"], tree["scores"]
+    assert rk["ids"] == [s.id for s in scores] and rk["score"] == [round(s.score, 6) for s in scores]
+    assert set(rk["signals"]) == {"logit", "knn"}
+    assert rk["signals"]["knn"] == [round(-k * 0.5, 6) for k in range(len(scores))]
+    assert rk["status"] == {} and rk["datasetFingerprint"] == tree["check"]["datasetFingerprint"]
+    assert rk["samples"] == "samples.png"
     newest = tree["R"] / "finetune" / "samples" / "fakes-000000064.png"
-    assert np.array_equal(np.asarray(Image.open(report / "samples.png")), np.asarray(Image.open(newest)))
-    assert (report / "histogram.png").read_bytes() == (tree["R"] / "rank" / "histogram.png").read_bytes()
+    assert np.array_equal(np.asarray(Image.open(tree["R"] / "report" / "samples.png")), np.asarray(Image.open(newest)))
 
 
-def test_rejects_file_preticks_ids_and_sources_and_keeps_unknown_lines(tmp_path):
+def test_rejects_file_preticks_ids_and_sources_and_reports_unknown_lines(tmp_path, capfd):
     tree = build_results(tmp_path)
-    scores = tree["scores"]
-    worst = scores[0].id
+    worst = tree["scores"][0].id
     rejects = tmp_path / "rejects.txt"
     rejects.write_text(f"# my rejects\n{worst}\n{HOSTILE}   # both faces of this file\n"
                        "no-such-id\n</script><img src=x onerror=alert(2)>\n", encoding="utf-8")
-    build_report(**report_args(tree, rejects, {"bottom_k": len(scores), "top_k": 0, "thumb": 16}))
-    page = (tree["R"] / "report" / "index.html").read_text(encoding="utf-8")
+    out = make_report(tree, rejects)
     hostile_ids = {r.id for r in tree["dataset"] if r.source == HOSTILE}
     assert len(hostile_ids) == 2
-    checked = {c["id"] for c in Cards(page).cards if c["checked"]}
-    assert checked == {worst} | hostile_ids
-    data = json.loads(re.search(r'<script type="application/json" id="review-data">(.*?)</script>',
-                                page, re.S).group(1))
-    assert set(data["preset"]) == {worst, *hostile_ids, "no-such-id", "</script><img src=x onerror=alert(2)>"}
-    assert "onerror=alert(2)" not in page.replace("\\u003c", "").split("review-data")[0]
-    assert page.count("</script>") == 2  # the JSON cannot close its element early
+    assert set(out["check"]["preset"]) == {worst, *hostile_ids, "no-such-id", "</script><img src=x onerror=alert(2)>"}
+    assert len(out["problems"]) == 1 and "2 line(s)" in out["problems"][0] and "no-such-id" in out["problems"][0]
+    assert "match no image" in capfd.readouterr().err  # on the console too
+    assert "no-such-id" in out["page"] and "<img src=x" not in out["page"]  # shown, escaped
+    # a line that is not UTF-8 (a Latin-1 save): on the page and the console, never a crash
+    rejects.write_bytes(b"caf\xe9-not-an-id\n")
+    out = make_report(tree, rejects)
+    assert out["problems"] and all("rejects file" in p for p in out["problems"])
+    assert "rejects file" in capfd.readouterr().err
+    # a rejects "file" that cannot be read at all (a folder)
+    folder = tmp_path / "rejects-folder"
+    folder.mkdir()
+    out = make_report(tree, folder)
+    assert out["check"]["preset"] == [] and "cannot be read" in out["problems"][0]
+    assert "cannot be read" in capfd.readouterr().err
+
+
+def test_training_older_than_the_dataset_is_reported(tmp_path, capfd):
+    tree = build_results(tmp_path)
+    export = tree["R"] / "export" / "manifest.tsv"
+    net = tmp_path / "network-final.npz"
+    np.savez(net, w=np.zeros(2))
+    os.utime(net, ns=(export.stat().st_mtime_ns - 10**9,) * 2)  # trained before this export
+    assert "older than the dataset" in training_staleness(net, export)
+    out = make_report(tree, network=net)
+    assert "older than the dataset" in out["ranking_problems"][0]
+    assert out["ranking"]["problems"] == out["ranking_problems"]
+    assert "older than the dataset" in capfd.readouterr().err
+    # a recorded fingerprint (as gan.checkpoint/gan.runs store it) decides over file times
+    from pipeline.report import run_fingerprint
+    meta = lambda sha: np.array(json.dumps({"extra": {"run": {"dataset": {"sha256": sha}}}}))  # noqa: E731
+    np.savez(net, __meta__=meta(run_fingerprint(export)))
+    os.utime(net, ns=(export.stat().st_mtime_ns - 10**9,) * 2)
+    assert training_staleness(net, export) == ""
+    np.savez(net, __meta__=meta("0" * 64))
+    assert "another dataset" in training_staleness(net, export)
+    # the fingerprint is of the pictures: another image under the same id changes it
+    before = run_fingerprint(export)
+    first = tree["dataset"][0]
+    Image.open(first.path).transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(first.path)
+    assert run_fingerprint(export) != before
 
 
 def test_provenance_for_every_raw_file_and_face(tree):
@@ -254,29 +339,30 @@ def test_provenance_for_every_raw_file_and_face(tree):
         assert (p["last_stage"], p["action"]) == ("ranked", "keep") and float(p["score"]) != 0
 
 
-def test_cli_rerun_reflects_rejects_and_replaces_stale_thumbnails(tmp_path):
+def test_cli_rerun_reuses_thumbnails_and_removes_stale_ones(tmp_path):
     tree = build_results(tmp_path)
-    scores = tree["scores"]
-    args = report_args(tree, None)
-    cmd = [sys.executable, "-m", "pipeline.report", "--name", "t", "--dataset", args["dataset"],
-           "--dedup", args["dedup"], "--ranked", args["ranked"], "--scores", args["scores_path"],
-           "--histogram", args["histogram"], "--samples", args["samples_dir"],
-           "--rejects", str(tmp_path / "absent.txt"), "--output", args["output"],
-           "--provenance", args["provenance_path"], "--config", json.dumps(CFG), *args["stage_manifests"]]
+    args, R = report_args(tree), tree["R"]
+    cmd = [sys.executable, "-m", "pipeline.report", "check", "--name", "t", "--dataset", args["dataset"],
+           "--dedup", args["dedup"], "--rejects", str(tmp_path / "absent.txt"),
+           "--output", str(R / "report" / "index.html"), "--config", json.dumps(CFG), "--threads", "2",
+           *args["stage_manifests"]]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    thumbs = tree["R"] / "report" / "thumbs"
-    assert len(list(thumbs.iterdir())) == CFG["bottom_k"] + CFG["top_k"]
-    # the user rejects the worst image; export re-runs, then the page is rebuilt smaller
-    write_manifest(tree["R"] / "ranked" / "manifest.tsv",
-                   ranked_rows(tree["dataset"], {s.id: s.score for s in scores}, {scores[0].id}, 0.0))
-    cmd[cmd.index("--config") + 1] = json.dumps({**CFG, "bottom_k": 1, "top_k": 0})
+    thumbs = R / "report" / "thumbs"
+    made = {p.name: p.stat().st_mtime_ns for p in thumbs.iterdir() if p.suffix == ".jpg"}
+    n_images = sum(1 for it in items_of(page_data(R / "report" / "check.js")).values() if it["thumb"])
+    assert len(made) == n_images
+    (thumbs / "stale-from-an-old-run.jpg").write_bytes(b"x")
+    # one dataset image changes: only its thumbnail is made again
+    changed = tree["dataset"][0]
+    Image.open(changed.path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed.path)
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert [p.name for p in thumbs.iterdir()] == [thumb_name(scores[0].id)]
-    card = Cards((tree["R"] / "report" / "index.html").read_text(encoding="utf-8")).cards
-    assert len(card) == 1 and "rejected" in card[0]["text"]
-    assert not list(tree["R"].glob(".report*"))  # no temp folders left behind
+    again = {p.name: p.stat().st_mtime_ns for p in thumbs.iterdir() if p.suffix == ".jpg"}
+    assert set(again) == set(made)
+    assert [n for n in made if made[n] != again[n]] == [thumb_name(changed.id)]
+    assert "making 1 images" in proc.stdout
+    assert not list(R.glob("report/**/.*.tmp"))  # no temp files left behind
 
 
 def test_thumb_names_stay_inside_the_folder():
@@ -284,3 +370,19 @@ def test_thumb_names_stay_inside_the_folder():
     for hostile in ("../../etc/passwd", ".hidden", "a/b", "<x>", ""):
         name = thumb_name(hostile)
         assert re.fullmatch(r"[0-9a-f]{40}\.jpg", name), name
+
+
+def test_images_are_made_in_parallel_and_reused(tmp_path):
+    from pipeline.report import make_images
+    pictures = ["anime_miku_noisy.jpg", "photo_dogs.jpg", "noface_city.jpg", "broken/truncated.jpg"]
+    wanted = {f"t{k:02d}.jpg": (str(TESTDATA / pictures[k % 4]), 48) for k in range(20)}
+    sizes = make_images(tmp_path / "thumbs", wanted, threads=2, index_path=tmp_path / "cache" / "thumbs.json")
+    made = sorted(p.name for p in (tmp_path / "thumbs").iterdir())
+    # the truncated file gives no thumbnail (and no crash); the others their upright size
+    assert made == sorted(n for k, n in enumerate(wanted) if k % 4 != 3) == sorted(sizes)
+    with Image.open(TESTDATA / "photo_dogs.jpg") as im:
+        assert sizes["t01.jpg"] == im.size
+    assert not (tmp_path / "thumbs" / "index.json").exists()  # the index lives in the cache
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "thumbs").iterdir()}
+    again = make_images(tmp_path / "thumbs", wanted, threads=2, index_path=tmp_path / "cache" / "thumbs.json")
+    assert again == sizes and before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "thumbs").iterdir()}

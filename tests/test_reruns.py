@@ -22,14 +22,14 @@ FILES = {"anime_miku_noisy.jpg", "broken/dup_exact_of_anime_miku_noisy.jpg",
          "broken/neardup_of_anime_miku_noisy.jpg", "anime_miku_small.png", "photo_dogs.jpg",
          "photo_2008_001009.jpg", "broken/truncated.jpg"}
 
-DOWN = {"export": 1, "tfrecords": 1, "finetune": 1, "rank": 1, "ranked_export": 1,
-        "report": 1}
+DOWN = {"export": 1, "tfrecords": 1, "report": 1, "finetune": 1, "rank": 1, "ranked_export": 1,
+        "report_ranking": 1}
 NORMALIZE = {"normalize": 2, **DOWN}
 UPSCALE = {"upscale": 2, **NORMALIZE}
 DEDUP = {"dedup": 1, **UPSCALE}  # a dry run lists every shard after dedup (a checkpoint)
 CLEAN = {"clean": 2, **DEDUP}
 RAW = {"ingest": 1, "crop": 1, "clean": 1, **DEDUP}
-REVIEW = {"ranked_export": 1, "report": 1}
+REVIEW = {"ranked_export": 1, "report_ranking": 1}
 
 # README label -> (config override, expected {rule: jobs}) on the tiny config (png, Lanczos,
 # crop none, augment off, no metadata)
@@ -44,7 +44,8 @@ EDITS = {
     "models.dlib_dir": ({"models": {"dlib_dir": "/nowhere"}}, {}),
     "augment.copies": ({"augment": {"copies": 3}}, {}),
     "ingest.tags_include": ({"ingest": {"tags_include": ["solo"]}}, {}),
-    "report.top_k": ({"report": {"top_k": 2}}, {"report": 1}),
+    "report.top_k": ({"report": {"top_k": 2}}, {}),  # the page no longer reads it
+    "report.thumb": ({"report": {"thumb": 48}}, {"report": 1, "report_ranking": 1}),
     "rank.drop_bottom_fraction": ({"rank": {"drop_bottom_fraction": 0.25}}, REVIEW),
     "export.zip": ({"export": {"zip": False}}, REVIEW),
     "export.tfrecords": ({"export": {"tfrecords": False}}, REVIEW),
@@ -59,7 +60,7 @@ EDITS = {
     "clean.min_side": ({"clean": {"min_side": 100}}, CLEAN),
     "ingest.max_pixels": ({"ingest": {"max_pixels": 90_000_000}}, {"ingest": 2, "crop": 2, **CLEAN}),
 }
-OTHER = {"the rejects file": REVIEW, "a raw file added": RAW, "a raw file edited": RAW,
+OTHER = {"the rejects file": {"report": 1, **REVIEW}, "a raw file added": RAW, "a raw file edited": RAW,
          "a raw file deleted": RAW}
 RULES = {r for expected in [*OTHER.values(), *(e for _, e in EDITS.values())] for r in expected}
 
@@ -135,7 +136,7 @@ def test_raw_and_rejects_edits_rerun_exactly_their_rules(built):
     rejects = built / "characters" / "tiny.rejects.txt"
     rejects.parent.mkdir(exist_ok=True)
     rejects.write_text("# none yet\n")
-    assert plan(built, "rejects") == REVIEW
+    assert plan(built, "rejects") == OTHER["the rejects file"]
     rejects.unlink()
     assert plan(built, "no_rejects") == {}
 
@@ -163,7 +164,8 @@ def test_adding_a_raw_image_runs_only_its_shard(built):
     shutil.copyfile(TESTDATA / "anime_miku_CC_BY-NC.jpg", raw / "added.jpg")
     proc = run_snakemake(built, "dataset")
     assert executed(proc) == {"ingest": 1, "crop": 1, "clean": 1, "dedup": 1, "upscale": 1,
-                              "normalize": 1, "export": 1, "zip": 1, "tfrecords": 1, "dataset": 1}
+                              "normalize": 1, "export": 1, "zip": 1, "tfrecords": 1, "report": 1,
+                              "dataset": 1}
     # the console told the story: per-stage lines from the gathers, the dataset at the end
     out = proc.stderr
     assert "faceprep: ingest: 7 kept, 1 dropped (truncated 1)" in out

@@ -55,7 +55,7 @@ def test_rerun_schedules_exactly_what_changed(workdir):
     character.write_text("normalize:\n  fit: crop\n")
     jobs = scheduled_jobs(workdir, "dataset", configfiles=[character])
     assert {k: v for k, v in jobs.items() if k != "dataset"} == {
-        "normalize": 2, "export": 1, "tfrecords": 1, "zip": 1}
+        "normalize": 2, "export": 1, "tfrecords": 1, "zip": 1, "report": 1}
 
     # one new raw image: its shard's ingest/crop/clean plus the gathers; a dry run lists
     # every shard after the dedup checkpoint (tests/test_reruns.py checks the real run)
@@ -63,7 +63,7 @@ def test_rerun_schedules_exactly_what_changed(workdir):
     jobs = scheduled_jobs(workdir, "dataset")
     assert {k: v for k, v in jobs.items() if k != "dataset"} == {
         "ingest": 1, "crop": 1, "clean": 1, "dedup": 1, "upscale": 2, "normalize": 2, "export": 1,
-        "tfrecords": 1, "zip": 1}
+        "tfrecords": 1, "zip": 1, "report": 1}  # report: the check page, part of the dataset target
     shard = str(shard_of("new_one.png", 2))
     listing = (R / "listing" / f"{shard}.tsv").read_text()
     assert "new_one.png" in listing
