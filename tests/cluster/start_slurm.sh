@@ -45,6 +45,12 @@ if [ -e "$ETC_CONF" ] && ! grep -qxF "$MARK" "$ETC_CONF"; then
   echo "start_slurm.sh: $ETC_CONF exists and is not ours: is this machine in a real cluster?" >&2
   exit 4
 fi
+# one test cluster per machine: jobs read the Include line, so a second would take it over
+OTHER=$(sed -n 's/^Include //p' "$ETC_CONF" 2>/dev/null || true)
+if [ -n "$OTHER" ] && [ -e "$OTHER" ]; then
+  echo "start_slurm.sh: a test cluster is running from $(dirname "$OTHER"); stop_slurm.sh it first" >&2
+  exit 4
+fi
 if [ -e "$STATE/slurm.conf" ]; then
   echo "start_slurm.sh: $STATE already holds a cluster; stop_slurm.sh it first" >&2
   exit 4

@@ -125,9 +125,9 @@ def cluster_run(slurm, tmp_path_factory) -> dict:
     t0 = time.monotonic()
     with open(first_log, "w") as log:
         proc = subprocess.Popen(cmd, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
-        # the export gather starts once every per-image stage is done
-        export_logs = workdir / "results" / "slurm-logs" / "rule_export"
-        while not export_logs.exists():
+        # the export gather starts once every per-image stage is done; kill once sbatch
+        # has returned its job id (the run log says so)
+        while "export" not in {j["rule"] for j in submitted_jobs(first_log.read_text())}:
             if proc.poll() is not None:
                 raise AssertionError("the cluster run ended before export was submitted:\n"
                                      + first_log.read_text()[-6000:])
