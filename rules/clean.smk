@@ -1,5 +1,16 @@
+def clean_config():
+    """The clean block with near_duplicates.flips resolved (auto = finetune.mirror): only
+    a change that changes flips reruns clean."""
+    block = json.loads(stage_config("clean"))
+    near = block["near_duplicates"]
+    if near["flips"] == "auto":
+        near["flips"] = bool(config["finetune"]["mirror"])
+    return json.dumps(block, sort_keys=True)
+
+
 rule clean:
-    """Per-image filters and hashes (size floors, monochrome, pixel hash, perceptual hash)."""
+    """Per-image filters and hashes (size floors, monochrome, quality, pixel hash,
+    perceptual hashes of the face and of its whole source picture)."""
     input:
         manifest=f"{R}/crop/{{shard}}/manifest.tsv",
         sources=f"{R}/ingest/{{shard}}/manifest.tsv",  # source file sizes (already upstream)
@@ -7,7 +18,7 @@ rule clean:
     output:
         f"{R}/clean/{{shard}}/manifest.tsv",
     params:
-        cfg=stage_config("clean"),
+        cfg=clean_config(),
     threads: 1
     conda:
         CONDA_ENV
@@ -22,14 +33,14 @@ rule clean:
 
 
 rule dedup:
-    """Gather: exact and near duplicates across all shards; keeps the best of each cluster."""
+    """Gather: exact, source-level and near duplicates across all shards; keeps the best copy."""
     input:
         manifests=shard_manifests("clean"),
         code=stage_code("clean"),
     output:
         f"{R}/clean/dedup.tsv",
     params:
-        cfg=stage_config("clean"),
+        cfg=clean_config(),
     conda:
         CONDA_ENV
     log:
