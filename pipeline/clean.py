@@ -127,6 +127,7 @@ def perceptual_hashes(small: Image.Image, cfg: dict, trims=()) -> dict:
         return {}
     hasher = HASHERS[method]
     size = cfg["hash_size"]
+    small = small.convert("L")  # every hasher starts with this; once, not per window
     out = {method: str(hasher(small, hash_size=size))}
     if flips_on(cfg):
         out[f"{method}_mirror"] = str(hasher(ImageOps.mirror(small), hash_size=size))
@@ -185,10 +186,11 @@ def quality_measures(small: Image.Image) -> dict:
 def judge_quality(measures: dict, cfg: dict) -> str:
     """The drop reason for a face failing a quality floor ("" if it passes); a threshold
     of null switches its filter off."""
-    checks = (("blurry", "sharpness", "min_sharpness", lambda v, t: v < t),
-              ("too_dark", "brightness", "min_brightness", lambda v, t: v < t),
+    # in this order: a dark face also has little contrast, and a flat one no edges
+    checks = (("too_dark", "brightness", "min_brightness", lambda v, t: v < t),
               ("too_bright", "brightness", "max_brightness", lambda v, t: v > t),
-              ("low_information", "contrast", "min_contrast", lambda v, t: v < t))
+              ("low_information", "contrast", "min_contrast", lambda v, t: v < t),
+              ("blurry", "sharpness", "min_sharpness", lambda v, t: v < t))
     for reason, measure, key, fails in checks:
         threshold = cfg.get(key)
         if threshold is not None and fails(measures[measure], threshold):
@@ -232,16 +234,16 @@ def clean_row(row: Row, cfg: dict, sizes: dict[str, int] | None = None,
     details: dict = {"file_bytes": source_bytes}  # dedup prefers the larger source file
     if source_bytes is None and cfg["min_file_bytes"]:
         details["file_bytes_unknown"] = True  # no ingest size upstream: floor not applied
+    # quality first: a face darkened to near black is too_dark before it is monochrome
+    details.update(quality_measures(small))
+    reason = judge_quality(details, cfg.get("quality") or {})
+    if reason:
+        return row.drop(reason, **size, details=details)
     if cfg["monochrome"]["method"] != "none":
         monochrome, measures = judge_monochrome(im, small, cfg["monochrome"])
         details.update(measures)
         if monochrome:
             return row.drop("monochrome", **size, details=details)
-    quality = cfg.get("quality") or {}
-    details.update(quality_measures(small))
-    reason = judge_quality(details, quality)
-    if reason:
-        return row.drop(reason, **size, details=details)
     details["pixel_sha256"] = pixel_digest(im)
     details.update(perceptual_hashes(small, cfg["near_duplicates"], CROP_TRIMS))
     source = (sources or {}).get(row.parent_id or row.id)

@@ -200,6 +200,7 @@ class AnimeFaceDetector(Detector):
     WINDOW = 24  # lbpcascade_animeface's detection window (px)
     SMALL_FLOOR = 0.5  # small-face pass: faces from this fraction of min_face
     SMALL_STEP = 1.2  # its pyramid step (main: crop.scale_factor, 1.1)
+    MIRROR_ONLY = True
 
     def __init__(self, cascade_xml: bytes, scale_factor: float, min_neighbors: int, min_face: int,
                  mirror_pass: bool = False):
@@ -257,14 +258,40 @@ class AnimeFaceDetector(Detector):
             out.append(Face((int(x), int(y), int(w), int(h)), score))
         return out
 
+    def _consensus(self, gray: np.ndarray) -> list[Face]:
+        """Both passes at half the neighbours: a face is kept when one pass alone has
+        ``min_neighbors`` for it (as one pass would) or both passes find it (IoU >= 0.5)
+        with at least half as many each. False hits rarely appear at the same place in
+        the mirrored image; faces the cascade is unsure of do."""
+        need = self._params["minNeighbors"]
+        low = max(need // 2, 1)
+        saved = self._params
+        self._params = {**saved, "minNeighbors": low}
+        try:
+            plain = self._pass(gray, self._min_face)
+            mirrored = self._pass(gray, self._min_face, mirrored=True)
+        finally:
+            self._params = saved
+        out = []
+        for face in plain:
+            twins = [m for m in mirrored if iou(face.box, m.box) >= 0.5]
+            if face.score["neighbours"] >= need:
+                out.append(face)
+            elif twins:
+                best = max(twins, key=lambda m: m.score["neighbours"])
+                out.append(Face(face.box, {**face.score, "mirror_neighbours": best.score["neighbours"]}))
+        for face in mirrored if self.MIRROR_ONLY else ():  # strong in the mirrored image only
+            if face.score["neighbours"] >= need and all(iou(face.box, p.box) < 0.5 for p in plain):
+                out.append(face)
+        return nms(out, key=lambda f: (f.score["neighbours"], "mirror_pass" not in f.score))
+
     def detect(self, rgb: np.ndarray) -> list[Face]:
         import cv2
         gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-        faces = self._pass(gray, self._min_face)
         if self._mirror_pass:
-            # a face both passes see keeps the original pass's box (ties: the original)
-            both = faces + self._pass(gray, self._min_face, mirrored=True)
-            faces = nms(both, key=lambda f: (f.score["neighbours"], "mirror_pass" not in f.score))
+            faces = self._consensus(gray)
+        else:
+            faces = self._pass(gray, self._min_face)
         if faces:
             return faces
         # nothing big enough: faces from min_face/2 up, with a coarser pyramid step

@@ -60,12 +60,13 @@ def test_grayscale_sepia_and_tone_are_monochrome(cleaned):
 
 
 def test_colour_images_are_kept(cleaned):
-    # the flat single-colour 6000x4000 canvas is monochrome by any definition
+    # the flat single-colour 6000x4000 canvas is dropped
     colour = [n for n in cleaned if n not in GRAY and n != "broken/huge_6000x4000.png"]
     assert len(colour) >= 20
     for name in colour:
         assert cleaned[name].kept, (name, cleaned[name].reason, cleaned[name].details)
-    assert cleaned["broken/huge_6000x4000.png"].reason == "monochrome"
+    # the flat single-colour canvas: no information at all (checked before monochrome)
+    assert cleaned["broken/huge_6000x4000.png"].reason == "low_information"
 
 
 def test_colour_count_test_is_the_seeds(ingested):
@@ -411,3 +412,73 @@ def test_workflow_funnel_and_local_reruns(workdir):
     assert v["broken/neardup_of_anime_miku_noisy.jpg"] == ("source_duplicate", exact_keeper)
     # an explicit flips setting wins over finetune.mirror
     assert scheduled_jobs(workdir, TARGET, {**no_mirror, "clean": {"near_duplicates": {"flips": False}}}) == {}
+
+
+# ---------------------------------------------------------------- quality floors
+
+def test_quality_floors_drop_degraded_faces_with_a_reason(tmp_path):
+    """Degraded copies of a real face: blurred, darkened, washed out, flattened. The
+    defaults were chosen from the testdata faces (bench/RESULTS.md), which all pass."""
+    from PIL import ImageEnhance, ImageFilter
+    face = Image.open(TESTDATA / NOISY).convert("RGB").crop((90, 45, 270, 225))
+    made = {"sharp": face, "blurry": face.filter(ImageFilter.GaussianBlur(4)),
+            "too_dark": ImageEnhance.Brightness(face).enhance(0.12),
+            "too_bright": ImageEnhance.Brightness(face).enhance(3.0),
+            "low_information": ImageEnhance.Contrast(face).enhance(0.05)}
+    rows = []
+    for name, im in made.items():
+        im.save(tmp_path / f"{name}.png")
+        rows.append(Row(id=name, source=f"{name}.png", path=str(tmp_path / f"{name}.png")))
+    out = {r.id: r for r in clean_shard(rows, CLEAN)}
+    assert out["sharp"].kept
+    for name in made:
+        if name != "sharp":
+            assert out[name].reason == name, (name, out[name].reason, out[name].details)
+        assert {"sharpness", "brightness", "contrast"} <= set(out[name].details)
+    # a null threshold switches its filter off
+    off = {**CLEAN, "quality": {**CLEAN["quality"], "min_sharpness": None}}
+    assert clean_row(rows[1], off).kept
+
+
+def test_quality_defaults_keep_every_testdata_image(cleaned):
+    measured = [r for r in cleaned.values() if "sharpness" in r.details]
+    assert len(measured) >= 20
+    assert [r.source for r in cleaned.values()
+            if r.reason in ("blurry", "too_dark", "too_bright", "low_information")] == \
+        ["broken/huge_6000x4000.png"]  # the flat canvas, the only picture without content
+
+
+# ---------------------------------------------------------------- reposts
+
+def test_reposts_are_found_however_they_were_cut(tmp_path):
+    """A small version of bench/bench_reposts.py: copies of a photo and an anime picture
+    (rescaled + quality 60, cut 6% on two sides, mirrored, watermarked) go to the original
+    (a lossless master); the two overlapping halves of the photo are distinct pictures."""
+    from PIL import ImageDraw
+    rows = []
+
+    def add(name, im, quality=None):
+        path = tmp_path / name
+        im.save(path, **({"quality": quality} if quality else {}))
+        rows.append(ingest_file(name, str(tmp_path), DEFAULTS["ingest"], None))
+    for stem in ("photo_2008_002079", "anime_miku_CC_BY-NC"):
+        im = Image.open(TESTDATA / f"{stem}.jpg").convert("RGB")
+        w, h = im.size
+        add(f"{stem}.png", im)
+        add(f"{stem}_small_q60.jpg", im.resize((w * 3 // 5, h * 3 // 5), Image.Resampling.LANCZOS), 60)
+        add(f"{stem}_shift.jpg", im.crop((round(w * 0.06), 0, w, h - round(h * 0.06))), 90)
+        add(f"{stem}_mirror.jpg", im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 85)
+        marked = im.copy()
+        ImageDraw.Draw(marked).text((10, h - 30), "@reposter", fill=(255, 255, 255))
+        add(f"{stem}_watermark.jpg", marked, 90)
+    photo = Image.open(TESTDATA / "photo_2008_002079.jpg").convert("RGB")
+    add("left.png", photo.crop((0, 0, 275, photo.height)))
+    add("right.png", photo.crop((photo.width - 275, 0, photo.width, photo.height)))
+    cfg = clean_cfg(flips=True)
+    cleaned = clean_shard(rows, cfg, source_sizes(rows), 2, shard_sources(rows, rows, cfg, 2))
+    v = verdicts(dedup(cleaned, cfg))
+    for stem in ("photo_2008_002079", "anime_miku_CC_BY-NC"):
+        assert v[f"{stem}.png"] == ("keep", None)
+        for copy_ in ("small_q60", "shift", "mirror", "watermark"):
+            assert v[f"{stem}_{copy_}.jpg"] == ("source_duplicate", f"{stem}.png"), copy_
+    assert v["left.png"] == v["right.png"] == ("keep", None)
