@@ -188,9 +188,13 @@ class AnimeFaceDetector(Detector):
     """OpenCV LBP cascade. The file is read and verified once per process; each worker
     thread parses it from memory once, because a CascadeClassifier is not thread-safe.
 
-    ``mirror_pass``: the cascade is not mirror-symmetric, so faces it misses in the image
-    it often finds in the mirrored image; both passes are merged by non-maximum
-    suppression. When neither finds a face of ``min_face``, one cheaper pass looks for
+    ``rotate_pass``: the cascade was trained on upright faces and misses tilted ones; two
+    more passes on the picture turned by -15 and +15 degrees add the faces they find
+    with at least 2 x min_neighbors + 2 neighbours (merged by non-maximum
+    suppression): on a labelled set of tilted faces recall 0.75 -> 0.93 with precision
+    unchanged (bench/RESULTS.md), at 3x the detection cost.
+
+    When no pass finds a face of ``min_face``, one cheaper pass looks for
     faces of min_face/2 up to min_face, only to report them (``small_faces``), with a
     coarser pyramid step (1.2): ~2x the main pass's cost, paid only by images without a
     face (bench/RESULTS.md).
@@ -200,14 +204,15 @@ class AnimeFaceDetector(Detector):
     WINDOW = 24  # lbpcascade_animeface's detection window (px)
     SMALL_FLOOR = 0.5  # small-face pass: faces from this fraction of min_face
     SMALL_STEP = 1.2  # its pyramid step (main: crop.scale_factor, 1.1)
-    MIRROR_ONLY = True
+    ROTATIONS = (-15.0, 15.0)  # rotate_pass: degrees
+    ROTATED_NEIGHBOURS = 2  # rotate_pass: neighbours needed, x min_neighbors (+ 2)
 
     def __init__(self, cascade_xml: bytes, scale_factor: float, min_neighbors: int, min_face: int,
-                 mirror_pass: bool = False):
+                 rotate_pass: bool = False):
         self._xml = cascade_xml.decode("latin-1")  # ASCII in practice; latin-1 never fails
         self._params = dict(scaleFactor=scale_factor, minNeighbors=min_neighbors)
         self._min_face = min_face
-        self._mirror_pass = mirror_pass
+        self._rotate_pass = rotate_pass
         self._local = threading.local()
         self._classifier()  # fail here, not in a worker, if OpenCV cannot parse it
 
@@ -225,7 +230,7 @@ class AnimeFaceDetector(Detector):
     @classmethod
     def create(cls, crop, models):
         return cls(verify_cascade(resolve_cascade_path(models)), crop["scale_factor"],
-                   crop["min_neighbors"], crop["min_face"], crop.get("mirror_pass", False))
+                   crop["min_neighbors"], crop["min_face"], crop.get("rotate_pass", False))
 
     def _classifier(self):
         import cv2
@@ -239,59 +244,46 @@ class AnimeFaceDetector(Detector):
             self._local.classifier = classifier
         return classifier
 
-    def _pass(self, gray: np.ndarray, min_size: int, max_size: int = 0, mirrored: bool = False,
-              step: float | None = None):
+    def _pass(self, gray: np.ndarray, min_size: int, max_size: int = 0,
+              step: float | None = None) -> list[Face]:
         sizes = dict(minSize=(min_size, min_size))
         if max_size:
             sizes["maxSize"] = (max_size, max_size)
-        image = np.ascontiguousarray(gray[:, ::-1]) if mirrored else gray
         params = dict(self._params, scaleFactor=step or self._params["scaleFactor"])
-        boxes, neighbours = self._classifier().detectMultiScale2(image, **sizes, **params)
-        width = gray.shape[1]
-        out = []
-        for (x, y, w, h), n in zip(boxes, neighbours):
-            if mirrored:
-                x = width - x - w
-            score = {"neighbours": int(n)}
-            if mirrored:
-                score["mirror_pass"] = True
-            out.append(Face((int(x), int(y), int(w), int(h)), score))
-        return out
+        boxes, neighbours = self._classifier().detectMultiScale2(gray, **sizes, **params)
+        return [Face(tuple(int(v) for v in box), {"neighbours": int(n)})
+                for box, n in zip(boxes, neighbours)]
 
-    def _consensus(self, gray: np.ndarray) -> list[Face]:
-        """Both passes at half the neighbours: a face is kept when one pass alone has
-        ``min_neighbors`` for it (as one pass would) or both passes find it (IoU >= 0.5)
-        with at least half as many each. False hits rarely appear at the same place in
-        the mirrored image; faces the cascade is unsure of do."""
-        need = self._params["minNeighbors"]
-        low = max(need // 2, 1)
-        saved = self._params
-        self._params = {**saved, "minNeighbors": low}
-        try:
-            plain = self._pass(gray, self._min_face)
-            mirrored = self._pass(gray, self._min_face, mirrored=True)
-        finally:
-            self._params = saved
+    def _rotated(self, gray: np.ndarray) -> list[Face]:
+        """Faces found on the picture turned by each of ROTATIONS, mapped back (upright
+        boxes around the face's centre), kept only with at least ROTATED_NEIGHBOURS x
+        min_neighbors + 2 neighbours: the cascade's false hits are weak ones."""
+        import cv2
+        height, width = gray.shape
+        strong = self.ROTATED_NEIGHBOURS * self._params["minNeighbors"] + 2
         out = []
-        for face in plain:
-            twins = [m for m in mirrored if iou(face.box, m.box) >= 0.5]
-            if face.score["neighbours"] >= need:
-                out.append(face)
-            elif twins:
-                best = max(twins, key=lambda m: m.score["neighbours"])
-                out.append(Face(face.box, {**face.score, "mirror_neighbours": best.score["neighbours"]}))
-        for face in mirrored if self.MIRROR_ONLY else ():  # strong in the mirrored image only
-            if face.score["neighbours"] >= need and all(iou(face.box, p.box) < 0.5 for p in plain):
-                out.append(face)
-        return nms(out, key=lambda f: (f.score["neighbours"], "mirror_pass" not in f.score))
+        for angle in self.ROTATIONS:
+            turn = cv2.getRotationMatrix2D((width / 2.0, height / 2.0), angle, 1.0)
+            back = cv2.invertAffineTransform(turn)
+            turned = cv2.warpAffine(gray, turn, (width, height), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REPLICATE)
+            for face in self._pass(turned, self._min_face):
+                if face.score["neighbours"] < strong:
+                    continue
+                x, y, w, h = face.box
+                cx, cy = back @ np.array([x + w / 2.0, y + h / 2.0, 1.0])
+                out.append(Face((int(round(cx - w / 2.0)), int(round(cy - h / 2.0)), w, h),
+                                {**face.score, "rotated": angle}))
+        return out
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
         import cv2
         gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
-        if self._mirror_pass:
-            faces = self._consensus(gray)
-        else:
-            faces = self._pass(gray, self._min_face)
+        faces = self._pass(gray, self._min_face)
+        if self._rotate_pass:
+            # a face both find keeps the upright pass's box
+            faces = nms(faces + self._rotated(gray),
+                        key=lambda f: ("rotated" not in f.score, f.score["neighbours"]))
         if faces:
             return faces
         # nothing big enough: faces from min_face/2 up, with a coarser pyramid step
