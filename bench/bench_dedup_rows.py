@@ -62,8 +62,13 @@ def rows(n: int, seed: int = 0):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--no-trims", action="store_true", help="rows as near_duplicates.trims: false writes them")
     a = p.parse_args()
     data = rows(a.rows)
+    if a.no_trims:
+        for r in data:
+            r.details.pop("phash_trims", None)
+            r.details["source"].pop("phash_trims", None)
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())["clean"]
     cfg["near_duplicates"]["flips"] = True
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +86,7 @@ def main() -> None:
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"dedup gather, {a.rows:,} rows ({now}; {machine()}, load average {os.getloadavg()[0]:.1f}; "
-          f"`python bench/bench_dedup_rows.py --rows {a.rows}`): {wall:.1f} s, peak {peak:.0f} MiB, "
+          f"`python bench/bench_dedup_rows.py --rows {a.rows}{' --no-trims' if a.no_trims else ''}`): {wall:.1f} s, peak {peak:.0f} MiB, "
           f"{size / a.rows:.0f} manifest bytes per row")
 
 

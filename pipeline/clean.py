@@ -168,7 +168,8 @@ def source_measures(path: str, cfg: dict) -> dict:
     small = im.copy()
     small.thumbnail((MEASURE_SIDE, MEASURE_SIDE))
     out = {"width": im.width, "height": im.height, "format": fmt, "quality": quality}
-    out.update(perceptual_hashes(small, cfg["near_duplicates"], SOURCE_TRIMS))
+    near = cfg["near_duplicates"]
+    out.update(perceptual_hashes(small, near, SOURCE_TRIMS if near.get("trims", True) else ()))
     return out
 
 
@@ -245,7 +246,8 @@ def clean_row(row: Row, cfg: dict, sizes: dict[str, int] | None = None,
         if monochrome:
             return row.drop("monochrome", **size, details=details)
     details["pixel_sha256"] = pixel_digest(im)
-    details.update(perceptual_hashes(small, cfg["near_duplicates"], CROP_TRIMS))
+    near = cfg["near_duplicates"]
+    details.update(perceptual_hashes(small, near, CROP_TRIMS if near.get("trims", True) else ()))
     source = (sources or {}).get(row.parent_id or row.id)
     if source:
         details["source"] = source
@@ -334,6 +336,18 @@ def choose_blocks(n: int, nbits: int, radius: int) -> int:
     smallest = max(radius + 1, math.ceil(nbits / 64))
     options = range(smallest, min(nbits, smallest + 16) + 1)
     return min(options, key=lambda m: _search_cost(n, nbits, radius, m))
+
+
+def choose_blocks_between(n_queries: int, n_index: int, nbits: int, radius: int) -> int:
+    """``choose_blocks`` for ``pairs_between``: every table sorts both sides, and the
+    candidates are Q * N / 2^key_bits (with many trimmed-window queries, few tables win)."""
+    def cost(m):
+        sizes = sorted(length for _, length in _block_bounds(nbits, m))
+        key_bits = min(64, sum(sizes[: m - radius]))
+        sort = sum(k * math.log2(max(k, 2)) for k in (n_queries, n_index)) * _SORT_COST
+        return math.comb(m, radius) * (sort + n_queries * n_index * 2.0 ** -key_bits * _PAIR_COST)
+    smallest = max(radius + 1, math.ceil(nbits / 64))
+    return min(range(smallest, min(nbits, smallest + 16) + 1), key=cost)
 
 
 def _pairs_in_groups(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, max_pairs: int):
@@ -430,8 +444,7 @@ def pairs_between(queries: np.ndarray, index: np.ndarray, nbits: int, radius: in
     empty = (np.empty(0, np.int64),) * 3
     if len(queries) == 0 or len(index) == 0:
         return empty
-    # candidates ~ Q * N / 2^key_bits: the cost model's n^2 with n the geometric mean
-    blocks = choose_blocks(int(math.sqrt(len(queries) * len(index))), nbits, radius)
+    blocks = choose_blocks_between(len(queries), len(index), nbits, radius)
     bounds = _block_bounds(nbits, blocks)
     q_blocks = [_bit_range(queries, start, length) for start, length in bounds]
     i_blocks = [_bit_range(index, start, length) for start, length in bounds]

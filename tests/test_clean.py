@@ -482,3 +482,11 @@ def test_reposts_are_found_however_they_were_cut(tmp_path):
         for copy_ in ("small_q60", "shift", "mirror", "watermark"):
             assert v[f"{stem}_{copy_}.jpg"] == ("source_duplicate", f"{stem}.png"), copy_
     assert v["left.png"] == v["right.png"] == ("keep", None)
+
+
+def test_trims_switch(ingested):
+    row = next(r for r in ingested if r.source == NOISY)
+    cfg = clean_cfg(trims=False)
+    out = clean_shard([row], cfg, source_sizes([row]), 1, shard_sources([row], [row], cfg))[0]
+    assert "phash" in out.details and "phash_trims" not in out.details
+    assert "phash" in out.details["source"] and "phash_trims" not in out.details["source"]
