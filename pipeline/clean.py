@@ -5,15 +5,20 @@
     python -m pipeline.clean dedup --output clean/dedup.tsv --config JSON clean/*/manifest.tsv
 
 ``shard`` decides per image and never rewrites pixels: kept rows keep the upstream
-``path`` and carry their hashes and colour measures in ``details``; dropped rows say why
-(``file_too_small``, ``too_small``, ``monochrome``, ``decode_error``) with the measured
-value. Because the per-image work is cached in the shard manifests, adding images
-re-hashes only the shards they land in.
+``path`` and carry their hashes (of the face, its mirror image and trimmed windows, and of
+the whole source picture under ``details.source``), quality and colour measures in
+``details``; dropped rows say why (``file_too_small``, ``too_small``, ``too_dark``,
+``too_bright``, ``low_information``, ``blurry``, ``monochrome``, ``decode_error``) with the
+measured value. Because the per-image work is cached in the shard manifests, adding
+images re-hashes only the shards they land in.
 
 ``dedup`` gathers every shard's kept rows and writes one row per image: exact duplicates
-(same decoded pixels) and near duplicates (perceptual hashes within a Hamming radius,
-clusters joined transitively) are dropped with ``details.duplicate_of`` pointing at the
-member that was kept (highest resolution, then larger source file, then smallest id).
+(same decoded pixels), source duplicates (faces at the same place of two source pictures
+that match as a whole) and near duplicates (face crops within a Hamming radius) are
+dropped with ``details.duplicate_of`` naming the kept image and ``details.distance``. The
+keeper is the best source (resolution, then encoding quality, then crop size, file size,
+id), and there is no chaining: every drop is within the radius of its own keeper
+(``assign_keepers``).
 
 The near-duplicate search is multi-index hashing (Norouzi et al.; Manku et al.'s
 permuted tables): split the hash into m blocks; two hashes within radius r differ in at
@@ -407,7 +412,8 @@ def near_pairs(words: np.ndarray, nbits: int, radius: int, max_pairs: int = 4_00
 
 def near_duplicate_clusters(words: np.ndarray, nbits: int, radius: int,
                             mirrored: np.ndarray | None = None) -> np.ndarray:
-    """Cluster label per image: images joined by a chain of hashes within ``radius``.
+    """Cluster label per image: images joined by a chain of hashes within ``radius``
+    (single linkage; dedup no longer uses it, bench/bench_dedup.py measures the search).
 
     ``mirrored`` (same shape as ``words``) are the hashes of the mirrored images: an image
     then also matches a mirrored copy of another.

@@ -5,18 +5,23 @@
 
 (face PNGs are written beside the output manifest; the shard folder is swapped in whole)
 
-Methods (``crop.method``):
+Methods (``crop.method``), one ``Detector`` class each in the registry ``DETECTORS``:
 - ``animeface``: OpenCV LBP cascade (nagadomi's lbpcascade_animeface.xml) on the
-  equalized grayscale image; the box grown by ``margin`` on each side, made square,
-  padded with black or clamped at the image borders.
+  equalized grayscale image, plus passes on the picture turned by +-15 degrees
+  (``rotate_pass``); the box grown by ``margin`` on each side, made square.
 - ``dlib``: dlib HOG (or CNN/MMOD) face detector + 68 landmarks; ``align: ffhq`` cuts
   the rotation-normalized quad of NVIDIA's ffhq-dataset script at the face's native
-  resolution, ``align: box`` a square box crop like ``animeface``.
+  resolution, ``align: box`` a square box crop framed like FFHQ.
 - ``none``: the images are already faces; each passes through with its source path.
+
+Box crops that leave the image are shifted inside (``border: shift``), or where the
+square is larger than the image filled with FFHQ's blurred reflection: no flat bars
+(``pad`` keeps the black padding, ``clamp`` shrinks the square).
 
 Detection and crops run on the upright sRGB image from ``imaging.load_rgb``. One keep
 row per face (id ``<source id>-f<k>``, k counting from the largest face), a ``no_face``
-drop row for an image without any face of at least ``min_face`` pixels.
+drop row for an image without any face of at least ``min_face`` pixels, naming the
+smaller faces found in ``details.small_faces``.
 """
 from __future__ import annotations
 
