@@ -196,8 +196,8 @@ class AnimeFaceDetector(Detector):
     ``rotate_pass``: the cascade was trained on upright faces and misses tilted ones; two
     more passes on the picture turned by -15 and +15 degrees add the faces they find
     with at least 2 x min_neighbors + 2 neighbours (merged by non-maximum
-    suppression): on a labelled set of tilted faces recall 0.75 -> 0.93 with precision
-    unchanged (bench/RESULTS.md), at 3x the detection cost.
+    suppression): on a labelled set of tilted faces recall 0.84 -> 0.95 with precision
+    unchanged (bench/RESULTS.md), at ~2x the detection cost.
 
     When no pass finds a face of ``min_face``, one cheaper pass looks for
     faces of min_face/2 up to min_face, only to report them (``small_faces``), with a
