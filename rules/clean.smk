@@ -1,11 +1,9 @@
-def clean_config():
-    """The clean block with near_duplicates.flips resolved (auto = finetune.mirror): only
-    a change that changes flips reruns clean."""
-    block = json.loads(stage_config("clean"))
-    near = block["near_duplicates"]
-    if near["flips"] == "auto":
-        near["flips"] = bool(config["finetune"]["mirror"])
-    return json.dumps(block, sort_keys=True)
+# The clean block with near_duplicates.flips resolved (auto = finetune.mirror): only a
+# change that changes flips reruns clean.
+CLEAN_CONFIG = json.loads(stage_config("clean"))
+if CLEAN_CONFIG["near_duplicates"]["flips"] == "auto":
+    CLEAN_CONFIG["near_duplicates"]["flips"] = bool(config["finetune"]["mirror"])
+CLEAN_CONFIG = json.dumps(CLEAN_CONFIG, sort_keys=True)
 
 
 rule clean:
@@ -18,7 +16,7 @@ rule clean:
     output:
         f"{R}/clean/{{shard}}/manifest.tsv",
     params:
-        cfg=clean_config(),
+        cfg=CLEAN_CONFIG,
     threads: 1
     conda:
         CONDA_ENV
@@ -40,7 +38,7 @@ rule dedup:
     output:
         f"{R}/clean/dedup.tsv",
     params:
-        cfg=clean_config(),
+        cfg=CLEAN_CONFIG,
     conda:
         CONDA_ENV
     log:
