@@ -1,5 +1,14 @@
+# The clean block with near_duplicates.flips resolved (auto = finetune.mirror): only a
+# change that changes flips reruns clean.
+CLEAN_CONFIG = json.loads(stage_config("clean"))
+if CLEAN_CONFIG["near_duplicates"]["flips"] == "auto":
+    CLEAN_CONFIG["near_duplicates"]["flips"] = bool(config["finetune"]["mirror"])
+CLEAN_CONFIG = json.dumps(CLEAN_CONFIG, sort_keys=True)
+
+
 rule clean:
-    """Per-image filters and hashes (size floors, monochrome, pixel hash, perceptual hash)."""
+    """Per-image filters and hashes (size floors, monochrome, quality, pixel hash,
+    perceptual hashes of the face and of its whole source picture)."""
     input:
         manifest=f"{R}/crop/{{shard}}/manifest.tsv",
         sources=f"{R}/ingest/{{shard}}/manifest.tsv",  # source file sizes (already upstream)
@@ -7,7 +16,7 @@ rule clean:
     output:
         f"{R}/clean/{{shard}}/manifest.tsv",
     params:
-        cfg=stage_config("clean"),
+        cfg=CLEAN_CONFIG,
     threads: 1
     conda:
         CONDA_ENV
@@ -22,14 +31,14 @@ rule clean:
 
 
 rule dedup:
-    """Gather: exact and near duplicates across all shards; keeps the best of each cluster."""
+    """Gather: exact, source-level and near duplicates across all shards; keeps the best copy."""
     input:
         manifests=shard_manifests("clean"),
         code=stage_code("clean"),
     output:
         f"{R}/clean/dedup.tsv",
     params:
-        cfg=stage_config("clean"),
+        cfg=CLEAN_CONFIG,
     conda:
         CONDA_ENV
     log:
