@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.imaging import load_rgb, save_png
+from pipeline.imaging import first_real_frame, load_rgb, save_png
 from pipeline.manifest import Row, ShardDir, kept, load_config_arg, read_manifest, stage_argparser
 
 # cv2 and dlib are imported where they are used: the Snakefile imports this module at
@@ -577,6 +577,7 @@ def cut_face(im: Image.Image, face: Face, crop: dict) -> tuple[Image.Image, dict
 def pass_through(row: Row) -> Row:
     """``method: none``: the source is already a face; record its upright size."""
     with Image.open(row.path) as src:
+        first_real_frame(src)  # a TIFF's thumbnail page is not the picture
         width, height = src.size
         if src.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations by 90 degrees
             width, height = height, width
