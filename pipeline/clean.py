@@ -5,15 +5,20 @@
     python -m pipeline.clean dedup --output clean/dedup.tsv --config JSON clean/*/manifest.tsv
 
 ``shard`` decides per image and never rewrites pixels: kept rows keep the upstream
-``path`` and carry their hashes and colour measures in ``details``; dropped rows say why
-(``file_too_small``, ``too_small``, ``monochrome``, ``decode_error``) with the measured
-value. Because the per-image work is cached in the shard manifests, adding images
-re-hashes only the shards they land in.
+``path`` and carry their hashes (of the face, its mirror image and trimmed windows, and of
+the whole source picture under ``details.source``), quality and colour measures in
+``details``; dropped rows say why (``file_too_small``, ``too_small``, ``too_dark``,
+``too_bright``, ``low_information``, ``blurry``, ``monochrome``, ``decode_error``) with the
+measured value. Because the per-image work is cached in the shard manifests, adding
+images re-hashes only the shards they land in.
 
 ``dedup`` gathers every shard's kept rows and writes one row per image: exact duplicates
-(same decoded pixels) and near duplicates (perceptual hashes within a Hamming radius,
-clusters joined transitively) are dropped with ``details.duplicate_of`` pointing at the
-member that was kept (highest resolution, then larger source file, then smallest id).
+(same decoded pixels), source duplicates (faces at the same place of two source pictures
+that match as a whole) and near duplicates (face crops within a Hamming radius) are
+dropped with ``details.duplicate_of`` naming the kept image and ``details.distance``. The
+keeper is the best source (resolution, then encoding quality, then crop size, file size,
+id), and there is no chaining: every drop is within the radius of its own keeper
+(``assign_keepers``).
 
 The near-duplicate search is multi-index hashing (Norouzi et al.; Manku et al.'s
 permuted tables): split the hash into m blocks; two hashes within radius r differ in at
@@ -95,16 +100,108 @@ def judge_monochrome(im: Image.Image, small: Image.Image, cfg: dict) -> tuple[bo
     return bool(flagged), measures
 
 
-def perceptual_hashes(small: Image.Image, cfg: dict) -> dict:
-    """Hex perceptual hash (and of the mirrored image when ``flips``), keyed by method."""
+# Trimmed copies hashed per image, so a copy cut a few percent differently (a repost
+# cropped on one side, a detector box a few pixels off) still lands within the radius of
+# one of them: per axis, nothing or one side trimmed by each step (7 x 7 = 49 windows
+# for sources, 5 x 5 = 25 for face crops). Measured on testdata: shifted reposts <= 4
+# bits from a trim, distinct pictures >= 12 (bench/RESULTS.md).
+SOURCE_TRIMS = (0.03, 0.06, 0.09)
+CROP_TRIMS = (0.04, 0.08)
+
+
+def trim_windows(size: tuple[int, int], steps) -> list[tuple[int, int, int, int]]:
+    """Boxes of ``size`` with, per axis, no side or one side trimmed by each step;
+    the untrimmed box first."""
+    width, height = size
+    cuts = [(0.0, 0.0)] + [c for t in steps for c in ((t, 0.0), (0.0, t))]
+    return [(round(width * l), round(height * t), width - round(width * r), height - round(height * b))
+            for t, b in cuts for l, r in cuts]
+
+
+def flips_on(near: dict) -> bool:
+    """near_duplicates.flips; ``auto`` (follow finetune.mirror) is resolved by the rule,
+    and means on when the stage is called directly (training mirrors by default)."""
+    return near["flips"] in (True, "auto")
+
+
+def perceptual_hashes(small: Image.Image, cfg: dict, trims=()) -> dict:
+    """Hex perceptual hash, of the mirrored image when ``flips``, and of trimmed windows
+    (concatenated, ``<method>_trims``) when ``trims`` are given; keyed by method."""
     method = cfg["method"]
     if method == "none":
         return {}
     hasher = HASHERS[method]
-    out = {method: str(hasher(small, hash_size=cfg["hash_size"]))}
-    if cfg["flips"]:
-        out[f"{method}_mirror"] = str(hasher(ImageOps.mirror(small), hash_size=cfg["hash_size"]))
+    size = cfg["hash_size"]
+    small = small.convert("L")  # every hasher starts with this; once, not per window
+    out = {method: str(hasher(small, hash_size=size))}
+    if flips_on(cfg):
+        out[f"{method}_mirror"] = str(hasher(ImageOps.mirror(small), hash_size=size))
+    if trims:
+        out[f"{method}_trims"] = "".join(str(hasher(small.crop(box), hash_size=size))
+                                         for box in trim_windows(small.size, trims)[1:])
     return out
+
+
+LOSSLESS = {"PNG", "BMP", "PPM", "TIFF", "TGA", "QOI"}
+
+
+def jpeg_quality(im: Image.Image) -> int | None:
+    """The IJG quality (1-100) a JPEG was saved at, from its luminance quantization table
+    (the libjpeg scaling inverted on the table's sum); None if not a JPEG."""
+    tables = getattr(im, "quantization", None)
+    if im.format != "JPEG" or not tables:
+        return None
+    standard = sum(_IJG_LUMA)
+    scale = 100.0 * sum(tables[0]) / standard  # libjpeg: q = std * S / 100, S = 200 - 2Q or 5000/Q
+    quality = (200.0 - scale) / 2.0 if scale <= 100.0 else 5000.0 / scale
+    return int(min(max(round(quality), 1), 100))
+
+
+_IJG_LUMA = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57,
+             69, 56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55,
+             64, 81, 104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100,
+             103, 99)
+
+
+def source_measures(path: str, cfg: dict) -> dict:
+    """What dedup needs about a whole source image: upright size, encoding quality (JPEG:
+    estimated IJG quality; lossless formats 100; else unknown) and its hashes (with trims)."""
+    with Image.open(path) as raw:
+        fmt = raw.format
+        quality = jpeg_quality(raw) if fmt == "JPEG" else (100 if fmt in LOSSLESS else None)
+    im, _notes = load_rgb(path)
+    small = im.copy()
+    small.thumbnail((MEASURE_SIDE, MEASURE_SIDE))
+    out = {"width": im.width, "height": im.height, "format": fmt, "quality": quality}
+    near = cfg["near_duplicates"]
+    out.update(perceptual_hashes(small, near, SOURCE_TRIMS if near.get("trims", True) else ()))
+    return out
+
+
+def quality_measures(small: Image.Image) -> dict:
+    """Face quality measures on the (<= 256 px) measuring copy: ``sharpness`` (variance
+    of the Laplacian of the luma), ``brightness`` (mean luma, 0-255), ``contrast``
+    (luma standard deviation; near 0 = a flat, low-information crop)."""
+    from scipy.ndimage import laplace
+    luma = np.asarray(small.convert("L"), dtype=np.float32)
+    return {"sharpness": round(float(laplace(luma).var()), 2),
+            "brightness": round(float(luma.mean()), 2),
+            "contrast": round(float(luma.std()), 2)}
+
+
+def judge_quality(measures: dict, cfg: dict) -> str:
+    """The drop reason for a face failing a quality floor ("" if it passes); a threshold
+    of null switches its filter off."""
+    # in this order: a dark face also has little contrast, and a flat one no edges
+    checks = (("too_dark", "brightness", "min_brightness", lambda v, t: v < t),
+              ("too_bright", "brightness", "max_brightness", lambda v, t: v > t),
+              ("low_information", "contrast", "min_contrast", lambda v, t: v < t),
+              ("blurry", "sharpness", "min_sharpness", lambda v, t: v < t))
+    for reason, measure, key, fails in checks:
+        threshold = cfg.get(key)
+        if threshold is not None and fails(measures[measure], threshold):
+            return reason
+    return ""
 
 
 def source_sizes(ingest_rows: list[Row]) -> dict[str, int]:
@@ -112,11 +209,13 @@ def source_sizes(ingest_rows: list[Row]) -> dict[str, int]:
     return {r.id: r.details["bytes"] for r in ingest_rows if "bytes" in r.details}
 
 
-def clean_row(row: Row, cfg: dict, sizes: dict[str, int] | None = None) -> Row:
+def clean_row(row: Row, cfg: dict, sizes: dict[str, int] | None = None,
+              sources: dict[str, dict] | None = None) -> Row:
     """Keep (with hashes and measures in details) or drop (with a reason) one image.
 
     ``sizes``: source file bytes by source id (``source_sizes``); a face row's source id
-    is its ``parent_id``.
+    is its ``parent_id``. ``sources``: ``source_measures`` by source id, recorded on the
+    row as ``details.source`` for source-level dedup.
     """
     source_bytes = row.details.get("bytes")
     if source_bytes is None and sizes is not None:
@@ -141,26 +240,54 @@ def clean_row(row: Row, cfg: dict, sizes: dict[str, int] | None = None) -> Row:
     details: dict = {"file_bytes": source_bytes}  # dedup prefers the larger source file
     if source_bytes is None and cfg["min_file_bytes"]:
         details["file_bytes_unknown"] = True  # no ingest size upstream: floor not applied
+    # quality first: a face darkened to near black is too_dark before it is monochrome
+    details.update(quality_measures(small))
+    reason = judge_quality(details, cfg.get("quality") or {})
+    if reason:
+        return row.drop(reason, **size, details=details)
     if cfg["monochrome"]["method"] != "none":
         monochrome, measures = judge_monochrome(im, small, cfg["monochrome"])
         details.update(measures)
         if monochrome:
             return row.drop("monochrome", **size, details=details)
     details["pixel_sha256"] = pixel_digest(im)
-    details.update(perceptual_hashes(small, cfg["near_duplicates"]))
+    near = cfg["near_duplicates"]
+    details.update(perceptual_hashes(small, near, CROP_TRIMS if near.get("trims", True) else ()))
+    source = (sources or {}).get(row.parent_id or row.id)
+    if source:
+        details["source"] = source
     return row.keep(**size, details=details)
 
 
+def shard_sources(rows: list[Row], ingest_rows: list[Row], cfg: dict, threads: int = 1) -> dict[str, dict]:
+    """``source_measures`` of every source a kept row of ``rows`` was cut from, by source id
+    (each decoded once per shard); empty when source-level dedup is off. A source that
+    cannot be read any more is left out (its faces are deduplicated by their crops)."""
+    near = cfg["near_duplicates"]
+    if near["method"] == "none" or not near.get("sources", True):
+        return {}
+    wanted = {r.parent_id or r.id for r in rows if r.kept}
+    paths = {r.id: r.path for r in ingest_rows if r.kept and r.id in wanted}
+
+    def measure(item):
+        try:
+            return item[0], source_measures(item[1], cfg)
+        except Exception:  # changed since ingest: no source-level hashes for it
+            return item[0], None
+    with ThreadPoolExecutor(max(threads, 1)) as pool:
+        return {k: v for k, v in pool.map(measure, sorted(paths.items())) if v}
+
+
 def clean_shard(rows: list[Row], cfg: dict, sizes: dict[str, int] | None = None,
-                threads: int = 1) -> list[Row]:
+                threads: int = 1, sources: dict[str, dict] | None = None) -> list[Row]:
     """One row per upstream kept row, in order."""
     todo = [r for r in rows if r.kept]
     progress = dict(total=len(todo), desc="clean", unit="img", mininterval=2)
     if threads <= 1:
-        return [clean_row(r, cfg, sizes) for r in tqdm(todo, **progress)]
+        return [clean_row(r, cfg, sizes, sources) for r in tqdm(todo, **progress)]
     # decoding, resizing and hashing release the GIL for most of their time
     with ThreadPoolExecutor(threads) as pool:
-        return list(tqdm(pool.map(lambda r: clean_row(r, cfg, sizes), todo), **progress))
+        return list(tqdm(pool.map(lambda r: clean_row(r, cfg, sizes, sources), todo), **progress))
 
 
 # ---------------------------------------------------------------- Hamming search
@@ -214,6 +341,18 @@ def choose_blocks(n: int, nbits: int, radius: int) -> int:
     smallest = max(radius + 1, math.ceil(nbits / 64))
     options = range(smallest, min(nbits, smallest + 16) + 1)
     return min(options, key=lambda m: _search_cost(n, nbits, radius, m))
+
+
+def choose_blocks_between(n_queries: int, n_index: int, nbits: int, radius: int) -> int:
+    """``choose_blocks`` for ``pairs_between``: every table sorts both sides, and the
+    candidates are Q * N / 2^key_bits (with many trimmed-window queries, few tables win)."""
+    def cost(m):
+        sizes = sorted(length for _, length in _block_bounds(nbits, m))
+        key_bits = min(64, sum(sizes[: m - radius]))
+        sort = sum(k * math.log2(max(k, 2)) for k in (n_queries, n_index)) * _SORT_COST
+        return math.comb(m, radius) * (sort + n_queries * n_index * 2.0 ** -key_bits * _PAIR_COST)
+    smallest = max(radius + 1, math.ceil(nbits / 64))
+    return min(range(smallest, min(nbits, smallest + 16) + 1), key=cost)
 
 
 def _pairs_in_groups(order: np.ndarray, starts: np.ndarray, sizes: np.ndarray, max_pairs: int):
@@ -273,7 +412,8 @@ def near_pairs(words: np.ndarray, nbits: int, radius: int, max_pairs: int = 4_00
 
 def near_duplicate_clusters(words: np.ndarray, nbits: int, radius: int,
                             mirrored: np.ndarray | None = None) -> np.ndarray:
-    """Cluster label per image: images joined by a chain of hashes within ``radius``.
+    """Cluster label per image: images joined by a chain of hashes within ``radius``
+    (single linkage; dedup no longer uses it, bench/bench_dedup.py measures the search).
 
     ``mirrored`` (same shape as ``words``) are the hashes of the mirrored images: an image
     then also matches a mirrored copy of another.
@@ -301,74 +441,264 @@ def near_duplicate_clusters(words: np.ndarray, nbits: int, radius: int,
 
 # ---------------------------------------------------------------- dedup (gather)
 
-def _keeper_of_groups(groups: np.ndarray, pixels: np.ndarray, file_bytes: np.ndarray,
-                      id_rank: np.ndarray) -> np.ndarray:
-    """Per item, the index of its group's best member: most pixels, larger file, smaller id."""
-    order = np.lexsort((id_rank, -file_bytes, -pixels, groups))
-    sorted_groups = groups[order]
-    first = np.r_[True, sorted_groups[1:] != sorted_groups[:-1]]
-    best_of_group = order[first][np.cumsum(first) - 1]
-    keeper = np.empty(len(groups), dtype=np.int64)
-    keeper[order] = best_of_group
-    return keeper
+def pairs_between(queries: np.ndarray, index: np.ndarray, nbits: int, radius: int,
+                  max_pairs: int = 4_000_000):
+    """Every (q, i) with ``queries[q]`` within Hamming ``radius`` of ``index[i]``, with the
+    distance: the multi-index search of ``near_pairs``, with queries looked up in tables
+    built over ``index`` only (trimmed windows are queried, never indexed, so the many
+    windows of one image never meet each other)."""
+    empty = (np.empty(0, np.int64),) * 3
+    if len(queries) == 0 or len(index) == 0:
+        return empty
+    blocks = choose_blocks_between(len(queries), len(index), nbits, radius)
+    bounds = _block_bounds(nbits, blocks)
+    q_blocks = [_bit_range(queries, start, length) for start, length in bounds]
+    i_blocks = [_bit_range(index, start, length) for start, length in bounds]
+    found_q, found_i, found_d = [], [], []
+    for subset in itertools.combinations(range(blocks), blocks - radius):
+        q_key = np.zeros(len(queries), dtype=np.uint64)
+        i_key = np.zeros(len(index), dtype=np.uint64)
+        for b in subset:
+            q_key = (q_key << np.uint64(bounds[b][1])) | q_blocks[b]
+            i_key = (i_key << np.uint64(bounds[b][1])) | i_blocks[b]
+        order = np.argsort(i_key, kind="stable")
+        sorted_key = i_key[order]
+        # sorted needles: the binary searches walk memory in order (10x faster at 1M)
+        q_order = np.argsort(q_key)
+        lo = np.searchsorted(sorted_key, q_key[q_order], side="left")
+        counts = np.searchsorted(sorted_key, q_key[q_order], side="right") - lo
+        hits = np.flatnonzero(counts)
+        ends = np.cumsum(counts[hits])
+        begin = 0
+        while begin < len(hits):  # batches of at most ~max_pairs candidate pairs
+            stop = max(begin + 1, int(np.searchsorted(ends, (ends[begin - 1] if begin else 0)
+                                                      + max_pairs, side="right")))
+            h, c = hits[begin:stop], counts[hits[begin:stop]]
+            q = np.repeat(q_order[h], c)
+            pos = np.repeat(lo[h], c) + np.arange(len(q)) - np.repeat(np.cumsum(c) - c, c)
+            i = order[pos]
+            d = hamming(queries[q], index[i])
+            close = d <= radius
+            found_q.append(q[close])
+            found_i.append(i[close])
+            found_d.append(d[close])
+            begin = stop
+    if not found_q:
+        return empty
+    q, i, d = (np.concatenate(x).astype(np.int64) for x in (found_q, found_i, found_d))
+    _, first = np.unique(q * len(index) + i, return_index=True)
+    return q[first], i[first], d[first]
+
+
+def _hash_words(details: list[dict], method: str, nbits: int, key: str = ""):
+    """(words, owner) of the hashes ``details[k][method + key]`` (a concatenation of
+    several hashes for ``_trims``), skipping rows without them."""
+    nwords = max(1, math.ceil(nbits / 64))
+    width = nwords * 16
+    values, counts = [], []
+    for d in details:
+        value = d.get(method + key) if d else None
+        values.append(value or "")
+        counts.append(len(value or "") // width)
+    # hashes are fixed-width hex: decode them all in one go (no per-hash Python work)
+    raw = bytes.fromhex("".join(values))
+    words = np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(-1, nwords)
+    return words, np.repeat(np.arange(len(details), dtype=np.int64), counts)
+
+
+def duplicate_pairs(details: list[dict], method: str, nbits: int, radius: int, flips: bool):
+    """Pairs (a < b) of items whose pictures match within ``radius``: any window of one
+    (the whole picture and its trims) against the other's whole picture, or its mirror
+    image when ``flips``. Returns (a, b, distance, mirrored) with each pair once, at its
+    smallest distance."""
+    index, index_owner = _hash_words(details, method, nbits)
+    mirror_flag = np.zeros(len(index), dtype=bool)
+    if flips:
+        mirrored, mirrored_owner = _hash_words(details, method, nbits, "_mirror")
+        index = np.concatenate([index, mirrored])
+        index_owner = np.concatenate([index_owner, mirrored_owner])
+        mirror_flag = np.concatenate([mirror_flag, np.ones(len(mirrored), dtype=bool)])
+    whole, whole_owner = _hash_words(details, method, nbits)
+    trims, trims_owner = _hash_words(details, method, nbits, "_trims")
+    queries = np.concatenate([whole, trims])
+    query_owner = np.concatenate([whole_owner, trims_owner])
+    q, i, d = pairs_between(queries, index, nbits, radius)
+    a, b = query_owner[q], index_owner[i]
+    mirrored = mirror_flag[i]
+    other = a != b
+    a, b, d, mirrored = a[other], b[other], d[other], mirrored[other]
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    # per pair the closest match (unmirrored first on ties)
+    order = np.lexsort((mirrored, d, hi, lo))
+    lo, hi, d, mirrored = lo[order], hi[order], d[order], mirrored[order]
+    first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] if len(lo) else np.zeros(0, bool)
+    return lo[first], hi[first], d[first], mirrored[first]
+
+
+def keeper_priority(rows: list[Row]) -> np.ndarray:
+    """Order of ``rows`` from best to worst copy: largest source resolution, then the least
+    compressed source (JPEG quality; lossless 100; unknown last), then most crop pixels,
+    then the larger source file, then the smaller id (stable across runs and shards)."""
+    def key(k):
+        r = rows[k]
+        source = r.details.get("source") or {}
+        source_pixels = (source.get("width", 0) * source.get("height", 0)) or r.width * r.height
+        quality = source.get("quality")
+        file_bytes = r.details.get("file_bytes") or r.details.get("bytes") or 0
+        return (-source_pixels, -(quality if quality is not None else -1), -r.width * r.height,
+                -file_bytes, r.id)
+    return np.array(sorted(range(len(rows)), key=key), dtype=np.int64)
+
+
+def assign_keepers(n: int, priority: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy, without chaining: in ``priority`` order, an item not yet assigned keeps
+    itself and claims every unassigned item it is paired with. Every dropped item is thus
+    paired directly (within the radius) with its keeper, and the keeper is the best item
+    of its neighbourhood. Returns (keeper per item, index of the pair that linked it or -1)."""
+    from scipy.sparse import csr_matrix
+    edge = np.arange(len(a))
+    graph = csr_matrix((np.r_[edge, edge] + 1, (np.r_[a, b], np.r_[b, a])), shape=(n, n))
+    keeper = np.full(n, -1, dtype=np.int64)
+    link = np.full(n, -1, dtype=np.int64)
+    indptr, indices, data = graph.indptr, graph.indices, graph.data
+    for k in priority.tolist():
+        if keeper[k] >= 0:
+            continue
+        keeper[k] = k
+        for j, e in zip(indices[indptr[k]:indptr[k + 1]].tolist(), data[indptr[k]:indptr[k + 1]].tolist()):
+            if keeper[j] < 0:
+                keeper[j] = k
+                link[j] = e - 1
+    return keeper, link
+
+
+def _face_position(r: Row, source: dict) -> tuple[float, float, float] | None:
+    """Centre and size of a face in its source, as fractions of the source's sides."""
+    width, height = source.get("width"), source.get("height")
+    if not width or not height:
+        return None
+    box = r.details.get("box")
+    if box is None:  # crop.method none: the face is the whole picture
+        return 0.5, 0.5, 1.0
+    x, y, w, h = box
+    return (x + w / 2) / width, (y + h / 2) / height, w / width
+
+
+# a face of a duplicate source matches the face at the same place in the keeper's source:
+# centres within this fraction of the source's sides (trims move them up to 9 %), sizes
+# within this ratio
+FACE_MATCH_OFFSET = 0.12
+FACE_MATCH_SIZE = 1.5
+
+
+def source_face_pairs(rows: list[Row], near: dict) -> tuple[np.ndarray, ...]:
+    """Pairs of faces cut from sources that are duplicates of each other (whole pictures
+    within the radius: reposts, rescales, re-encodes, crops by a few percent, mirrors), each
+    face paired with the face at the same place of the other source. Returns
+    (a, b, distance, mirrored) of face rows."""
+    method, nbits = near["method"], near["hash_size"] ** 2
+    source_ids = sorted({r.parent_id or r.id for r in rows if r.details.get("source")})
+    faces_of: dict[str, list[int]] = {}
+    measures: dict[str, dict] = {}
+    for k, r in enumerate(rows):
+        sid = r.parent_id or r.id
+        if r.details.get("source"):
+            faces_of.setdefault(sid, []).append(k)
+            measures[sid] = r.details["source"]
+    details = [measures[s] for s in source_ids]
+    sa, sb, sd, sm = duplicate_pairs(details, method, nbits, near["radius"], flips_on(near))
+    out = ([], [], [], [])
+    for s, t, dist, flip in zip(sa.tolist(), sb.tolist(), sd.tolist(), sm.tolist()):
+        s_id, t_id = source_ids[s], source_ids[t]
+        s_faces = [(k, _face_position(rows[k], measures[s_id])) for k in faces_of[s_id]]
+        for k, pos in ((k, _face_position(rows[k], measures[t_id])) for k in faces_of[t_id]):
+            if pos is None:
+                continue
+            x, y, size = pos
+            if flip:
+                x = 1.0 - x
+            best = None
+            for j, other in s_faces:
+                if other is None or not (1 / FACE_MATCH_SIZE <= size / other[2] <= FACE_MATCH_SIZE):
+                    continue
+                offset = max(abs(x - other[0]), abs(y - other[1]))
+                if offset <= FACE_MATCH_OFFSET and (best is None or offset < best[0]):
+                    best = (offset, j)
+            if best is not None:
+                for lst, v in zip(out, (min(k, best[1]), max(k, best[1]), dist, flip)):
+                    lst.append(v)
+    return tuple(np.array(x, dtype=dt) for x, dt in zip(out, (np.int64, np.int64, np.int64, bool)))
 
 
 def dedup(rows: list[Row], cfg: dict) -> list[Row]:
-    """One row per kept clean row: keep, or drop as exact_duplicate / near_duplicate.
+    """One row per kept clean row: keep, or drop as exact_duplicate / source_duplicate /
+    near_duplicate.
 
-    Drops carry ``duplicate_of`` (the id kept) and, for near duplicates, ``distance`` to
-    it (above the radius when the cluster joined them through a chain) and ``mirrored``
-    when the match was to the mirrored image. Exact duplicates go first; near-duplicate
-    clusters are formed among what they keep.
+    Drops carry ``duplicate_of`` (the id kept) and ``distance`` (Hamming bits, never above
+    the radius: there is no chaining), ``mirrored`` when the match was to the mirrored
+    picture, and for source duplicates ``duplicate_source`` (the kept face's source id).
+    Exact duplicates (same decoded pixels) go first; among what they keep, a face is a
+    ``source_duplicate`` when its whole source picture matches another source and the
+    faces sit at the same place, a ``near_duplicate`` when the face crops match. The
+    keeper is the best copy (``keeper_priority``).
     """
     rows = [r for r in rows if r.kept]
     n = len(rows)
     if n == 0:
         return []
-    pixels = np.array([r.width * r.height for r in rows], dtype=np.int64)
-    file_bytes = np.array([r.details.get("file_bytes") or r.details.get("bytes") or 0
-                           for r in rows], dtype=np.int64)
-    ids = [r.id for r in rows]
-    id_rank = np.empty(n, dtype=np.int64)
-    id_rank[sorted(range(n), key=ids.__getitem__)] = np.arange(n)
+    priority = keeper_priority(rows)
+    rank = np.empty(n, dtype=np.int64)
+    rank[priority] = np.arange(n)
     verdict: dict[int, tuple[str, dict]] = {}
     alive = np.arange(n)  # images still in the running for near duplicates
+    exact_of: dict[int, int] = {}
 
     if cfg["exact_duplicates"]:
-        # group = index of the first row with the same decoded pixels
-        first_with: dict = {}
-        group = np.fromiter((first_with.setdefault(r.details.get("pixel_sha256") or k, k)
-                             for k, r in enumerate(rows)), dtype=np.int64, count=n)
-        keeper = _keeper_of_groups(group, pixels, file_bytes, id_rank)
-        for k in np.flatnonzero(keeper != np.arange(n)):
-            verdict[int(k)] = ("exact_duplicate", {"duplicate_of": rows[keeper[k]].id})
-        alive = np.flatnonzero(keeper == np.arange(n))
+        best_with: dict = {}
+        for k in priority.tolist():  # the best copy of each pixel digest keeps it
+            digest = rows[k].details.get("pixel_sha256") or k
+            keeper = best_with.setdefault(digest, k)
+            if keeper != k:
+                verdict[k] = ("exact_duplicate", {"duplicate_of": rows[keeper].id, "distance": 0})
+                exact_of[k] = keeper
+        alive = np.array([k for k in range(n) if k not in verdict], dtype=np.int64)
 
     near = cfg["near_duplicates"]
-    method = near["method"]
-    if method != "none":
-        alive = np.array([k for k in alive if rows[k].details.get(method)], dtype=np.int64)
-    if method != "none" and len(alive) > 1:
+    if near["method"] != "none" and len(alive) > 1:
+        sub = [rows[k] for k in alive]
         nbits = near["hash_size"] ** 2
-        words = hex_to_words([rows[k].details[method] for k in alive], nbits)
-        mirrored = None
-        if near["flips"]:
-            mirrored = hex_to_words([rows[k].details.get(f"{method}_mirror")
-                                     or rows[k].details[method] for k in alive], nbits)
-        labels = near_duplicate_clusters(words, nbits, near["radius"], mirrored)
-        keeper = _keeper_of_groups(labels, pixels[alive], file_bytes[alive], id_rank[alive])
-        dropped = np.flatnonzero(keeper != np.arange(len(alive)))
-        distance = hamming(words[dropped], words[keeper[dropped]])
-        flipped = np.zeros(len(dropped), dtype=bool)
-        if mirrored is not None:
-            to_mirror = hamming(words[dropped], mirrored[keeper[dropped]])
-            flipped = to_mirror < distance
-            distance = np.minimum(distance, to_mirror)
-        for k, dist, flip in zip(dropped, distance, flipped):
-            details = {"duplicate_of": rows[alive[keeper[k]]].id, "distance": int(dist)}
-            if flip:
+        kinds, pairs = [], []
+        if near.get("sources", True):
+            a, b, d, m = source_face_pairs(sub, near)
+            pairs.append((a, b, d, m))
+            kinds.append(np.zeros(len(a), dtype=np.int8))  # 0: source level
+        a, b, d, m = duplicate_pairs([r.details for r in sub], near["method"], nbits,
+                                     near["radius"], flips_on(near))
+        pairs.append((a, b, d, m))
+        kinds.append(np.ones(len(a), dtype=np.int8))  # 1: crop level
+        a, b, d, m = (np.concatenate(x) for x in zip(*pairs))
+        kind = np.concatenate(kinds)
+        # one link per pair: the closest; source level first on ties
+        order = np.lexsort((kind, d, np.maximum(a, b), np.minimum(a, b)))
+        a, b, d, m, kind = a[order], b[order], d[order], m[order], kind[order]
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] if len(a) else np.zeros(0, bool)
+        a, b, d, m, kind = a[first], b[first], d[first], m[first], kind[first]
+        sub_priority = np.argsort(rank[alive], kind="stable")
+        keeper, link = assign_keepers(len(sub), sub_priority, a, b)
+        for k in np.flatnonzero(keeper != np.arange(len(sub))).tolist():
+            e = link[k]
+            keep_row = sub[keeper[k]]
+            details = {"duplicate_of": keep_row.id, "distance": int(d[e])}
+            if m[e]:
                 details["mirrored"] = True
-            verdict[int(alive[k])] = ("near_duplicate", details)
+            if kind[e] == 0:
+                details["duplicate_source"] = keep_row.parent_id or keep_row.id
+            verdict[int(alive[k])] = ("source_duplicate" if kind[e] == 0 else "near_duplicate", details)
+        # a pixel twin of an image dropped here is a duplicate of the same keeper
+        for k, twin in exact_of.items():
+            if twin in verdict:
+                verdict[k] = verdict[twin]
 
     return [r.drop(verdict[k][0], details=verdict[k][1]) if k in verdict else r
             for k, r in enumerate(rows)]
@@ -393,8 +723,11 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     cfg = load_config_arg(a.config)
     if a.cmd == "shard":
-        sizes = source_sizes(read_manifest(a.sources)) if a.sources else None
-        rows = clean_shard(read_manifest(a.input), cfg, sizes, a.threads)
+        ingest_rows = read_manifest(a.sources) if a.sources else []
+        sizes = source_sizes(ingest_rows) if a.sources else None
+        rows = read_manifest(a.input)
+        sources = shard_sources(rows, ingest_rows, cfg, a.threads)
+        rows = clean_shard(rows, cfg, sizes, a.threads, sources)
         write_manifest(a.output, rows)
         reasons = {}
         for r in rows:
@@ -405,7 +738,8 @@ def main(argv=None) -> None:
     write_manifest(a.output, rows)
     kept = sum(r.kept for r in rows)
     print(f"dedup: {kept}/{len(rows)} kept, "
-          f"{sum(r.reason == 'exact_duplicate' for r in rows)} exact and "
+          f"{sum(r.reason == 'exact_duplicate' for r in rows)} exact, "
+          f"{sum(r.reason == 'source_duplicate' for r in rows)} source and "
           f"{sum(r.reason == 'near_duplicate' for r in rows)} near duplicates dropped")
 
 

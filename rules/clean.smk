@@ -1,12 +1,18 @@
-# Which clean keys each half reads (pipeline/clean.py): a key edit reruns only its half.
-CLEAN_SHARD = {k: config["clean"][k] for k in ("min_side", "min_file_bytes", "monochrome")}
-CLEAN_SHARD["near_duplicates"] = {k: config["clean"]["near_duplicates"][k]
-                                  for k in ("method", "hash_size", "flips")}  # hashes only
-CLEAN_DEDUP = {k: config["clean"][k] for k in ("exact_duplicates", "near_duplicates")}
+# The clean block with near_duplicates.flips resolved (auto = finetune.mirror): only a
+# change that changes flips reruns clean.
+_CLEAN = json.loads(stage_config("clean"))
+if _CLEAN["near_duplicates"]["flips"] == "auto":
+    _CLEAN["near_duplicates"]["flips"] = bool(config["finetune"]["mirror"])
+# Which keys each half reads (pipeline/clean.py): the shard stage everything but the
+# dedup decisions (exact_duplicates, the Hamming radius); dedup the duplicate settings.
+CLEAN_SHARD = {k: v for k, v in _CLEAN.items() if k != "exact_duplicates"}
+CLEAN_SHARD["near_duplicates"] = {k: v for k, v in _CLEAN["near_duplicates"].items() if k != "radius"}
+CLEAN_DEDUP = {k: _CLEAN[k] for k in ("exact_duplicates", "near_duplicates")}
 
 
 rule clean:
-    """Per-image filters and hashes (size floors, monochrome, pixel hash, perceptual hash)."""
+    """Per-image filters and hashes (size floors, monochrome, quality, pixel hash,
+    perceptual hashes of the face and of its whole source picture)."""
     input:
         manifest=f"{R}/crop/{{shard}}/manifest.tsv",
         sources=f"{R}/ingest/{{shard}}/manifest.tsv",  # source file sizes (already upstream)
@@ -32,9 +38,9 @@ rule clean:
 # upscale/normalize only where its content changed (a dry run, which cannot know yet,
 # lists every shard's upscale and normalize after dedup).
 checkpoint dedup:
-    """Gather: exact and near duplicates across all shards; keeps the best of each cluster.
-    Then: each shard's duplicates for upscale, a console line per stage so far, and a
-    one-line stop when no face is left."""
+    """Gather: exact, source-level and near duplicates across all shards; keeps the best
+    copy. Then: each shard's duplicates for upscale, a console line per stage so far, and
+    a one-line stop when no face is left."""
     input:
         manifests=shard_manifests("clean"),
         stages=shard_manifests("ingest") + shard_manifests("crop"),

@@ -128,7 +128,8 @@ def rejects_input(wildcards):
 
 def crop_keys(crop):
     """The crop keys pipeline/crop.py reads for the chosen method (none: nothing else)."""
-    keys = {"animeface": ["scale_factor", "min_neighbors", "min_face", "max_faces", "margin", "border"],
+    keys = {"animeface": ["scale_factor", "min_neighbors", "min_face", "max_faces", "margin", "border",
+                          "rotate_pass"],
             "dlib": ["dlib_detector", "dlib_upsample", "min_face", "max_faces", "align"],
             "none": []}[crop["method"]]
     if crop["method"] == "dlib" and crop["align"] == "box":
