@@ -22,13 +22,14 @@ import os
 import sys
 import zipfile
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.manifest import (Row, ShardDir, atomic_write_with, kept, load_config_arg,
-                               read_manifest, read_manifests, write_manifest)
+from pipeline.manifest import (Row, ShardDir, atomic_write_with, dropped_ids, iter_manifests,
+                               kept, load_config_arg, read_manifest, write_manifest)
 from pipeline.rank import read_scores
 
 SHUFFLE_SEED = 123  # NVIDIA dataset_tool.py: TFRecordExporter.choose_shuffled_order
@@ -37,9 +38,10 @@ ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date ZIP can store: fixed for r
 
 # ---------------------------------------------------------------- choosing the images
 
-def dataset_rows(normalized: list[Row], dedup: list[Row]) -> list[Row]:
-    """Normalized keeps minus dedup drops, sorted by id (the order both tools index by)."""
-    duplicates = {r.id for r in dedup if not r.kept}
+def dataset_rows(normalized: Iterable[Row], dedup: Iterable[Row] | set[str]) -> list[Row]:
+    """Normalized keeps minus dedup drops (rows, or the set of dropped ids), sorted by id
+    (the order both tools index by)."""
+    duplicates = dedup if isinstance(dedup, set) else {r.id for r in dedup if not r.kept}
     return sorted((r for r in kept(normalized) if r.id not in duplicates), key=lambda r: r.id)
 
 
@@ -263,6 +265,14 @@ def _writestr(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
     zf.writestr(info, data, compress_type=zipfile.ZIP_STORED)
 
 
+def listed_rows(rows: list[Row], positions: list[int], extra_rows=()) -> Iterator[Row]:
+    """The export manifest's rows (streamed): each image with its ZIP index and TFRecord
+    position, then ``extra_rows`` (a ranked export's drops)."""
+    for i, r in enumerate(rows):
+        yield r.keep(details={"index": i, "tfrecord_position": positions[i]})
+    yield from extra_rows
+
+
 def export(rows: list[Row], folder: Path, name: str, cfg: dict, extra_rows: list[Row] = (),
            threads: int = 1) -> None:
     """Write TFRecords, ZIP (if configured) and the manifest (last) for ``rows`` (kept)."""
@@ -271,9 +281,7 @@ def export(rows: list[Row], folder: Path, name: str, cfg: dict, extra_rows: list
     positions = write_tfrecords(rows, folder / "tfrecords", name, threads)
     if cfg.get("zip", True):
         write_zip(rows, folder / f"{name}.zip", threads)
-    listed = [r.keep(details={"index": i, "tfrecord_position": positions[i]})
-              for i, r in enumerate(rows)]
-    write_manifest(folder / "manifest.tsv", listed + list(extra_rows))
+    write_manifest(folder / "manifest.tsv", listed_rows(rows, positions, extra_rows))
     print(f"export: {len(rows)} images -> {folder}")
 
 
@@ -305,7 +313,7 @@ def main(argv=None) -> None:
         export(keep_rows, folder, a.name, cfg, extra_rows=[r for r in decided if not r.kept],
                threads=a.threads)
         return
-    rows = dataset_rows(read_manifests(a.manifests), read_manifest(a.dedup) if a.dedup else [])
+    rows = dataset_rows(iter_manifests(a.manifests), dropped_ids(a.dedup) if a.dedup else set())
     export(rows, folder, a.name, cfg, threads=a.threads)
 
 
