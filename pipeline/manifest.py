@@ -155,11 +155,16 @@ def _merged_text(field: str | None, extra: dict) -> str | None:
     """The details TSV ``field`` with the new top-level keys of ``extra`` appended, without
     parsing it; None when a key may already be there (then the caller parses). Appended
     keys keep the bytes deterministic: the same rows and code give the same text."""
-    add = tsv_field(dumps_details(extra))  # always quoted: keys are JSON strings
+    text = dumps_details(extra)
+    # what tsv_field gives: JSON holds no raw tab/CR/LF, and a key always brings a quote
+    add = '"' + text.replace('"', '""') + '"' if text != "{}" else text
     if not field or field == "{}":
         return add
-    if field[:2] != '"{' or any(f'""{k}"":' in field for k in extra):
+    if field[:2] != '"{':
         return None
+    for k in extra:
+        if f'""{k}"":' in field:
+            return None
     return field[:-2] + "," + add[2:]
 
 
@@ -173,9 +178,13 @@ _s0, _s1, _s2, _s3, _s4, _s5, _s6, _s7, _s8, _s9 = (Row.__dict__[n].__set__ for 
 ENCODING, ERRORS = "utf-8", "surrogateescape"
 
 
+# sorted keys + compact separators: the same data always gives the same bytes. One encoder
+# for every row (json.dumps builds a new one per call: a third of a million-row write).
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps_details(details: dict) -> str:
-    # sorted keys + compact separators: the same data always gives the same bytes
-    text = json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = _ENCODE(details)
     try:
         text.encode(ENCODING, ERRORS)
     except UnicodeEncodeError:  # a lone surrogate no file name can hold (e.g. from JSON input)
