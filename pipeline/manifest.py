@@ -151,13 +151,20 @@ def _unquote(field: str) -> str:
     return field[1:-1].replace('""', '"') if field[:1] == '"' else field
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_]+")
+
+
 def _merged_text(field: str | None, extra: dict) -> str | None:
     """The details TSV ``field`` with the new top-level keys of ``extra`` appended, without
     parsing it; None when a key may already be there (then the caller parses). Appended
     keys keep the bytes deterministic: the same rows and code give the same text."""
-    text = dumps_details(extra)
-    # what tsv_field gives: JSON holds no raw tab/CR/LF, and a key always brings a quote
-    add = '"' + text.replace('"', '""') + '"' if text != "{}" else text
+    if extra and all(type(v) is int for v in extra.values()) and all(map(_PLAIN_KEY.fullmatch, extra)):
+        # plain keys, int values (export's index/position): what dumps + quoting would give
+        add = '"{' + ",".join(f'""{k}"":{extra[k]}' for k in sorted(extra)) + '}"'
+    else:
+        text = dumps_details(extra)
+        # what tsv_field gives: JSON holds no raw tab/CR/LF, and a key always brings a quote
+        add = '"' + text.replace('"', '""') + '"' if text != "{}" else text
     if not field or field == "{}":
         return add
     if field[:2] != '"{':
