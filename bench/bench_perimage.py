@@ -49,7 +49,6 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
 
     import cv2
-    import numpy as np
     import yaml
     from PIL import Image
     cv2.setNumThreads(1)
@@ -87,7 +86,6 @@ def main(argv=None) -> None:
     with ShardDir(work / "crop") as out:
         crop_ms, cropped = cpu_per(lambda r: crop.crop_image(r, ccfg, detector, out), ingested, a.reps)
     faces_in = [r for rs in cropped for r in rs if r.kept]
-    faces_in = [r.keep(path=r.path) for r in faces_in]
     clean_cfg = cfg["clean"]
     clean_ms, cleaned = cpu_per(lambda r: clean_row(r, clean_cfg), faces_in, a.reps)
     faces = list(kept(cleaned))
@@ -106,7 +104,6 @@ def main(argv=None) -> None:
         norm_ms, normed = cpu_per(lambda r: normalize.normalize_row(r, out, ncfg), faces, a.reps)
         norm_old_ms, _ = cpu_per(lambda r: old_normalize(r, out), faces, a.reps)
     normed = list(kept(normed))
-    normed = [r.keep(path=r.path.replace(str(work / "normalize"), str(work / "normalize"))) for r in normed]
 
     t0 = time.process_time()
     import tensorflow as tf
