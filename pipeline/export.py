@@ -29,13 +29,14 @@ import os
 import sys
 import zipfile
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.manifest import (Row, ShardDir, atomic_write_with, kept, load_config_arg,
-                               read_manifest, read_manifests, write_manifest)
+from pipeline.manifest import (Row, ShardDir, atomic_write_with, dropped_ids, iter_manifests,
+                               kept, load_config_arg, read_manifest, write_manifest)
 from pipeline.rank import read_scores
 
 SHUFFLE_SEED = 123  # NVIDIA dataset_tool.py: TFRecordExporter.choose_shuffled_order
@@ -44,9 +45,10 @@ ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date ZIP can store: fixed for r
 
 # ---------------------------------------------------------------- choosing the images
 
-def dataset_rows(normalized: list[Row], dedup: list[Row]) -> list[Row]:
-    """Normalized keeps minus dedup drops, sorted by id (the order both tools index by)."""
-    duplicates = {r.id for r in dedup if not r.kept}
+def dataset_rows(normalized: Iterable[Row], dedup: Iterable[Row] | set[str]) -> list[Row]:
+    """Normalized keeps minus dedup drops (rows, or the set of dropped ids), sorted by id
+    (the order both tools index by)."""
+    duplicates = dedup if isinstance(dedup, set) else {r.id for r in dedup if not r.kept}
     return sorted((r for r in kept(normalized) if r.id not in duplicates), key=lambda r: r.id)
 
 
@@ -105,8 +107,8 @@ def load_chw(path: str) -> np.ndarray:
         return np.asarray(im).transpose(2, 0, 1)  # HWC -> CHW
 
 
-def lod_images(img: np.ndarray):
-    """Yield the quantized CHW image for every level, top first (dataset_tool's add_image)."""
+def lod_images_float(img: np.ndarray):
+    """dataset_tool's add_image as written: float32 2x2 means, rint + clip per level."""
     levels = int(np.log2(img.shape[1])) - 1
     current = img
     for lod in range(levels):
@@ -115,6 +117,41 @@ def lod_images(img: np.ndarray):
             current = (current[:, 0::2, 0::2] + current[:, 0::2, 1::2]
                        + current[:, 1::2, 0::2] + current[:, 1::2, 1::2]) * 0.25
         yield np.rint(current).clip(0, 255).astype(np.uint8)
+
+
+# Level ``lod`` is the mean of 4**lod source pixels: an integer sum S over 4**lod. While
+# S < 2**24 every float32 step of dataset_tool's code is exact (sums of k/4**j and * 0.25
+# are exact in float32), so its value is exactly S / 4**lod and rint (ties to even) of it
+# can be done on the integer sum: the same bytes at a fraction of the cost. 255 * 4**lod
+# < 2**24 holds for lod <= 8, i.e. every level of an image up to 1024 px.
+EXACT_INTEGER_LODS = 8
+
+
+def _round_half_even_shift(total: np.ndarray, shift: int) -> np.ndarray:
+    """rint(total / 2**shift) with ties to even, in integers."""
+    if shift == 0:
+        return total
+    q = total >> shift
+    rem = total & ((1 << shift) - 1)
+    half = 1 << (shift - 1)
+    return q + ((rem > half) | ((rem == half) & (q & 1).astype(bool)))
+
+
+def lod_images(img: np.ndarray):
+    """Yield the quantized CHW image for every level, top first (dataset_tool's add_image).
+
+    Byte-identical to ``lod_images_float``; integer sums where that is exact (see above).
+    """
+    levels = int(np.log2(img.shape[1])) - 1
+    if levels - 1 > EXACT_INTEGER_LODS:
+        yield from lod_images_float(img)
+        return
+    yield img
+    total = img.astype(np.uint32)
+    for lod in range(1, levels):
+        total = (total[:, 0::2, 0::2] + total[:, 0::2, 1::2]
+                 + total[:, 1::2, 0::2] + total[:, 1::2, 1::2])
+        yield _round_half_even_shift(total, 2 * lod).astype(np.uint8)
 
 
 def shuffled_order(n: int) -> np.ndarray:
@@ -141,26 +178,71 @@ def check_images(rows: list[Row]) -> int:
     return w
 
 
-def write_tfrecords(rows: list[Row], folder: Path, name: str) -> list[int]:
-    """Write <folder>/<name>-rNN.tfrecords; returns the record position of each row."""
-    import tensorflow as tf
+def _level_bytes(job: tuple[str, int]) -> list[tuple[tuple, bytes]]:
+    """Worker: decode one normalized image once, return every level's (shape, raw CHW bytes)."""
+    path, resolution = job
+    img = load_chw(path)
+    if img.shape != (3, resolution, resolution):
+        raise SystemExit(f"export: {path} is {img.shape}, refusing")
+    return [(q.shape, q.tobytes()) for q in lod_images(img)]
 
+
+PNG_RGB8 = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"  # + width, height, then depth 8, colour type 2
+
+
+def _zip_member(path: str) -> bytes:
+    """Worker: the ZIP's PNG for one image. An 8-bit RGB PNG (normalize's output with
+    ``format: png``) goes in as its own bytes; anything else is decoded and encoded as PNG."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:16] == PNG_RGB8 and data[24:26] == b"\x08\x02":
+        return data
+    buf = io.BytesIO()
+    with Image.open(io.BytesIO(data)) as im:
+        im.convert("RGB").save(buf, format="PNG", compress_level=0, optimize=False)
+    return buf.getvalue()
+
+
+def _mapped(fn, jobs: list, threads: int, desc: str):
+    """``map(fn, jobs)`` in order; in ``threads`` worker processes when threads > 1.
+
+    Processes, not threads: the numpy level arithmetic holds the GIL. The pool starts
+    here, before the caller imports TensorFlow: forked workers never load it (a fork after
+    TensorFlow has started its threads is not safe, so then the workers come from a
+    forkserver).
+    """
+    bar = dict(desc=desc, unit="img", mininterval=2, total=len(jobs))
+    if threads <= 1 or len(jobs) < 2 * threads:
+        return tqdm(map(fn, jobs), **bar)
+    import multiprocessing
+    method = "forkserver" if "tensorflow" in sys.modules else "fork"
+    pool = multiprocessing.get_context(method).Pool(threads)
+
+    def results():
+        with pool:
+            yield from tqdm(pool.imap(fn, jobs, chunksize=4), **bar)
+    return results()
+
+
+def write_tfrecords(rows: list[Row], folder: Path, name: str, threads: int = 1) -> list[int]:
+    """Write <folder>/<name>-rNN.tfrecords; returns the record position of each row."""
     resolution = check_images(rows)
     log2 = int(np.log2(resolution))
     order = shuffled_order(len(rows))
+    jobs = [(rows[idx].path, resolution) for idx in order]
+    levels = _mapped(_level_bytes, jobs, threads, "tfrecords")
+    import tensorflow as tf  # after the workers started (see _mapped)
+
     with ShardDir(folder) as out:
         opts = tf.io.TFRecordOptions(compression_type="")
         writers = [tf.io.TFRecordWriter(str(out.tmp / f"{name}-r{log2 - lod:02d}.tfrecords"), opts)
                    for lod in range(log2 - 1)]
         try:
-            for idx in tqdm(order, desc="tfrecords", unit="img", mininterval=2):
-                img = load_chw(rows[idx].path)
-                if img.shape != (3, resolution, resolution):
-                    raise SystemExit(f"export: {rows[idx].path} is {img.shape}, refusing")
-                for writer, quant in zip(writers, lod_images(img)):
+            for image_levels in levels:
+                for writer, (shape, data) in zip(writers, image_levels):
                     example = tf.train.Example(features=tf.train.Features(feature={
-                        "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=quant.shape)),
-                        "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[quant.tobytes()])),
+                        "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=shape)),
+                        "data": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
                     }))
                     # deterministic: protobuf may otherwise order the map differently per process
                     writer.write(example.SerializeToString(deterministic=True))
@@ -175,14 +257,16 @@ def zip_name(index: int) -> str:
     return f"{idx[:5]}/img{idx}.png"  # stylegan2-ada-pytorch dataset_tool.py layout
 
 
-def write_zip(rows: list[Row], path: Path) -> None:
+def write_zip(rows: list[Row], path: Path, threads: int = 1) -> None:
+    # normalized PNGs go in as their bytes (a file read: no worker needed); JPEGs are
+    # decoded and encoded as PNG in the workers
+    png = all(r.path.lower().endswith(".png") for r in rows)
+    members = _mapped(_zip_member, [r.path for r in rows], 1 if png else threads, "zip")
+
     def write(f):
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
-            for i, r in enumerate(tqdm(rows, desc="zip", unit="img", mininterval=2)):
-                buf = io.BytesIO()
-                with Image.open(r.path) as im:
-                    im.convert("RGB").save(buf, format="PNG", compress_level=0, optimize=False)
-                _writestr(zf, zip_name(i), buf.getvalue())
+            for i, data in enumerate(members):
+                _writestr(zf, zip_name(i), data)
             _writestr(zf, "dataset.json", json.dumps({"labels": None}).encode())
     atomic_write_with(path, write)
 
@@ -193,19 +277,26 @@ def _writestr(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
     zf.writestr(info, data, compress_type=zipfile.ZIP_STORED)
 
 
-def export(rows: list[Row], folder: Path, name: str, cfg: dict, extra_rows: list[Row] = ()) -> None:
+def listed_rows(rows: list[Row], positions: list[int], extra_rows=()) -> Iterator[Row]:
+    """The export manifest's rows (streamed): each image with its ZIP index and TFRecord
+    position, then ``extra_rows`` (a ranked export's drops)."""
+    for i, r in enumerate(rows):
+        yield r.keep(details={"index": i, "tfrecord_position": positions[i]})
+    yield from extra_rows
+
+
+def export(rows: list[Row], folder: Path, name: str, cfg: dict, extra_rows: list[Row] = (),
+           threads: int = 1) -> None:
     """Write TFRecords, ZIP (if configured) and the manifest (last) for ``rows`` (kept)."""
     if not rows:
         raise SystemExit("export: no images left to export (see the stage manifests for why)")
     if cfg.get("tfrecords", True):
-        positions = write_tfrecords(rows, folder / "tfrecords", name)
+        positions = write_tfrecords(rows, folder / "tfrecords", name, threads)
     else:
         positions = record_positions(len(rows))
     if cfg.get("zip", True):
-        write_zip(rows, folder / f"{name}.zip")
-    listed = [r.keep(details={"index": i, "tfrecord_position": positions[i]})
-              for i, r in enumerate(rows)]
-    write_manifest(folder / "manifest.tsv", listed + list(extra_rows))
+        write_zip(rows, folder / f"{name}.zip", threads)
+    write_manifest(folder / "manifest.tsv", listed_rows(rows, positions, extra_rows))
     print(f"export: {len(rows)} images -> {folder}")
 
 
@@ -222,6 +313,7 @@ def main(argv=None) -> None:
     p.add_argument("--scores")
     p.add_argument("--rejects", default="")
     p.add_argument("--drop-bottom-fraction", type=float, default=0.0)
+    p.add_argument("--threads", type=int, default=1, help="worker processes for decoding/levels")
     a = p.parse_args(argv)
     cfg = load_config_arg(a.config)
     folder = Path(a.folder)
@@ -231,9 +323,9 @@ def main(argv=None) -> None:
         if not listed:
             raise SystemExit("export: no images left to export (see the stage manifests for why)")
         if a.tfrecords_of:
-            write_tfrecords(listed, folder / "tfrecords", a.name)
+            write_tfrecords(listed, folder / "tfrecords", a.name, a.threads)
         else:
-            write_zip(listed, folder / f"{a.name}.zip")
+            write_zip(listed, folder / f"{a.name}.zip", a.threads)
         print(f"export: {len(listed)} images -> {folder}")
         return
     if a.from_export:
@@ -246,10 +338,11 @@ def main(argv=None) -> None:
                   file=sys.stderr)
         decided = ranked_rows(dataset, scores, rejects, a.drop_bottom_fraction)
         keep_rows = [r for r in decided if r.kept]
-        export(keep_rows, folder, a.name, cfg, extra_rows=[r for r in decided if not r.kept])
+        export(keep_rows, folder, a.name, cfg, extra_rows=[r for r in decided if not r.kept],
+               threads=a.threads)
         return
-    rows = dataset_rows(read_manifests(a.manifests), read_manifest(a.dedup) if a.dedup else [])
-    export(rows, folder, a.name, cfg)
+    rows = dataset_rows(iter_manifests(a.manifests), dropped_ids(a.dedup) if a.dedup else set())
+    export(rows, folder, a.name, cfg, threads=a.threads)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import os
 import re
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -29,17 +29,86 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-@dataclass(frozen=True)
+_set = object.__setattr__
+
+
 class Row:
-    id: str
-    source: str
-    parent_id: str = ""
-    path: str = ""
-    width: int = 0
-    height: int = 0
-    action: str = KEEP
-    reason: str = ""
-    details: dict = field(default_factory=dict)
+    """One manifest row: immutable, lean (slots), ``details`` parsed from its JSON on first use.
+
+    A row read from a manifest keeps its details as the TSV field it was read as (the
+    JSON, quoted: ``_text``); a stage that only passes it on (or a gather over a million
+    rows) never builds the dicts, and writing an untouched row copies the field back. Used like the frozen dataclass it replaced:
+    ``Row(id=..., source=..., details={...})``, ``row.keep(...)``, ``row.drop(...)``, ``==``.
+    """
+
+    __slots__ = ("id", "source", "parent_id", "path", "width", "height", "action", "reason",
+                 "_details", "_text")
+    FIELDS = ("id", "source", "parent_id", "path", "width", "height", "action", "reason", "details")
+
+    def __init__(self, id: str, source: str, parent_id: str = "", path: str = "", width: int = 0,
+                 height: int = 0, action: str = KEEP, reason: str = "", details: dict | None = None):
+        for name, value in (("id", id), ("source", source), ("parent_id", parent_id), ("path", path),
+                            ("width", width), ("height", height), ("action", action),
+                            ("reason", reason), ("_details", {} if details is None else details),
+                            ("_text", None)):
+            _set(self, name, value)
+
+    @classmethod
+    def _from_fields(cls, id, source, parent_id, path, width, height, action, reason,
+                     details, text) -> "Row":
+        # the slots' own setters: 4x faster than object.__setattr__ (a million rows a gather)
+        row = _new(cls)
+        _s0(row, id), _s1(row, source), _s2(row, parent_id), _s3(row, path), _s4(row, width)
+        _s5(row, height), _s6(row, action), _s7(row, reason), _s8(row, details), _s9(row, text)
+        return row
+
+    @property
+    def details(self) -> dict:
+        if self._details is None:
+            _set(self, "_details", json.loads(_unquote(self._text)) if self._text else {})
+        return self._details
+
+    def peek_details(self) -> dict:
+        """The details without keeping the parsed dict on the row: for gathers that read a
+        few keys of a million rows (the rows stay lean). Do not mutate the result."""
+        if self._details is not None:
+            return self._details
+        return json.loads(_unquote(self._text)) if self._text else {}
+
+    def details_text(self) -> str:
+        """The details as manifest JSON: the text read, when nobody opened the dict."""
+        if self._details is None:
+            return _unquote(self._text) if self._text else "{}"
+        return dumps_details(self._details)
+
+    def details_field(self) -> str:
+        """The details as the manifest's TSV field (quoted JSON)."""
+        if self._details is None:
+            return self._text or "{}"
+        return tsv_field(dumps_details(self._details))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Row is immutable (use keep/drop to derive one): {name}")
+
+    def __delattr__(self, name):
+        raise AttributeError(f"Row is immutable: {name}")
+
+    def _tuple(self) -> tuple:
+        return (self.id, self.source, self.parent_id, self.path, self.width, self.height,
+                self.action, self.reason, self.details)
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._tuple() == other._tuple()
+
+    __hash__ = None  # like the frozen dataclass with a dict field: not hashable
+
+    def __repr__(self) -> str:
+        return "Row(" + ", ".join(f"{k}={v!r}" for k, v in zip(self.FIELDS, self._tuple())) + ")"
+
+    def __reduce__(self):
+        return (Row, self._tuple())
 
     @property
     def kept(self) -> bool:
@@ -54,9 +123,60 @@ class Row:
         return self._derive(DROP, reason, changes)
 
     def _derive(self, action: str, reason: str, changes: dict) -> "Row":
-        details = dict(self.details)
-        details.update(changes.pop("details", {}))
-        return replace(self, action=action, reason=reason, details=details, **changes)
+        extra = changes.pop("details", None)
+        details, text = self._details, self._text
+        if details is not None:
+            details = dict(details)
+            details.update(extra or {})
+        elif extra:
+            text = _merged_text(text, extra)
+            if text is None:  # a key to replace: parse, merge, serialize on write
+                details = dict(self.details)
+                details.update(extra)
+        if changes:
+            unknown = set(changes) - set(self.FIELDS[:6])
+            if unknown:
+                raise TypeError(f"Row has no field(s) {sorted(unknown)}")
+            get = changes.get
+            return Row._from_fields(get("id", self.id), get("source", self.source),
+                                    get("parent_id", self.parent_id), get("path", self.path),
+                                    get("width", self.width), get("height", self.height),
+                                    action, reason, details, text)
+        return Row._from_fields(self.id, self.source, self.parent_id, self.path, self.width,
+                                self.height, action, reason, details, text)
+
+
+def _unquote(field: str) -> str:
+    """A TSV field as written by ``tsv_field`` -> its text."""
+    return field[1:-1].replace('""', '"') if field[:1] == '"' else field
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _merged_text(field: str | None, extra: dict) -> str | None:
+    """The details TSV ``field`` with the new top-level keys of ``extra`` appended, without
+    parsing it; None when a key may already be there (then the caller parses). Appended
+    keys keep the bytes deterministic: the same rows and code give the same text."""
+    if extra and all(type(v) is int for v in extra.values()) and all(map(_PLAIN_KEY.fullmatch, extra)):
+        # plain keys, int values (export's index/position): what dumps + quoting would give
+        add = '"{' + ",".join(f'""{k}"":{extra[k]}' for k in sorted(extra)) + '}"'
+    else:
+        text = dumps_details(extra)
+        # what tsv_field gives: JSON holds no raw tab/CR/LF, and a key always brings a quote
+        add = '"' + text.replace('"', '""') + '"' if text != "{}" else text
+    if not field or field == "{}":
+        return add
+    if field[:2] != '"{':
+        return None
+    for k in extra:
+        if f'""{k}"":' in field:
+            return None
+    return field[:-2] + "," + add[2:]
+
+
+_new = object.__new__
+_s0, _s1, _s2, _s3, _s4, _s5, _s6, _s7, _s8, _s9 = (Row.__dict__[n].__set__ for n in Row.__slots__)
 
 
 # Text files we write hold file names as the file system gave them: a name that is not
@@ -65,9 +185,13 @@ class Row:
 ENCODING, ERRORS = "utf-8", "surrogateescape"
 
 
+# sorted keys + compact separators: the same data always gives the same bytes. One encoder
+# for every row (json.dumps builds a new one per call: a third of a million-row write).
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def dumps_details(details: dict) -> str:
-    # sorted keys + compact separators: the same data always gives the same bytes
-    text = json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = _ENCODE(details)
     try:
         text.encode(ENCODING, ERRORS)
     except UnicodeEncodeError:  # a lone surrogate no file name can hold (e.g. from JSON input)
@@ -105,31 +229,114 @@ class tsv_writer:
         self._f.write(format_tsv(rows))
 
 
+def manifest_lines(rows: Iterable[Row]) -> Iterator[str]:
+    """The manifest as TSV lines (header first), one row at a time."""
+    yield format_tsv([COLUMNS])
+    search = _QUOTE.search
+    for r in rows:
+        fields = (r.id, r.source, r.parent_id, r.path, str(r.width), str(r.height), r.action, r.reason)
+        if search("".join(fields)):  # a name with a tab, quote or newline: quote field by field
+            head = "\t".join(map(tsv_field, fields))
+        else:
+            head = "\t".join(fields)
+        yield f"{head}\t{r.details_field()}\n"
+
+
 def format_manifest(rows: Iterable[Row]) -> str:
-    return format_tsv([COLUMNS] + [[r.id, r.source, r.parent_id, r.path, r.width, r.height,
-                                    r.action, r.reason, dumps_details(r.details)] for r in rows])
+    return "".join(manifest_lines(rows))
 
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[Row]) -> None:
-    atomic_write_text(path, format_manifest(rows))
+    """Atomically write ``rows`` (any iterable: streamed, never joined into one string)."""
+    def write(f):
+        buf = []
+        for i, line in enumerate(manifest_lines(rows)):
+            buf.append(line)
+            if i % 4096 == 4095:
+                f.write("".join(buf).encode(ENCODING, ERRORS))
+                buf.clear()
+        f.write("".join(buf).encode(ENCODING, ERRORS))
+    _atomic_write(path, write)
+
+
+_INTERNED = {KEEP: KEEP, DROP: DROP, "": ""}
+
+
+def _records(f) -> Iterator[list[str]]:
+    """The TSV records of ``f`` (opened with newline="\n"), as csv.reader would give them.
+
+    Except the last field (the details), which comes as written (quoted; ``_unquote``
+    reads it): unquoting it is the costliest step of a read, and most rows are only
+    passed on. Fast path for the lines faceprep writes: names without tab/quote/newline
+    and the details as the only quoted field (JSON never holds a raw tab or newline), so
+    one split does it. Any other line (a quoted name, a field spanning lines) goes to
+    csv.reader, which reads exactly the lines of that one record.
+    """
+    it = iter(f)
+    for line in it:
+        if line.endswith("\n"):
+            line = line[:-1]
+        q = line.find('"')
+        if q == -1:
+            yield line.split("\t")
+            continue
+        if (q and line[q - 1] == "\t" and line.endswith('}"') and line.startswith('{', q + 1)
+                and line.count("\t", 0, q) == len(COLUMNS) - 1):
+            c = line[:q - 1].split("\t")
+            c.append(line[q:])
+            yield c
+            continue
+        record = next(csv.reader(itertools.chain([line + "\n"], it), delimiter="\t"), None)
+        if record is not None:
+            if len(record) >= len(COLUMNS):
+                record[len(COLUMNS) - 1] = tsv_field(record[len(COLUMNS) - 1])
+            yield record
+
+
+def iter_manifest(path: str | os.PathLike) -> Iterator[Row]:
+    """The rows of one manifest, read as they are needed (details stay JSON text)."""
+    with open(path, newline="\n", encoding=ENCODING, errors=ERRORS) as f:
+        records = _records(f)
+        header = next(records, None)
+        if header != COLUMNS:
+            raise ValueError(f"{path}: not a faceprep manifest (header {header!r})")
+        words = dict(_INTERNED)  # action/reason repeat: one string object each
+        make = Row._from_fields
+        for n, c in enumerate(records, 2):
+            if len(c) < len(COLUMNS):
+                if c == [""] or not c:
+                    continue  # a blank line, as csv.reader skips
+                raise ValueError(f"{path}: record {n} has {len(c)} fields, expected {len(COLUMNS)}")
+            text = c[8]
+            if text and text[:2] != '"{' and text[0] != "{":
+                raise ValueError(f"{path}: record {n}: details are not a JSON object: {text[:60]!r}")
+            action = words.setdefault(c[6], c[6])
+            reason = words.setdefault(c[7], c[7]) if len(words) < 10000 else c[7]
+            yield make(c[0], c[1], c[2], c[3], int(c[4] or 0), int(c[5] or 0), action, reason,
+                       None if text else {}, text or None)
+
+
+def dropped_ids(path: str | os.PathLike) -> set[str]:
+    """The ids of a manifest's drop rows, without building rows (dedup.tsv at 1M rows)."""
+    with open(path, newline="\n", encoding=ENCODING, errors=ERRORS) as f:
+        records = _records(f)
+        header = next(records, None)
+        if header != COLUMNS:
+            raise ValueError(f"{path}: not a faceprep manifest (header {header!r})")
+        return {c[0] for c in records if len(c) >= len(COLUMNS) and c[6] == DROP}
 
 
 def read_manifest(path: str | os.PathLike) -> list[Row]:
-    with open(path, newline="", encoding=ENCODING, errors=ERRORS) as f:
-        reader = csv.reader(f, delimiter="\t")
-        header = next(reader, None)
-        if header != COLUMNS:
-            raise ValueError(f"{path}: not a faceprep manifest (header {header!r})")
-        return [Row(id=c[0], source=c[1], parent_id=c[2], path=c[3], width=int(c[4] or 0),
-                    height=int(c[5] or 0), action=c[6], reason=c[7],
-                    details=json.loads(c[8]) if c[8] else {}) for c in reader]
+    return list(iter_manifest(path))
+
+
+def iter_manifests(paths: Iterable[str | os.PathLike]) -> Iterator[Row]:
+    for p in paths:
+        yield from iter_manifest(p)
 
 
 def read_manifests(paths: Iterable[str | os.PathLike]) -> list[Row]:
-    rows: list[Row] = []
-    for p in paths:
-        rows.extend(read_manifest(p))
-    return rows
+    return list(iter_manifests(paths))
 
 
 def kept(rows: Iterable[Row]) -> Iterator[Row]:
@@ -200,7 +407,7 @@ class ShardDir:
         return self.tmp / name, str(self.final / name)
 
     def write_manifest(self, rows: Iterable[Row], name: str = "manifest.tsv") -> None:
-        atomic_write_text(self.tmp / name, format_manifest(rows))
+        write_manifest(self.tmp / name, rows)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:

@@ -2,7 +2,9 @@
 
 load_rgb already applied EXIF orientation, ICC -> sRGB, mode and alpha handling; here we
 fit (pad: centre on the background like the seed's ``mogrify -extent``; crop: centre
-crop), resize with Lanczos, encode, and validate the written file.
+crop), resize with Lanczos, encode, and validate what was written: the in-memory image
+(mode, size), the encoded bytes' header and the written file's length. A full re-decode
+of the file (about as costly as the encode) is left to ``validate`` below.
 
     python -m pipeline.normalize --input UPSCALE_MANIFEST --output MANIFEST --config JSON
     python -m pipeline.normalize validate --resolution 512 --format jpg FILE...
@@ -10,6 +12,8 @@ crop), resize with Lanczos, encode, and validate the written file.
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,12 +51,39 @@ def fit_square(im: Image.Image, resolution: int, fit: str, background=(0, 0, 0))
     return canvas, notes
 
 
-def encode(im: Image.Image, path: Path, fmt: str, quality: int) -> None:
+def encode(im: Image.Image, path, fmt: str, quality: int) -> None:
+    """Encode ``im`` to ``path`` (a file name or a binary file object)."""
     if fmt == "jpg":
         # 4:4:4 chroma: StyleGAN learns the artefacts of 4:2:0 subsampling otherwise
         im.save(path, format="JPEG", quality=quality, subsampling=0, optimize=False)
     else:
         im.save(path, format="PNG", compress_level=1)  # lossless anyway; 2x faster than 6
+
+
+def encode_bytes(im: Image.Image, fmt: str, quality: int) -> bytes:
+    buf = io.BytesIO()
+    encode(im, buf, fmt, quality)
+    return buf.getvalue()
+
+
+def image_error(im: Image.Image, resolution: int) -> str:
+    """'' if the in-memory ``im`` is resolution x resolution RGB, else why not."""
+    if im.size != (resolution, resolution):
+        return f"size {im.size[0]}x{im.size[1]} != {resolution}x{resolution}"
+    if im.mode != "RGB":
+        return f"mode {im.mode} != RGB"
+    return ""
+
+
+def header_error(data: bytes, resolution: int, fmt: str) -> str:
+    """'' if the encoded ``data`` declares the right format, size and mode (header only)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # parses the header, decodes no pixels
+            if im.format != FORMATS[fmt]:
+                return f"format {im.format} != {FORMATS[fmt]}"
+            return image_error(im, resolution)
+    except Exception as e:
+        return f"unreadable: {e}"
 
 
 def validation_error(path: str | Path, resolution: int, fmt: str) -> str:
@@ -78,10 +109,24 @@ def normalize_row(row: Row, out: ShardDir, cfg: dict) -> Row:
         return row.drop("decode_error", details={"error": f"{type(e).__name__}: {e}"})
     res, fmt = cfg["resolution"], cfg["format"]
     square, fit_notes = fit_square(im, res, cfg["fit"], cfg["background"])
-    tmp_path, final_path = out.path(f"{row.id}.{fmt}")
-    encode(square, tmp_path, fmt, cfg.get("quality", 95))  # rules pass it only for jpg
-    error = validation_error(tmp_path, res, fmt)
     details = {"normalize": {**notes, **fit_notes, "from": [im.width, im.height]}}
+    # validate the pixels we hold and the bytes we made instead of decoding the file again
+    error = image_error(square, res)
+    data = b""
+    if not error:
+        try:
+            data = encode_bytes(square, fmt, cfg.get("quality", 95))  # rules pass it only for jpg
+        except Exception as e:
+            error = f"encode failed: {type(e).__name__}: {e}"
+    error = error or header_error(data, res, fmt)
+    tmp_path, final_path = out.path(f"{row.id}.{fmt}")
+    if not error:
+        try:
+            tmp_path.write_bytes(data)  # the shard folder is swapped in whole (atomic)
+            if os.stat(tmp_path).st_size != len(data):
+                error = f"short write: {os.stat(tmp_path).st_size} of {len(data)} bytes"
+        except OSError as e:
+            error = f"write failed: {e}"
     if error:
         tmp_path.unlink(missing_ok=True)
         return row.drop("invalid_output", details={**details, "error": error})

@@ -41,6 +41,7 @@ rule tfrecords:
     params:
         name=config["name"],
         folder=lambda wildcards, input: os.path.dirname(input.manifest),
+    threads: 4  # worker processes decoding images and computing levels (pipeline/export.py)
     conda:
         CONDA_ENV
     log:
@@ -49,7 +50,7 @@ rule tfrecords:
         bench_path("tfrecords")
     shell:
         "python -m pipeline.export --name {params.name:q} --folder {params.folder:q}"
-        " --tfrecords-of {input.manifest:q} > {log:q} 2>&1"
+        " --tfrecords-of {input.manifest:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule zip:
@@ -62,6 +63,7 @@ rule zip:
     params:
         name=config["name"],
         folder=lambda wildcards, input: os.path.dirname(input.manifest),
+    threads: 4  # worker processes decoding images and computing levels (pipeline/export.py)
     conda:
         CONDA_ENV
     log:
@@ -70,7 +72,7 @@ rule zip:
         bench_path("zip")
     shell:
         "python -m pipeline.export --name {params.name:q} --folder {params.folder:q}"
-        " --zip-of {input.manifest:q} > {log:q} 2>&1"
+        " --zip-of {input.manifest:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule dataset:

@@ -94,3 +94,28 @@ def test_output_is_deterministic(tmp_path):
     b = run_normalize(tmp_path / "b", files)
     for x, y in zip(a, b):
         assert open(x.path, "rb").read() == open(y.path, "rb").read()
+
+
+def test_in_memory_validation_refuses_what_the_file_check_refuses():
+    """normalize validates the image it holds and the bytes it encoded (no re-decode);
+    the checks refuse the same things validation_error refuses on a file."""
+    ok = Image.open(ORIGINAL).convert("RGB").resize((64, 64))
+    assert normalize.image_error(ok, 64) == ""
+    assert "size" in normalize.image_error(ok.resize((64, 63)), 64)
+    assert "mode" in normalize.image_error(ok.convert("L"), 64)
+    jpg, png = normalize.encode_bytes(ok, "jpg", 95), normalize.encode_bytes(ok, "png", 95)
+    assert normalize.header_error(jpg, 64, "jpg") == "" and normalize.header_error(png, 64, "png") == ""
+    assert "format" in normalize.header_error(png, 64, "jpg")
+    assert "size" in normalize.header_error(jpg, 32, "jpg")
+    assert "unreadable" in normalize.header_error(b"", 64, "jpg")
+    assert "unreadable" in normalize.header_error(jpg[:10], 64, "jpg")
+
+
+def test_written_files_are_the_encoded_bytes(tmp_path):
+    """What normalize writes decodes fully and equals encoding the fitted image directly."""
+    for fmt in ("jpg", "png"):
+        row, = run_normalize(tmp_path / fmt, [ORIGINAL], format=fmt, resolution=64)
+        assert normalize.validation_error(row.path, 64, fmt) == ""
+        im, _ = load_rgb(ORIGINAL)
+        square, _ = normalize.fit_square(im, 64, "pad")
+        assert open(row.path, "rb").read() == normalize.encode_bytes(square, fmt, 95)
