@@ -77,7 +77,7 @@ def assert_consistent(workdir: Path, kimg: float) -> dict:
     assert {s.id for s in read_scores(R / "rank" / "scores.tsv")} == dataset
     ranked = read_manifest(R / "ranked" / "manifest.tsv")
     assert {r.id for r in ranked} == dataset
-    order = [final, R / "rank" / "scores.tsv", R / "ranked" / "manifest.tsv", R / "report" / "index.html"]
+    order = [final, R / "rank" / "scores.tsv", R / "ranked" / "manifest.tsv", R / "report" / "ranking.js"]
     mtimes = [p.stat().st_mtime_ns for p in order]
     assert mtimes == sorted(mtimes), "an output is older than what it was made from"
     assert (R / "provenance.tsv").is_file() and (R / "finetune" / "samples" / "reals.png").is_file()
@@ -107,7 +107,7 @@ def test_sigkill_in_training_rank_and_report_then_unlock_and_rerun(tmp_path, mon
 
     rerun = recover(workdir, more)
     jobs = job_stats(rerun)
-    assert {"finetune", "rank", "ranked_export", "report"} <= set(jobs), jobs   # not "Nothing to be done"
+    assert {"finetune", "rank", "ranked_export", "report_ranking"} <= set(jobs), jobs   # not "Nothing to be done"
     log = (R / "logs" / "finetune" / "all.log").read_text()
     assert re.search(r"warning: resume: skipping unreadable snapshot \S+network-snapshot-000000128\.npz", log)
     assert "network-snapshot-000000096.npz at kimg 0.096" in log
@@ -146,6 +146,6 @@ def test_sigkill_in_training_rank_and_report_then_unlock_and_rerun(tmp_path, mon
     wait_for(proc, "report job", lambda: "pipeline.report" in running_stage_jobs(proc))
     kill_group(proc)
     rerun = recover(workdir, more)
-    assert "finetune" not in job_stats(rerun) and "report" in job_stats(rerun)
+    assert "finetune" not in job_stats(rerun) and "report_ranking" in job_stats(rerun)
     assert assert_consistent(workdir, 0.128) == third
     assert {r.id: r.reason for r in read_manifest(R / "ranked" / "manifest.tsv")}[rejected] == "rejected"
