@@ -555,6 +555,7 @@ and press save).</div>
 </div>
 <script src="check.js"></script>
 <script src="ranking.js"></script>
+<script src="figures.js"></script>
 <script src="review.js"></script>
 </body></html>
 """
@@ -709,6 +710,14 @@ def build_ranking(*, stage_manifests: list[str], dataset: str, dedup: str | None
     return problems
 
 
+def build_figures(generate_dir: str, output: str) -> list[tuple[str, str]]:
+    """figures.js beside the page: links to what `generate` made (grids, video, seeds)."""
+    from gan.generate import figure_links  # no TensorFlow import
+    links = figure_links(generate_dir, Path(output).parent)
+    atomic_write_text(output, data_script("FACEPREP_FIGURES", [{"label": l, "href": h} for l, h in links]))
+    return links
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="part", required=True)
@@ -733,8 +742,13 @@ def main(argv=None) -> None:
     r.add_argument("--output", required=True, help="R/report/ranking.js")
     r.add_argument("--provenance", required=True, help="R/provenance.tsv")
     r.add_argument("stage_manifests", nargs="*")
+    f = sub.add_parser("figures", help="links to the generate target's figures (after generate)")
+    f.add_argument("--generate", required=True, help="R/generate (holds generate.json)")
+    f.add_argument("--output", required=True, help="R/report/figures.js")
     a = p.parse_args(argv)
-    if a.part == "check":
+    if a.part == "figures":
+        print(f"figures: {len(build_figures(a.generate, a.output))} linked in {a.output}")
+    elif a.part == "check":
         build_check(name=a.name, stage_manifests=a.stage_manifests, dataset=a.dataset, dedup=a.dedup,
                     rejects=a.rejects.strip() or None, output=a.output, cfg=load_config_arg(a.config),
                     threads=a.threads, rejects_shown=a.rejects.strip() or None, cache=a.cache)

@@ -31,13 +31,15 @@ rule generate:
     final network (or generate.network: any snapshot .npz or a .pkl)."""
     input:
         network=config["generate"]["network"] or FINAL_NETWORK,
-        code=gan_code("generate", "legacy", "networks", "checkpoint"),
+        code=gan_code("generate", "legacy", "networks", "checkpoint") + [stage_code("report")],
     output:
         truncation=f"{GENERATE_DIR}/truncation.png",
         style_mixing=f"{GENERATE_DIR}/style_mixing.png",
         seeds=[f"{GENERATE_DIR}/seeds/seed{int(s):04d}.png" for s in config["generate"]["seeds"]],
         video=f"{GENERATE_DIR}/interpolation.{VIDEO_EXT}",
         index=f"{GENERATE_DIR}/generate.json",
+        # the review page's links to them (loaded by report/index.html when present)
+        figures=f"{R}/report/figures.js",
     params:
         cfg=json.dumps({k: v for k, v in config["generate"].items() if k != "network"}, sort_keys=True),
         outdir=lambda wildcards, output: os.path.dirname(output.index),
@@ -56,3 +58,5 @@ rule generate:
     shell:
         "python -m gan.generate --network {input.network:q} --outdir {params.outdir:q}"
         " --config {params.cfg:q} --video {params.video} > {log:q} 2>&1"
+        " && python -m pipeline.report figures --generate {params.outdir:q}"
+        " --output {output.figures:q} >> {log:q} 2>&1"

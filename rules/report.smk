@@ -43,7 +43,7 @@ rule report:
         html=REPORT_PAGE,
         data=f"{R}/report/check.js",
     params:
-        # only the key the page uses: bottom_k/top_k are no longer read
+        # the only key the page reads
         cfg=json.dumps({"thumb": config["report"]["thumb"]}),
         name=config["name"],
         rejects=REJECTS,

@@ -31,7 +31,7 @@ TINY_CONFIG = {
     "finetune": {"channel_base": 256, "channel_max": 32, "mapping_layers": 2, "latent_dim": 32,
                  "kimg": 0.064, "batch": 4, "snapshot_kimg": 0.032, "mixed_precision": False},
     "rank": {"shuffles": 2},
-    "report": {"bottom_k": 8, "top_k": 4, "thumb": 32},
+    "report": {"thumb": 32},
 }
 
 

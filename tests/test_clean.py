@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import io
 import itertools
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -273,8 +272,7 @@ def test_no_chaining_and_the_best_source_is_kept():
     # source (a rescaled, quality-60 repost whose face came out larger) is dropped
     def from_source(id_, crop_side, width, quality):
         row = hashed_row(id_, a, crop_side, crop_side)
-        return replace(row, details={**row.details, "source": {"width": width, "height": width,
-                                                               "quality": quality}})
+        return row.keep(details={"source": {"width": width, "height": width, "quality": quality}})
     for rows, keeper in (([from_source("orig", 100, 1000, 95), from_source("big", 120, 800, 95)], "orig"),
                          ([from_source("q60", 120, 1000, 60), from_source("q95", 100, 1000, 95)], "q95")):
         assert [r.id for r in dedup(rows, CLEAN) if r.kept] == [keeper]

@@ -117,6 +117,12 @@ def test_export_model_and_generate_targets(workdir):
     assert links["truncation sweep"] == "../generate/truncation.png"
     assert links[f"interpolation video ({index['video_format']})"] == f"../generate/{index['files']['video']}"
     assert links["seed0002"] == "../generate/seeds/seed0002.png"
+    # the generate target hands the same links to the review page (report/figures.js)
+    figures = (R / "report" / "figures.js").read_text()
+    prefix = "window.FACEPREP_FIGURES = JSON.parse("
+    assert figures.startswith(prefix)
+    listed = json.loads(json.loads(figures[len(prefix):].rstrip().rstrip(";").rstrip(")")))
+    assert {f["label"]: f["href"] for f in listed} == links
     # up to date afterwards; a generate setting reruns only generate
     assert scheduled_jobs(workdir, "export_model", overrides=overrides) == {}
     assert scheduled_jobs(workdir, "generate", overrides=overrides) == {}

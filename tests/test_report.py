@@ -35,7 +35,7 @@ RAW_FILES = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_smal
              "broken/zero_bytes.jpg", "broken/text_named.jpg", "broken/truncated.jpg",
              "broken/dup_exact_of_anime_miku_noisy.jpg", "broken/gray_of_anime_miku_noisy.jpg"]
 RES = 32
-CFG = {"bottom_k": 4, "top_k": 3, "thumb": 24}
+CFG = {"thumb": 24}
 SHARDS = ["0", "1"]
 
 

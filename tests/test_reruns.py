@@ -44,7 +44,6 @@ EDITS = {
     "models.dlib_dir": ({"models": {"dlib_dir": "/nowhere"}}, {}),
     "augment.copies": ({"augment": {"copies": 3}}, {}),
     "ingest.tags_include": ({"ingest": {"tags_include": ["solo"]}}, {}),
-    "report.top_k": ({"report": {"top_k": 2}}, {}),  # the page no longer reads it
     "report.thumb": ({"report": {"thumb": 48}}, {"report": 1, "report_ranking": 1}),
     "rank.drop_bottom_fraction": ({"rank": {"drop_bottom_fraction": 0.25}}, REVIEW),
     "export.zip": ({"export": {"zip": False}}, REVIEW),
