@@ -161,7 +161,7 @@ def submitted_jobs(log: str) -> dict[str, dict]:
     jobs, blocks = {}, {}
     block = None
     for line in log.splitlines():
-        if m := re.match(r"^(local)?rule (\w+):", line):
+        if m := re.match(r"^(local)?(?:rule|checkpoint) (\w+):", line):  # dedup is a checkpoint
             block = {"rule": m.group(2), "local": bool(m.group(1)), "threads": 1, "resources": {}}
         elif block is not None and (m := re.match(r"^\s+jobid: (\d+)", line)):
             blocks[m.group(1)] = block
@@ -182,7 +182,7 @@ def submitted_rules(log: str) -> set[str]:
 def started_rules(log: str) -> list[tuple[str, bool]]:
     """(rule, local) of every job a run log started."""
     return [(m.group(2), bool(m.group(1)))
-            for m in re.finditer(r"^(local)?rule (\w+):", log, re.MULTILINE)]
+            for m in re.finditer(r"^(local)?(?:rule|checkpoint) (\w+):", log, re.MULTILINE)]
 
 
 def finished_rules(log: str) -> set[str]:
