@@ -55,14 +55,14 @@ from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, dumps
                                load_config_arg, read_manifest)
 from pipeline.rank import Score, read_scores
 
-# Stages in data-flow order; dedup (a gather over clean) applies at export.
-FUNNEL = ("ingest", "crop", "clean", "upscale", "normalize", "augment", "dedup", "export", "ranked")
+# Stages in data-flow order; dedup (a gather over clean) decides before upscale.
+FUNNEL = ("ingest", "crop", "clean", "dedup", "upscale", "normalize", "augment", "export", "ranked")
 PROVENANCE_COLUMNS = ["id", "source", "parent_id", "last_stage", "action", "reason", "score",
                       "path", "details"]
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
 ASSETS = Path(__file__).with_name("report_assets")
 PREVIEW_SIDE = 1024  # upright source previews: enough to see a small face box
-DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
+DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate", "source_duplicate")
 
 
 def esc(value) -> str:
@@ -165,6 +165,15 @@ def load_stages(stage_manifests: list[str], dedup: str | None, dataset: str | No
     for stage, path in (("dedup", dedup), ("export", dataset), ("ranked", ranked)):
         if path and Path(path).exists():
             stages[stage] = read_manifest(path)
+    # a later stage may list an image an earlier one dropped (upscale lists dedup's
+    # duplicates as dropped, never processed): count and show each drop once, where it happened
+    dropped: set[str] = set()
+    for stage in sorted(stages, key=lambda s: FUNNEL.index(s) if s in FUNNEL else len(FUNNEL)):
+        if stage in ("export", "ranked"):
+            continue
+        rows = stages[stage]
+        stages[stage] = [r for r in rows if r.kept or r.id not in dropped]
+        dropped.update(r.id for r in rows if not r.kept)
     return stages
 
 

@@ -45,6 +45,8 @@ def build_results(root: Path, rejects: set[str] = frozenset()) -> dict:
     stage_rows: dict[str, dict[str, list[Row]]] = {s: {sh: [] for sh in SHARDS}
                                                    for s in ("ingest", "crop", "clean", "upscale", "normalize")}
     norm_dir = R / "normalize"
+    dup_id = f"{source_id('broken/dup_exact_of_anime_miku_noisy.jpg')}-f0"
+    dup_of = {"duplicate_of": f"{source_id('anime_miku_noisy.jpg')}-f0"}
     for rel in RAW_FILES:
         shard = SHARDS[shard_of(rel, len(SHARDS))]
         row = ingest_file(rel, str(TESTDATA), {"extensions": ["jpg", "png"], "max_pixels": 40_000_000}, None)
@@ -66,6 +68,9 @@ def build_results(root: Path, rejects: set[str] = frozenset()) -> dict:
                 stage_rows["clean"][shard].append(face.drop("monochrome"))
                 continue
             stage_rows["clean"][shard].append(face.keep())
+            if face.id == dup_id:  # dedup runs before upscale, which lists its drops, unprocessed
+                stage_rows["upscale"][shard].append(face.drop("exact_duplicate", details=dup_of))
+                continue
             stage_rows["upscale"][shard].append(face.keep(details={"upscale": "none"}))
             out = norm_dir / shard / f"{face.id}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -76,12 +81,10 @@ def build_results(root: Path, rejects: set[str] = frozenset()) -> dict:
             write_manifest(R / stage / shard / "manifest.tsv", rows)
 
     clean_kept = [r for shards in stage_rows["clean"].values() for r in kept(shards)]
-    dup_id = f"{source_id('broken/dup_exact_of_anime_miku_noisy.jpg')}-f0"
-    dedup = [r.drop("exact_duplicate", details={"duplicate_of": f"{source_id('anime_miku_noisy.jpg')}-f0"})
-             if r.id == dup_id else r for r in clean_kept]
+    dedup = [r.drop("exact_duplicate", details=dup_of) if r.id == dup_id else r for r in clean_kept]
     write_manifest(R / "clean" / "dedup.tsv", dedup)
-    normalized = sorted((r for shards in stage_rows["normalize"].values() for r in kept(shards)
-                         if r.id != dup_id), key=lambda r: r.id)
+    normalized = sorted((r for shards in stage_rows["normalize"].values() for r in kept(shards)),
+                        key=lambda r: r.id)
     dataset = [r.keep(details={"index": i}) for i, r in enumerate(normalized)]
     write_manifest(R / "export" / "manifest.tsv", dataset)
 
@@ -191,7 +194,7 @@ def test_funnel_counts_match_the_manifests(tree):
     stages = load_stages(report_args(tree)["stage_manifests"], str(tree["R"] / "clean" / "dedup.tsv"),
                          str(tree["R"] / "export" / "manifest.tsv"), str(tree["R"] / "ranked" / "manifest.tsv"))
     rows = {f.stage: f for f in funnel(stages)}
-    assert list(rows) == ["ingest", "crop", "clean", "upscale", "normalize", "dedup", "export", "ranked"]
+    assert list(rows) == ["ingest", "crop", "clean", "dedup", "upscale", "normalize", "export", "ranked"]
     assert rows["ingest"].received == len(RAW_FILES)
     assert rows["ingest"].dropped == {"empty_file": 1, "not_an_image": 1, "truncated": 1}
     assert rows["crop"].received == len(RAW_FILES) - 3
@@ -199,13 +202,15 @@ def test_funnel_counts_match_the_manifests(tree):
     assert rows["crop"].kept == len(RAW_FILES) - 3 - 1 + 1  # the hostile photo gave 2 faces
     assert rows["clean"].dropped == {"monochrome": 1}
     assert rows["dedup"].dropped == {"exact_duplicate": 1}
+    # upscale lists dedup's drop too: counted once, where it happened
+    assert rows["upscale"].received == rows["dedup"].kept and not rows["upscale"].dropped
     assert rows["export"].received == rows["normalize"].kept
-    assert rows["export"].kept == len(tree["dataset"]) == rows["normalize"].kept - 1
-    assert rows["export"].dropped == {"duplicate": 1}
+    assert rows["export"].kept == len(tree["dataset"]) == rows["normalize"].kept
+    assert not rows["export"].dropped
     assert rows["ranked"].kept == len(tree["dataset"])
     # the check page (no ranked manifest yet) shows the stages up to export
     table = {cells[0]: cells for cells in Funnel(tree["page"]).rows}
-    assert list(table) == ["ingest", "crop", "clean", "upscale", "normalize", "dedup", "export"]
+    assert list(table) == ["ingest", "crop", "clean", "dedup", "upscale", "normalize", "export"]
     assert table["ingest"][1:4] == [str(len(RAW_FILES)), str(len(RAW_FILES) - 3), "3"]
     assert "no_face: 1" in table["crop"][4] and "exact_duplicate: 1" in table["dedup"][4]
 
