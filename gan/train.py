@@ -57,7 +57,10 @@ def main(argv=None) -> None:
     fingerprint = (runs.dataset_fingerprint(a.manifest) if a.manifest
                    else runs.tfrecords_fingerprint(a.data))
     run = runs.prepare_run(a.run_dir, cfg, fingerprint, info.resolution, info.channels)
-    training_loop(a.data, run.dir, cfg, run.final, run=run.info)
+    # the networks record what the run is, not when it began (run.json has that): the same
+    # data and config give the same network bytes
+    identity = {k: v for k, v in run.info.items() if k != "created"}
+    training_loop(a.data, run.dir, cfg, run.final, run=identity)
     runs.publish(run, a.run_dir, a.output)
     print(f"published: {a.output} from run {run.id}", flush=True)
 
