@@ -1,22 +1,33 @@
 """faceprep against the seed's shell recipe, on the same ~2,000 images.
 
-    python bench/compare.py [--total 2000] [--workdir /tmp/faceprep-compare] [--min-face 48]
+    python bench/compare.py [--mode fair|literal] [--total 2000] [--workdir /tmp/faceprep-compare]
+                            [--min-face 48] [--cores 2] [--target export|dataset]
 
 Builds the corpus from ../shared/testdata: every file once as it is (broken ones included),
 plus variants of each decodable image (random crop/shift, scale, colour jitter, JPEG
 quality) so they are not exact duplicates, up to --total files. Then runs, each from a fresh
 output folder on the same corpus:
   seed      bench/seed_pipeline.sh (crop.py under GNU parallel, fdupes, %k < 257, mogrify,
-            identify) with the same minimum face size;
-  faceprep  `snakemake --cores 2 dataset` with crop animeface, the same min_face, upscale
-            lanczos (the seed recipe has no upscaling step; waifu2x would time a neural
-            network against nothing), PNG 512 like the seed, TFRecords + ZIP export.
-Prints images/second for both, the ratio, and the faces kept, scored with MANIFEST.tsv:
-a kept face is correct when its source (or the original it is a variant of) is an anime
-image with a face that is not grayscale; faces from photos, no-face images and grayscale
-or sepia images are wrong for an anime dataset. The variants are near duplicates by
-construction, which faceprep drops and fdupes does not; so faceprep's faces are also scored
-as an exact-only dedup would keep them (its near-duplicate drops put back).
+            identify) with the same minimum face size.
+            fair:    as a careful engineer runs it: crop.py on 25 images per process, the
+                     ImageMagick steps on many files per call, one thread per job;
+            literal: the recipe as written, one process per image in every step.
+  faceprep  `snakemake --cores N <target>` with crop animeface and the same min_face.
+            fair:    configured to make the seed's decisions: the cascade box as it is
+                     (margin 0, no rotated pass), exact-only dedup, the `identify %k` < 257
+                     colour-count test and no other quality floor, damaged files kept (the
+                     seed crops what OpenCV decodes), no upscaling (small faces padded like
+                     `-extent`), 512 px PNG; target `export` (the dataset manifest over the
+                     normalized PNGs: the seed's output folder). `--target dataset` adds
+                     the check page, TFRecords and ZIP (work the seed does not do);
+            literal: faceprep's defaults for this job (near-duplicate dedup, chroma test,
+                     upscale lanczos, rotated pass) and the `dataset` target.
+Prints images/second for both, the ratio (one run), and the faces kept, scored with
+MANIFEST.tsv: a kept face is correct when its source (or the original it is a variant of)
+is an anime image with a face that is not grayscale; faces from photos, no-face images and
+grayscale or sepia images are wrong for an anime dataset. In literal mode faceprep's
+near-duplicate step drops the variants (fdupes does not), so its faces are also scored as
+an exact-only dedup would keep them (its near-duplicate drops put back).
 """
 from __future__ import annotations
 
@@ -154,11 +165,11 @@ def faceprep_kept_sources(results: Path) -> tuple[list[str], list[str]]:
     return kept, near
 
 
-def run_seed(raw: Path, out: Path, min_face: int) -> dict:
+def run_seed(raw: Path, out: Path, min_face: int, cores: int, batch: int) -> dict:
     env = {**os.environ, "PYTHON": sys.executable, "FACEPREP_ANIMEFACE_CASCADE": str(CASCADE)}
     t0 = time.perf_counter()
     proc = subprocess.run(["bash", str(REPO / "bench" / "seed_pipeline.sh"), str(raw), str(out),
-                           str(min_face), str(len(os.sched_getaffinity(0)))],
+                           str(min_face), str(cores), str(batch)],
                           capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -171,20 +182,34 @@ def run_seed(raw: Path, out: Path, min_face: int) -> dict:
             "not_512": bad}
 
 
-def run_faceprep(raw: Path, workdir: Path, min_face: int, shards: int, upscale: str,
-                 fmt: str) -> dict:
+def seed_decisions(min_face: int) -> dict:
+    """faceprep settings that make the seed recipe's decisions (see the module doc)."""
+    return {
+        "ingest": {"damaged": "keep"},
+        "crop": {"method": "animeface", "min_face": min_face, "margin": 0.0, "border": "clamp",
+                 "rotate_pass": False},
+        "clean": {"min_side": 1, "exact_duplicates": True,
+                  "near_duplicates": {"method": "none", "sources": False, "trims": False},
+                  "monochrome": {"method": "colors", "max_colors": 256},
+                  "quality": {"min_sharpness": None, "min_brightness": None,
+                              "max_brightness": None, "min_contrast": None}},
+        "upscale": {"method": "none"},
+        "normalize": {"resolution": 512, "format": "png", "fit": "pad", "background": [0, 0, 0]},
+    }
+
+
+def run_faceprep(raw: Path, workdir: Path, settings: dict, shards, cores: int,
+                 target: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "compare_config.yaml"
     config.write_text(yaml.safe_dump({
         "name": "compare", "raw_dir": str(raw), "shards": shards,
         "results_dir": str(workdir / "results"), "cache_dir": str(workdir / "cache"),
-        "crop": {"method": "animeface", "min_face": min_face},
-        "upscale": {"method": upscale},
-        "normalize": {"resolution": 512, "format": fmt},
-    }))
+        **settings}))
     env = {**os.environ, "FACEPREP_ANIMEFACE_CASCADE": str(CASCADE)}
+    goal = str(workdir / "results/compare/export/manifest.tsv") if target == "export" else target
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(workdir), "--configfile", str(config), "--cores", "2", "dataset"]
+           str(workdir), "--configfile", str(config), "--cores", str(cores), goal]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -200,7 +225,8 @@ def run_faceprep(raw: Path, workdir: Path, min_face: int, shards: int, upscale: 
         if r.kept:
             with Image.open(r.path if os.path.isabs(r.path) else workdir / r.path) as im:
                 bad += im.size != (512, 512)
-    return {"wall_s": round(wall, 2), "job_seconds_by_rule": rule_seconds(results),
+    return {"wall_s": round(wall, 2), "target": target, "shards": shards,
+            "job_seconds_by_rule": rule_seconds(results),
             "kept_sources": kept, "not_512": bad, "near_dup_sources": near}
 
 
@@ -238,16 +264,23 @@ def machine() -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--mode", choices=["fair", "literal"], default="fair")
     ap.add_argument("--total", type=int, default=2000, help="corpus size (files)")
+    ap.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
+                    help="parallel -j for the seed, --cores for faceprep")
+    ap.add_argument("--target", choices=["export", "dataset"],
+                    help="faceprep's target (default: export in fair mode, dataset in literal)")
+    ap.add_argument("--keep-corpus", action="store_true",
+                    help="reuse --workdir/raw if it exists (the same corpus for several runs)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/faceprep-compare"))
     ap.add_argument("--min-face", type=int, default=48,
                     help="cascade minSize for both (the anime faces in testdata are 70-144 px)")
-    ap.add_argument("--shards", type=int, default=4, help="faceprep shards (2 x cores here)")
+    ap.add_argument("--shards", default="auto", help="faceprep shards (auto or a number)")
     ap.add_argument("--only", choices=["seed", "faceprep"])
     ap.add_argument("--upscale", choices=["lanczos", "none", "waifu2x"], default="lanczos",
-                    help="faceprep's upscale method; `none` pads small faces like the seed")
+                    help="literal mode: faceprep's upscale method")
     ap.add_argument("--format", choices=["png", "jpg"], default="png",
-                    help="faceprep's dataset image format (the seed writes PNG)")
+                    help="literal mode: faceprep's dataset image format (the seed writes PNG)")
     ap.add_argument("--rescore", action="store_true",
                     help="score the outputs already in --workdir (no runs, no timings)")
     args = ap.parse_args(argv)
@@ -265,29 +298,45 @@ def main(argv=None) -> None:
                                   "if_near_duplicates_kept": score(kept + near, origin)}
         print(json.dumps(report, indent=2))
         return
-    shutil.rmtree(args.workdir, ignore_errors=True)
-    build_corpus(raw, args.total)
+    target = args.target or ("export" if args.mode == "fair" else "dataset")
+    shards = args.shards if args.shards == "auto" else int(args.shards)
+    if args.keep_corpus and raw.is_dir():
+        for out in ("seed_out", "seed_out.map.tsv", "faceprep"):
+            path = args.workdir / out
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(args.workdir, ignore_errors=True)
+        build_corpus(raw, args.total)
     origin = corpus_origin(raw)
     n_files = sum(1 for p in raw.rglob("*") if p.is_file())
     expected = sum(anime_face_count(row) for row in origin.values())
     report = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "machine": machine(),
+              "load_average_before": os.getloadavg(), "mode": args.mode,
               "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "corpus_files": n_files, "anime_faces_in_corpus": expected}
     runs = {}
     if args.only != "faceprep":
-        runs["seed"] = run_seed(raw, args.workdir / "seed_out", args.min_face)
+        runs["seed"] = run_seed(raw, args.workdir / "seed_out", args.min_face, args.cores,
+                                25 if args.mode == "fair" else 1)
     if args.only != "seed":
-        runs["faceprep"] = run_faceprep(raw, args.workdir / "faceprep", args.min_face, args.shards,
-                                        args.upscale, args.format)
+        if args.mode == "fair":
+            settings = seed_decisions(args.min_face)
+        else:
+            settings = {"crop": {"method": "animeface", "min_face": args.min_face},
+                        "upscale": {"method": args.upscale},
+                        "normalize": {"resolution": 512, "format": args.format}}
+        runs["faceprep"] = run_faceprep(raw, args.workdir / "faceprep", settings, shards,
+                                        args.cores, target)
     for name, run in runs.items():
         kept = run.pop("kept_sources")
         near = run.pop("near_dup_sources", None)
         report[name] = {**run, "images_per_s": round(n_files / run["wall_s"], 2),
                         **score(kept, origin)}
-        if near is not None:
+        if near:
             # the seed has no near-duplicate step: score what an exact-only dedup would keep
             report[name]["near_duplicates_dropped"] = len(near)
             report[name]["if_near_duplicates_kept"] = score(kept + near, origin)
+    report["load_average_after"] = os.getloadavg()
     if len(runs) == 2:
         report["speedup_faceprep_over_seed"] = round(
             report["faceprep"]["images_per_s"] / report["seed"]["images_per_s"], 2)

@@ -213,7 +213,8 @@ class Upscaler:
                  engine_factory=Waifu2xEngine):
         self.cfg = cfg
         self.method = cfg.get("method", "waifu2x")
-        self.target = int(cfg["target"])
+        # `none` reads nothing else (rules/common.smk passes it only its method)
+        self.target = int(cfg["target"]) if self.method != "none" else 0
         self.background = tuple(cfg.get("background", (0, 0, 0)))
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.threads = threads
