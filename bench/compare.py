@@ -14,7 +14,7 @@ output folder on the same corpus:
             literal: the recipe as written, one process per image in every step.
   faceprep  `snakemake --cores N <target>` with crop animeface and the same min_face.
             fair:    configured to make the seed's decisions: the cascade box as it is
-                     (margin 0, no rotated pass), exact-only dedup, the `identify %k` < 257
+                     (margin 0, no rotated or small-face pass), exact-only dedup, the `identify %k` < 257
                      colour-count test and no other quality floor, damaged files kept (the
                      seed crops what OpenCV decodes), no upscaling (small faces padded like
                      `-extent`), 512 px PNG; target `export` (the dataset manifest over the
@@ -37,6 +37,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -167,19 +168,27 @@ def faceprep_kept_sources(results: Path) -> tuple[list[str], list[str]]:
 
 def run_seed(raw: Path, out: Path, min_face: int, cores: int, batch: int) -> dict:
     env = {**os.environ, "PYTHON": sys.executable, "FACEPREP_ANIMEFACE_CASCADE": str(CASCADE)}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), children_cpu()
     proc = subprocess.run(["bash", str(REPO / "bench" / "seed_pipeline.sh"), str(raw), str(out),
                            str(min_face), str(cores), str(batch)],
                           capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
     if proc.returncode != 0:
         raise SystemExit(f"seed pipeline failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     steps = {m.group(1): float(m.group(2))
              for m in re.finditer(r"^SEED_TIME (\w+) ([\d.]+)$", proc.stdout, re.M)}
     kept = seed_kept_sources(raw, out)
     bad = int(re.search(r"^SEED_BAD_SIZE (\d+)$", proc.stdout, re.M).group(1))
-    return {"wall_s": round(wall, 2), "steps_s": steps, "kept_sources": kept,
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "steps_s": steps, "kept_sources": kept,
             "not_512": bad}
+
+
+def children_cpu() -> float:
+    """User + system CPU seconds of every finished child process so far (the whole tree:
+    parallel's jobs, snakemake's jobs), which the load of other processes does not inflate
+    as much as wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def seed_decisions(min_face: int) -> dict:
@@ -187,7 +196,7 @@ def seed_decisions(min_face: int) -> dict:
     return {
         "ingest": {"damaged": "keep"},
         "crop": {"method": "animeface", "min_face": min_face, "margin": 0.0, "border": "clamp",
-                 "rotate_pass": False},
+                 "rotate_pass": False, "small_faces": False},
         "clean": {"min_side": 1, "exact_duplicates": True,
                   "near_duplicates": {"method": "none", "sources": False, "trims": False},
                   "monochrome": {"method": "colors", "max_colors": 256},
@@ -210,9 +219,9 @@ def run_faceprep(raw: Path, workdir: Path, settings: dict, shards, cores: int,
     goal = str(workdir / "results/compare/export/manifest.tsv") if target == "export" else target
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
            str(workdir), "--configfile", str(config), "--cores", str(cores), goal]
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
     if proc.returncode != 0:
         raise SystemExit(f"faceprep failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     from pipeline.manifest import read_manifest
@@ -225,18 +234,20 @@ def run_faceprep(raw: Path, workdir: Path, settings: dict, shards, cores: int,
         if r.kept:
             with Image.open(r.path if os.path.isabs(r.path) else workdir / r.path) as im:
                 bad += im.size != (512, 512)
-    return {"wall_s": round(wall, 2), "target": target, "shards": shards,
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "target": target, "shards": shards,
             "job_seconds_by_rule": rule_seconds(results),
+            "job_cpu_s_by_rule": rule_seconds(results, "cpu_time"),
             "kept_sources": kept, "not_512": bad, "near_dup_sources": near}
 
 
-def rule_seconds(results: Path) -> dict[str, float]:
-    """Snakemake's `benchmark:` wall seconds, summed over each rule's jobs."""
+def rule_seconds(results: Path, column: str = "s") -> dict[str, float]:
+    """Snakemake's `benchmark:` wall seconds (or another column, e.g. cpu_time), summed
+    over each rule's jobs."""
     totals: dict[str, float] = {}
     for tsv in sorted((results / "benchmarks").glob("*/*.tsv")):
         with open(tsv, newline="") as f:
             first = next(csv.DictReader(f, delimiter="\t"))
-        totals[tsv.parent.name] = round(totals.get(tsv.parent.name, 0) + float(first["s"]), 2)
+        totals[tsv.parent.name] = round(totals.get(tsv.parent.name, 0) + float(first[column]), 2)
     return totals
 
 
@@ -340,6 +351,8 @@ def main(argv=None) -> None:
     if len(runs) == 2:
         report["speedup_faceprep_over_seed"] = round(
             report["faceprep"]["images_per_s"] / report["seed"]["images_per_s"], 2)
+        report["cpu_ratio_seed_over_faceprep"] = round(
+            report["seed"]["cpu_s"] / report["faceprep"]["cpu_s"], 2)
     print(json.dumps(report, indent=2))
 
 

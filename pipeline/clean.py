@@ -37,8 +37,6 @@ from concurrent.futures import ThreadPoolExecutor
 import imagehash
 import numpy as np
 from PIL import Image, ImageOps
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from pipeline.imaging import load_rgb, pixel_digest
@@ -182,9 +180,11 @@ def quality_measures(small: Image.Image) -> dict:
     """Face quality measures on the (<= 256 px) measuring copy: ``sharpness`` (variance
     of the Laplacian of the luma), ``brightness`` (mean luma, 0-255), ``contrast``
     (luma standard deviation; near 0 = a flat, low-information crop)."""
-    from scipy.ndimage import laplace
+    import cv2  # its 3x3 Laplacian and reflected border equal scipy.ndimage.laplace's,
+    # without importing scipy.ndimage (0.4 s per process)
     luma = np.asarray(small.convert("L"), dtype=np.float32)
-    return {"sharpness": round(float(laplace(luma).var()), 2),
+    edges = cv2.Laplacian(luma, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
+    return {"sharpness": round(float(edges.var()), 2),
             "brightness": round(float(luma.mean()), 2),
             "contrast": round(float(luma.std()), 2)}
 
@@ -434,6 +434,9 @@ def near_duplicate_clusters(words: np.ndarray, nbits: int, radius: int,
     src = np.concatenate([owner, n + i])
     dst = np.concatenate([n + value_of_entry, n + j])
     size = n + len(distinct)
+    from scipy.sparse import coo_matrix  # here: the per-shard stage need not import scipy
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(size, size))
     _, labels = connected_components(graph, directed=False)
     return labels[:n]

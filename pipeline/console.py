@@ -47,13 +47,17 @@ def stop(text: str, code: int = 1):
 # ---------------------------------------------------------------- shards
 
 def auto_shards(n_files: int) -> int:
-    """Shards for ``shards: auto``: 1 below 100 files, x2 per x4 files, at most 64.
+    """Shards for ``shards: auto``: 1 below 1,000 files, x2 per x4 files, at most 64.
 
-    Powers of two with wide steps, so adding a few files rarely changes the count (a new
-    count reshuffles every shard and reruns every per-image job).
+    Each per-image job costs ~0.3-0.5 CPU-s to start (Python, imports, manifests), five
+    per shard: 1,000 images a shard keeps that to a few percent of the work, and a rerun
+    of one shard stays short. Cores are not what shards are for: each job runs its images
+    on a pool of the cores the shards leave (rules/common.smk SHARD_THREADS). Powers of
+    two with wide steps, so adding a few files rarely changes the count (a new count
+    reshuffles every shard and reruns every per-image job).
     """
     shards = 1
-    while shards < 64 and n_files >= 100 * 4 ** int(math.log2(shards)):
+    while shards < 64 and n_files >= 1000 * 4 ** int(math.log2(shards)):
         shards *= 2
     return shards
 

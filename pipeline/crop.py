@@ -199,10 +199,10 @@ class AnimeFaceDetector(Detector):
     suppression): on a labelled set of tilted faces recall 0.84 -> 0.95 with precision
     unchanged (bench/RESULTS.md), at ~2x the detection cost.
 
-    When no pass finds a face of ``min_face``, one cheaper pass looks for
-    faces of min_face/2 up to min_face, only to report them (``small_faces``), with a
-    coarser pyramid step (1.2): ~2x the main pass's cost, paid only by images without a
-    face (bench/RESULTS.md).
+    When no pass finds a face of ``min_face`` (and ``small_faces`` is on), one more pass
+    looks for faces of min_face/2 up to min_face, only to report them (``small_faces``),
+    with a coarser pyramid step (1.2). It runs on finer pyramid levels than the main pass,
+    so it costs ~1.7x the main pass (bench/RESULTS.md), paid only by images without a face.
     """
     name = "animeface"
     margin = 0.25
@@ -213,11 +213,12 @@ class AnimeFaceDetector(Detector):
     ROTATED_NEIGHBOURS = 2  # rotate_pass: neighbours needed, x min_neighbors (+ 2)
 
     def __init__(self, cascade_xml: bytes, scale_factor: float, min_neighbors: int, min_face: int,
-                 rotate_pass: bool = False):
+                 rotate_pass: bool = False, small_faces: bool = True):
         self._xml = cascade_xml.decode("latin-1")  # ASCII in practice; latin-1 never fails
         self._params = dict(scaleFactor=scale_factor, minNeighbors=min_neighbors)
         self._min_face = min_face
         self._rotate_pass = rotate_pass
+        self._small_faces = small_faces
         self._local = threading.local()
         self._classifier()  # fail here, not in a worker, if OpenCV cannot parse it
 
@@ -235,7 +236,8 @@ class AnimeFaceDetector(Detector):
     @classmethod
     def create(cls, crop, models):
         return cls(verify_cascade(resolve_cascade_path(models)), crop["scale_factor"],
-                   crop["min_neighbors"], crop["min_face"], crop.get("rotate_pass", False))
+                   crop["min_neighbors"], crop["min_face"], crop.get("rotate_pass", False),
+                   crop.get("small_faces", True))
 
     def _classifier(self):
         import cv2
@@ -289,7 +291,7 @@ class AnimeFaceDetector(Detector):
             # a face both find keeps the upright pass's box
             faces = nms(faces + self._rotated(gray),
                         key=lambda f: ("rotated" not in f.score, f.score["neighbours"]))
-        if faces:
+        if faces or not self._small_faces:
             return faces
         # nothing big enough: faces from min_face/2 up, with a coarser pyramid step
         floor = max(int(self._min_face * self.SMALL_FLOOR), self.WINDOW)
@@ -623,6 +625,9 @@ def crop_image(row: Row, crop: dict, detector, out: ShardDir) -> list[Row]:
 def crop_shard(rows: list[Row], crop: dict, models: dict, out: ShardDir, threads: int = 1) -> list[Row]:
     """Crop every kept row of an ingest manifest into ``out``; rows in input order."""
     detector = make_detector(crop, models)
+    if threads > 1:  # the pool runs one image per core; OpenCV's own threads would oversubscribe
+        import cv2
+        cv2.setNumThreads(1)
     todo = list(kept(rows))
     with ThreadPoolExecutor(max(threads, 1)) as pool:
         results = pool.map(lambda r: crop_image(r, crop, detector, out), todo)

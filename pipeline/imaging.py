@@ -239,6 +239,33 @@ def pixel_digest(im: Image.Image) -> str:
     return h.hexdigest()
 
 
-def save_png(im: Image.Image, path: str | Path, compress_level: int = 1) -> None:
-    """Lossless intermediate format between stages (fast, deterministic)."""
-    im.save(path, format="PNG", compress_level=compress_level)
+def png_bytes(im: Image.Image) -> bytes:
+    """``im`` (L, RGB or RGBA) as PNG: zlib level 1 with the Up filter on every row.
+    Lossless and deterministic like PIL's encoder, but about 2x faster than its adaptive
+    filtering at level 1 (20 -> 11 ms for a 512 px face) and a few percent smaller
+    (bench/RESULTS.md); other modes go through PIL."""
+    import cv2
+
+    channels = {"L": None, "RGB": [2, 1, 0], "RGBA": [2, 1, 0, 3]}  # OpenCV wants BGR(A)
+    if im.mode not in channels:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", compress_level=1)
+        return buf.getvalue()
+    pixels = np.asarray(im)
+    if channels[im.mode]:
+        pixels = pixels[:, :, channels[im.mode]]
+    ok, data = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                                              cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP])
+    if not ok:
+        raise OSError(f"OpenCV could not encode a {im.mode} {im.width}x{im.height} PNG")
+    return data.tobytes()
+
+
+def save_png(im: Image.Image, path) -> None:
+    """Lossless intermediate format between stages (fast, deterministic); ``path`` is a
+    file name or a binary file object."""
+    data = png_bytes(im)
+    if hasattr(path, "write"):
+        path.write(data)
+    else:
+        Path(path).write_bytes(data)

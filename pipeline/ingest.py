@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import stat
 import sys
@@ -364,9 +366,29 @@ def ingest_file(relpath: str, raw_dir: str, cfg: dict, decisions: dict | None,
     return row.keep(width=width, height=height, details=info)
 
 
-def ingest_shard(entries, raw_dir: str, cfg: dict, decisions: dict | None) -> list[Row]:
-    return [ingest_file(e[0], raw_dir, cfg, decisions, e[3] if len(e) > 3 else "")
-            for e in tqdm(entries, desc="ingest", unit="img", mininterval=2)]
+_check_entry = None  # the worker processes' job, inherited through fork (see ingest_shard)
+
+
+def _checked(entry) -> Row:
+    return _check_entry(entry)
+
+
+def ingest_shard(entries, raw_dir: str, cfg: dict, decisions: dict | None,
+                 threads: int = 1) -> list[Row]:
+    """Rows in listing order. ``threads`` > 1 checks files in that many worker processes
+    (not threads: the libjpeg warning capture redirects the process's fd 2)."""
+    global _check_entry
+    _check_entry = functools.partial(_check_listed, raw_dir=raw_dir, cfg=cfg, decisions=decisions)
+    progress = dict(total=len(entries), desc="ingest", unit="img", mininterval=2)
+    if threads <= 1 or len(entries) < 64 or "fork" not in multiprocessing.get_all_start_methods():
+        return [_checked(e) for e in tqdm(entries, **progress)]
+    # fork: the workers inherit the job (metadata decisions can be large) instead of a pickle
+    with multiprocessing.get_context("fork").Pool(threads) as pool:
+        return list(tqdm(pool.imap(_checked, entries, chunksize=16), **progress))
+
+
+def _check_listed(entry, raw_dir: str, cfg: dict, decisions: dict | None) -> Row:
+    return ingest_file(entry[0], raw_dir, cfg, decisions, entry[3] if len(entry) > 3 else "")
 
 
 def main(argv=None) -> None:
@@ -378,6 +400,7 @@ def main(argv=None) -> None:
     s.add_argument("--metadata-decisions", default="")
     s.add_argument("--output", required=True, help="manifest.tsv to write")
     s.add_argument("--config", required=True)
+    s.add_argument("--threads", type=int, default=1, help="worker processes")
     m = sub.add_parser("metadata", help="apply the tag/rating filter to a metadata JSONL")
     m.add_argument("--metadata", required=True)
     m.add_argument("--output", required=True)
@@ -392,7 +415,7 @@ def main(argv=None) -> None:
         return
     entries = parse_listing(read_text(a.listing))
     decisions = read_decisions(a.metadata_decisions) if a.metadata_decisions.strip() else None
-    rows = ingest_shard(entries, a.raw_dir, cfg, decisions)
+    rows = ingest_shard(entries, a.raw_dir, cfg, decisions, a.threads)
     write_manifest(a.output, rows)
     kept = sum(r.kept for r in rows)
     print(f"ingest: {kept}/{len(rows)} kept")

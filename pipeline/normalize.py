@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.imaging import load_rgb
+from pipeline.imaging import load_rgb, save_png
 from pipeline.manifest import Row, ShardDir, load_config_arg, read_manifest, stage_argparser
 
 FORMATS = {"jpg": "JPEG", "png": "PNG"}
@@ -57,7 +57,7 @@ def encode(im: Image.Image, path, fmt: str, quality: int) -> None:
         # 4:4:4 chroma: StyleGAN learns the artefacts of 4:2:0 subsampling otherwise
         im.save(path, format="JPEG", quality=quality, subsampling=0, optimize=False)
     else:
-        im.save(path, format="PNG", compress_level=1)  # lossless anyway; 2x faster than 6
+        save_png(im, path)
 
 
 def encode_bytes(im: Image.Image, fmt: str, quality: int) -> bytes:

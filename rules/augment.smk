@@ -8,7 +8,7 @@ rule augment:
     params:
         # new images are encoded exactly like normalize's: its size, format and quality
         cfg=json.dumps({**config["augment"], **encode_keys()}, sort_keys=True),
-    threads: 1
+    threads: SHARD_THREADS
     conda:
         CONDA_ENV
     log:

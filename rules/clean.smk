@@ -21,7 +21,7 @@ rule clean:
         f"{R}/clean/{{shard}}/manifest.tsv",
     params:
         cfg=json.dumps(CLEAN_SHARD, sort_keys=True),
-    threads: 1
+    threads: SHARD_THREADS
     conda:
         CONDA_ENV
     log:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -69,6 +70,14 @@ if not any(Path(f[0]).suffix.lower().lstrip(".") in config["ingest"]["extensions
 N_SHARDS = auto_shards(len(RAW_FILES)) if config["shards"] == "auto" else config["shards"]
 SHARDS = [f"{i:0{len(str(N_SHARDS - 1))}d}" for i in range(N_SHARDS)]
 
+# Threads of each per-image job: the cores spread over the shards, so a small dataset in
+# one shard still uses every core and many shards run a thread each. Not a param: the
+# outputs do not depend on it. A cluster run has no --cores: each job asks for 2 CPUs.
+try:
+    SHARD_THREADS = max(1, -(-workflow.cores // N_SHARDS))
+except WorkflowError:
+    SHARD_THREADS = 2
+
 
 def stage_code(stage):
     """A stage's module as an input: editing it reruns that stage (checksum, not mtime).
@@ -129,7 +138,7 @@ def rejects_input(wildcards):
 def crop_keys(crop):
     """The crop keys pipeline/crop.py reads for the chosen method (none: nothing else)."""
     keys = {"animeface": ["scale_factor", "min_neighbors", "min_face", "max_faces", "margin", "border",
-                          "rotate_pass"],
+                          "rotate_pass", "small_faces"],
             "dlib": ["dlib_detector", "dlib_upsample", "min_face", "max_faces", "align"],
             "none": []}[crop["method"]]
     if crop["method"] == "dlib" and crop["align"] == "box":

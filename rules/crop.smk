@@ -19,7 +19,7 @@ rule crop:
              "models": used_models(config["crop"], config["models"])},
             sort_keys=True,
         ),
-    threads: 2
+    threads: SHARD_THREADS
     conda:
         CONDA_ENV
     log:

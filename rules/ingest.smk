@@ -33,6 +33,7 @@ rule ingest:
         cfg=json.dumps({k: config["ingest"][k] for k in ("extensions", "max_pixels", "damaged")},
                        sort_keys=True),
         raw_dir=config["raw_dir"],
+    threads: SHARD_THREADS
     conda:
         CONDA_ENV
     log:
@@ -42,4 +43,4 @@ rule ingest:
     shell:
         "python -m pipeline.ingest shard --listing {input.listing:q} --raw-dir {params.raw_dir:q}"
         " --metadata-decisions={input.metadata:q} --output {output:q} --config {params.cfg:q}"
-        " > {log:q} 2>&1"
+        " --threads {threads} > {log:q} 2>&1"

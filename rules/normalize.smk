@@ -7,7 +7,7 @@ rule normalize:
         f"{R}/normalize/{{shard}}/manifest.tsv",
     params:
         cfg=json.dumps(encode_keys("fit", "background"), sort_keys=True),
-    threads: 1
+    threads: SHARD_THREADS
     conda:
         CONDA_ENV
     log:

@@ -9,7 +9,7 @@ rule upscale:
         f"{R}/upscale/{{shard}}/manifest.tsv",
     params:
         cfg=upscale_config(),
-    threads: 2
+    threads: SHARD_THREADS
     resources:
         # a cluster profile places waifu2x on a GPU node; `gpu: cpu` and Lanczos need none
         gpu=1 if config["upscale"]["method"] == "waifu2x" and config["upscale"]["gpu"] != "cpu" else 0,

@@ -446,6 +446,26 @@ def test_quality_defaults_keep_every_testdata_image(cleaned):
         ["broken/huge_6000x4000.png"]  # the flat canvas, the only picture without content
 
 
+def test_sharpness_is_scipy_laplace_variance(cleaned):
+    """The sharpness measure (OpenCV's Laplacian, no scipy import per process) equals the
+    variance of scipy.ndimage.laplace on the same measuring copy, so thresholds chosen
+    with either hold."""
+    from scipy.ndimage import laplace
+
+    from pipeline.clean import quality_measures
+    from pipeline.imaging import load_rgb
+    checked = 0
+    for row in cleaned.values():
+        if "sharpness" not in row.details:
+            continue
+        im, _ = load_rgb(row.path)
+        im.thumbnail((256, 256))
+        luma = np.asarray(im.convert("L"), dtype=np.float32)
+        assert quality_measures(im)["sharpness"] == round(float(laplace(luma).var()), 2), row.source
+        checked += 1
+    assert checked >= 20
+
+
 # ---------------------------------------------------------------- reposts
 
 def test_reposts_are_found_however_they_were_cut(tmp_path):

@@ -14,8 +14,8 @@ def last_line(proc) -> str:
 
 
 def test_auto_shards_grow_with_the_raw_folder():
-    assert [auto_shards(n) for n in (0, 14, 99, 100, 399, 400, 1600, 25_600, 102_400, 10**6)] == \
-        [1, 1, 1, 2, 2, 4, 8, 32, 64, 64]
+    assert [auto_shards(n) for n in (0, 14, 500, 999, 1000, 3999, 4000, 16_000, 256_000,
+                                      1_024_000, 10**7)] == [1, 1, 1, 1, 2, 2, 4, 8, 32, 64, 64]
 
 
 def test_empty_raw_folder_stops_at_once_with_one_line(workdir):

@@ -199,6 +199,10 @@ def test_default_min_face_skips_small_faces_and_keeps_big_ones(tmp_path):
     assert crop.iou(small, (109, 62, 144, 144)) >= 0.75  # the face found at min_face 48
     # the small-face pass looks down to min_face/2 (125 px): the 70 px face is not named
     assert "small_faces" not in next(r for r in out if r.source == "anime_miku_CC_BY-NC.jpg").details
+    # small_faces: false skips that pass (its cost); the decisions stay the same
+    quick = run_crop(tmp_path / "1", rows, cfg(method="animeface", small_faces=False))
+    assert [(r.id, r.kept, r.reason) for r in quick] == [(r.id, r.kept, r.reason) for r in out]
+    assert not any("small_faces" in r.details for r in quick)
 
 
 def test_dlib_small_faces_on_the_no_face_row(tmp_path):

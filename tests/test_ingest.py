@@ -47,6 +47,27 @@ def test_every_testdata_file_is_kept_or_dropped_with_its_reason(tmp_path):
     assert rows["broken/unicode name ü 顔 $(touch x).jpg"].kept
 
 
+def test_worker_processes_write_the_same_manifest(tmp_path):
+    """--threads N checks files in N processes (libjpeg's warnings are caught per process):
+    the manifest is byte-identical to one process's, broken files included."""
+    raw = tmp_path / "raw"
+    for copy in ("a", "b", "c"):  # > 64 files, so the pool is used
+        copy_testdata(raw / copy)
+    entries = ingest.list_raw_dir(raw)
+    assert len(entries) > 64
+    ingest.write_shard_listings(entries, tmp_path / "listing", ["0"])
+    outputs = []
+    for threads in ("1", "2"):
+        out = tmp_path / threads / "manifest.tsv"
+        ingest.main(["shard", "--listing", str(tmp_path / "listing" / "0.tsv"), "--raw-dir", str(raw),
+                     "--metadata-decisions", "", "--output", str(out), "--config", json.dumps(CFG),
+                     "--threads", threads])
+        outputs.append(out.read_bytes())
+    assert outputs[0] == outputs[1]
+    rows = {r.source: r for r in read_manifest(tmp_path / "2" / "manifest.tsv")}
+    assert all(rows[f"{c}/{name}"].reason == reason for c in "abc" for name, reason in EXPECTED_DROPS.items())
+
+
 def test_ids_and_shards_are_stable_and_spread():
     assert ingest.source_id("a/b.jpg") == ingest.source_id("a/b.jpg")
     assert ingest.source_id("a/b.jpg") != ingest.source_id("a/c.jpg")

@@ -119,3 +119,20 @@ def test_written_files_are_the_encoded_bytes(tmp_path):
         im, _ = load_rgb(ORIGINAL)
         square, _ = normalize.fit_square(im, 64, "pad")
         assert open(row.path, "rb").read() == normalize.encode_bytes(square, fmt, 95)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P"])
+def test_png_encoder_is_lossless_for_every_mode(mode):
+    """imaging.png_bytes (OpenCV, Up filter) gives back exactly the pixels and mode PIL holds."""
+    from io import BytesIO
+
+    from pipeline.imaging import png_bytes
+    im, _ = load_rgb(TESTDATA / "anime_miku_small.png")
+    im = im.convert("RGBA") if mode == "RGBA" else im.convert(mode)
+    if mode == "RGBA":  # a real alpha ramp, not an opaque channel
+        im.putalpha(Image.linear_gradient("L").resize(im.size))
+    data = png_bytes(im)
+    assert data == png_bytes(im)  # deterministic
+    with Image.open(BytesIO(data)) as back:
+        assert back.format == "PNG" and back.mode == im.mode and back.size == im.size
+        assert np.array_equal(np.asarray(back), np.asarray(im))
