@@ -183,6 +183,39 @@ def run_seed(raw: Path, out: Path, min_face: int, cores: int, batch: int) -> dic
             "not_512": bad}
 
 
+def detection_floor(raw: Path, min_face: int) -> dict:
+    """CPU seconds of the work both sides must do on every file, in this one process on
+    one thread: OpenCV decode + equalize + the cascade at min_face (the seed's crop.py
+    call), and for each face found a 512 px PNG encode (level 1, Up filter). No pipeline
+    doing the same decisions can go below this; seed CPU / this bounds any speed-up."""
+    import cv2
+    import numpy as np
+
+    from pipeline.imaging import png_bytes
+    cv2.setNumThreads(1)
+    cascade = cv2.CascadeClassifier(str(CASCADE))
+    canvas = Image.new("RGB", (512, 512))
+    detect = encode = 0.0
+    faces = 0
+    for path in sorted(p for p in raw.rglob("*") if p.is_file()):
+        t0 = time.process_time()
+        image = cv2.imread(str(path))
+        if image is None:
+            continue
+        gray = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+        found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
+                                         minSize=(min_face, min_face))
+        t1 = time.process_time()
+        for x, y, w, h in found:
+            face = Image.fromarray(np.ascontiguousarray(image[y:y + h, x:x + w, ::-1]))
+            square = canvas.copy()
+            square.paste(face.resize((512, 512)) if max(w, h) > 512 else face)
+            png_bytes(square)
+        detect, encode, faces = detect + t1 - t0, encode + time.process_time() - t1, faces + len(found)
+    return {"decode_detect_cpu_s": round(detect, 2), "encode_512_png_cpu_s": round(encode, 2),
+            "faces": faces, "total_cpu_s": round(detect + encode, 2)}
+
+
 def children_cpu() -> float:
     """User + system CPU seconds of every finished child process so far (the whole tree:
     parallel's jobs, snakemake's jobs), which the load of other processes does not inflate
@@ -292,6 +325,9 @@ def main(argv=None) -> None:
                     help="literal mode: faceprep's upscale method")
     ap.add_argument("--format", choices=["png", "jpg"], default="png",
                     help="literal mode: faceprep's dataset image format (the seed writes PNG)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure the work both must do (decode + cascade + 512 px PNG "
+                         "per face) in one process on one thread: the bound on any ratio")
     ap.add_argument("--rescore", action="store_true",
                     help="score the outputs already in --workdir (no runs, no timings)")
     args = ap.parse_args(argv)
@@ -348,6 +384,12 @@ def main(argv=None) -> None:
             report[name]["near_duplicates_dropped"] = len(near)
             report[name]["if_near_duplicates_kept"] = score(kept + near, origin)
     report["load_average_after"] = os.getloadavg()
+    if args.floor:
+        floor = detection_floor(raw, args.min_face)
+        report["floor"] = floor
+        if "seed" in runs:
+            report["floor"]["seed_cpu_over_floor"] = round(
+                report["seed"]["cpu_s"] / floor["total_cpu_s"], 2)
     if len(runs) == 2:
         report["speedup_faceprep_over_seed"] = round(
             report["faceprep"]["images_per_s"] / report["seed"]["images_per_s"], 2)
