@@ -59,6 +59,29 @@ def copy_testdata(dest: Path, files=None) -> Path:
             shutil.copyfile(TESTDATA / row["file"], target)
     return dest
 
+
+def square_testdata_pngs(folder: Path, res: int) -> list:
+    """The photo and anime testdata images, centre-cropped square and resized to ``res`` px
+    PNGs in ``folder`` (a tiny real GAN dataset), as manifest rows in MANIFEST.tsv order."""
+    from PIL import Image
+
+    from pipeline.imaging import load_rgb
+    from pipeline.manifest import Row
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in testdata_rows():
+        if r["kind"] not in ("photo", "anime"):
+            continue
+        im, _ = load_rgb(TESTDATA / r["file"])
+        side = min(im.size)
+        left, top = (im.width - side) // 2, (im.height - side) // 2
+        im = im.crop((left, top, left + side, top + side)).resize((res, res), Image.LANCZOS)
+        path = folder / f"{Path(r['file']).stem}.png"
+        im.save(path)
+        rows.append(Row(id=path.stem, source=r["file"], path=str(path), width=res, height=res))
+    return rows
+
+
 def voc_boxes() -> dict[str, list[tuple]]:
     """The annotated photo faces (x, y, w, h), read with dlib's own dataset loader."""
     import dlib
