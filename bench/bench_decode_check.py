@@ -7,9 +7,7 @@ testdata images. Also counts what each catches in a seeded set of mutated files.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
+from common import module_at  # noqa: E402
 from conftest import TESTDATA, testdata_rows  # noqa: E402
 from pipeline.imaging import decode_check  # noqa: E402
 from test_hostile import mutate  # noqa: E402
@@ -28,14 +27,7 @@ BEFORE = "cf05257"  # the commit before issue 16
 
 
 def old_decode_check():
-    src = subprocess.run(["git", "-C", str(REPO), "show", f"{BEFORE}:pipeline/imaging.py"],
-                         capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "imaging_before.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("imaging_before", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.decode_check
+    return module_at(BEFORE, "pipeline/imaging.py", "imaging_before").decode_check
 
 
 def main() -> None:

@@ -24,11 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TESTDATA  # noqa: E402
+from common import TESTDATA, spearman  # noqa: E402
 
 from pipeline.imaging import decode_check, load_rgb  # noqa: E402
 from pipeline.rank import score_paths  # noqa: E402
@@ -47,11 +46,6 @@ def make_images(folder: Path, resolution: int, count: int) -> list[str]:
         im.save(path, compress_level=1)
         paths.append(str(path))
     return paths
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def main() -> None:

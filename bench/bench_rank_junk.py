@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, TESTDATA, machine  # noqa: E402
+from common import REPO, TESTDATA, machine, spearman  # noqa: E402
 
 from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.manifest import Row, read_manifest, write_manifest  # noqa: E402
@@ -141,11 +141,6 @@ def auc(scores: np.ndarray, junk: np.ndarray) -> float:
 def caught(scores: np.ndarray, junk: np.ndarray, fraction: float) -> int:
     bottom = np.argsort(scores, kind="stable")[: int(round(fraction * len(scores)))]
     return int(junk[bottom].sum())
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def main() -> None:

@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import importlib.util
 import io
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +38,7 @@ import yaml
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, TESTDATA, machine  # noqa: E402
+from common import REPO, TESTDATA, machine, module_at  # noqa: E402
 import conftest  # noqa: E402,F401  (points FACEPREP_ANIMEFACE_CASCADE at ../shared/models)
 
 from pipeline import clean, crop, ingest  # noqa: E402
@@ -184,15 +182,8 @@ def score(out, truth, faces: bool = False) -> dict:
 
 
 def old_dedup():
-    """The dedup of the commit before issue 13 (git show), with its own clean_row."""
-    source = subprocess.run(["git", "-C", str(REPO), "show", "cf05257:pipeline/clean.py"],
-                            capture_output=True, text=True, check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "clean_before.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("clean_before", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The dedup of the commit before issue 13, with its own clean_row."""
+    return module_at("cf05257", "pipeline/clean.py", "clean_before")
 
 
 def main() -> None:

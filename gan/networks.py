@@ -15,7 +15,8 @@ Additions to the gan/ contract (all optional keyword arguments):
   ``num_fp16_res`` runs the convolutions of that many highest resolutions in float16 (GPU
   mixed precision, stylegan2-ada style; ``conv_clamp`` clamps their activations, e.g. 256).
 - ``G(z, ..., truncation_cutoff=None)``; ``noise_mode`` also accepts ``"none"``.
-- ``D(images, training=False)``; ``D.variables_by_resolution()`` (for freeze-D).
+- ``D(images, training=False)``; ``D.variables_by_resolution()`` (for freeze-D);
+  ``D.features(images)`` (the activations before minibatch-stddev, for ``pipeline.rank``).
 - ``net.init_kwargs`` (constructor kwargs, JSON-able), ``net.assign_named(arrays)``
   (strict name/shape assignment used by checkpoints and the TF1 importer).
 """
@@ -281,11 +282,14 @@ class Discriminator(_Network):
         clamp = self.conv_clamp if dtype == tf.float16 else None
         return ops.bias_act(x, self._w(f"{scope}/bias"), act=act, clamp=clamp)
 
-    def __call__(self, images, training: bool = False) -> tf.Tensor:
-        """images [N, res, res, C] in [-1, 1] -> logits [N]. N must be divisible by
-        ``mbstd_group_size`` when it is at least that large (the whole batch otherwise)."""
+    def features(self, images) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """images [N, res, res, C] in [-1, 1] -> (the float32 [N, 4, 4, C] map that
+        minibatch-stddev and the epilogue read, every residual block's output from the highest
+        resolution down, each in its block's dtype). Before minibatch-stddev, so each image's
+        features depend on that image alone (``pipeline.rank``'s kNN signal reads them)."""
         dtype = self._layer_dtype(self._res_log2)
         x = self._conv(tf.cast(images, dtype), f"{self.resolution}x{self.resolution}/FromRGB", dtype=dtype)
+        blocks = []
         for res in range(self._res_log2, 2, -1):
             scope = f"{2 ** res}x{2 ** res}"
             dtype = self._layer_dtype(res)
@@ -294,7 +298,13 @@ class Discriminator(_Network):
             x = self._conv(x, f"{scope}/Conv0", dtype=dtype)
             x = self._conv(x, f"{scope}/Conv1_down", down=True, dtype=dtype)
             x = (x + skip) * tf.cast(1.0 / np.sqrt(2.0), dtype)
-        x = tf.cast(x, tf.float32)
+            blocks.append(x)
+        return tf.cast(x, tf.float32), blocks
+
+    def __call__(self, images, training: bool = False) -> tf.Tensor:
+        """images [N, res, res, C] in [-1, 1] -> logits [N]. N must be divisible by
+        ``mbstd_group_size`` when it is at least that large (the whole batch otherwise)."""
+        x, _ = self.features(images)
         if self.mbstd_group_size > 1:
             x = ops.minibatch_stddev(x, self.mbstd_group_size, self.mbstd_num_features)
         x = self._conv(x, "4x4/Conv")

@@ -9,6 +9,7 @@ decides and does not rewrite pixels).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
 import json
@@ -293,13 +294,20 @@ def _records(f) -> Iterator[list[str]]:
             yield record
 
 
-def iter_manifest(path: str | os.PathLike) -> Iterator[Row]:
-    """The rows of one manifest, read as they are needed (details stay JSON text)."""
+@contextlib.contextmanager
+def _manifest_records(path: str | os.PathLike) -> Iterator[Iterator[list[str]]]:
+    """The records of a manifest after its header (ValueError if it is not one)."""
     with open(path, newline="\n", encoding=ENCODING, errors=ERRORS) as f:
         records = _records(f)
         header = next(records, None)
         if header != COLUMNS:
             raise ValueError(f"{path}: not a faceprep manifest (header {header!r})")
+        yield records
+
+
+def iter_manifest(path: str | os.PathLike) -> Iterator[Row]:
+    """The rows of one manifest, read as they are needed (details stay JSON text)."""
+    with _manifest_records(path) as records:
         words = dict(_INTERNED)  # action/reason repeat: one string object each
         make = Row._from_fields
         for n, c in enumerate(records, 2):
@@ -318,11 +326,7 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[Row]:
 
 def dropped_ids(path: str | os.PathLike) -> set[str]:
     """The ids of a manifest's drop rows, without building rows (dedup.tsv at 1M rows)."""
-    with open(path, newline="\n", encoding=ENCODING, errors=ERRORS) as f:
-        records = _records(f)
-        header = next(records, None)
-        if header != COLUMNS:
-            raise ValueError(f"{path}: not a faceprep manifest (header {header!r})")
+    with _manifest_records(path) as records:
         return {c[0] for c in records if len(c) >= len(COLUMNS) and c[6] == DROP}
 
 

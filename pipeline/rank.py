@@ -159,31 +159,16 @@ def score_paths(D, paths: list[str], cfg: dict, resolution: int | None = None,
 # ---------------------------------------------------------------- D features
 
 def d_features(D, images):
-    """D's view of each image before minibatch-stddev, [N, F]: unlike the logit it depends on
-    the image alone, not on its batch companions.
-
-    Follows gan.networks.Discriminator.__call__ up to the minibatch-stddev layer (test_rank
-    checks that D's own head on these activations gives D's logits). F = every block's
-    channel means (coarse colour/texture statistics per scale) + the 4x4 map (layout).
+    """(D's 4x4 map before minibatch-stddev, D's view of each image [N, F]): unlike the logit
+    it depends on the image alone, not on its batch companions. F = every residual block's
+    channel means (coarse colour/texture statistics per scale) + the 4x4 map (layout), all
+    from ``Discriminator.features``, the trunk D's own logits are computed from.
     """
     import tensorflow as tf
-    from gan import ops
 
-    res_log2 = D._res_log2
-    dtype = D._layer_dtype(res_log2)
-    x = D._conv(tf.cast(images, dtype), f"{D.resolution}x{D.resolution}/FromRGB", dtype=dtype)
-    parts = []
-    for res in range(res_log2, 2, -1):
-        scope = f"{2 ** res}x{2 ** res}"
-        dtype = D._layer_dtype(res)
-        x = tf.cast(x, dtype)
-        skip = ops.conv2d(x, D._w(f"{scope}/Skip/weight", dtype), down=True)
-        x = D._conv(x, f"{scope}/Conv0", dtype=dtype)
-        x = D._conv(x, f"{scope}/Conv1_down", down=True, dtype=dtype)
-        x = (x + skip) * tf.cast(1.0 / np.sqrt(2.0), dtype)
-        parts.append(tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2]))
-    x = tf.cast(x, tf.float32)
-    return x, tf.concat(parts + [tf.reshape(x, [tf.shape(x)[0], -1])], axis=1)
+    trunk, blocks = D.features(images)
+    parts = [tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2]) for x in blocks]
+    return trunk, tf.concat(parts + [tf.reshape(trunk, [tf.shape(trunk)[0], -1])], axis=1)
 
 
 def feature_paths(D, paths: list[str], resolution: int | None, batch: int, mirror: bool) -> np.ndarray:

@@ -59,6 +59,29 @@ def copy_testdata(dest: Path, files=None) -> Path:
             shutil.copyfile(TESTDATA / row["file"], target)
     return dest
 
+
+def square_testdata_pngs(folder: Path, res: int) -> list:
+    """The photo and anime testdata images, centre-cropped square and resized to ``res`` px
+    PNGs in ``folder`` (a tiny real GAN dataset), as manifest rows in MANIFEST.tsv order."""
+    from PIL import Image
+
+    from pipeline.imaging import load_rgb
+    from pipeline.manifest import Row
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in testdata_rows():
+        if r["kind"] not in ("photo", "anime"):
+            continue
+        im, _ = load_rgb(TESTDATA / r["file"])
+        side = min(im.size)
+        left, top = (im.width - side) // 2, (im.height - side) // 2
+        im = im.crop((left, top, left + side, top + side)).resize((res, res), Image.LANCZOS)
+        path = folder / f"{Path(r['file']).stem}.png"
+        im.save(path)
+        rows.append(Row(id=path.stem, source=r["file"], path=str(path), width=res, height=res))
+    return rows
+
+
 def voc_boxes() -> dict[str, list[tuple]]:
     """The annotated photo faces (x, y, w, h), read with dlib's own dataset loader."""
     import dlib
@@ -100,20 +123,32 @@ def write_config(workdir: Path, overrides: dict | None = None) -> Path:
     return path
 
 
+def snakemake_command(workdir: Path, *args: str, overrides: dict | None = None,
+                      configfiles=()) -> list[str]:
+    """The command line a user runs: this checkout's workflow in ``workdir`` on the tiny
+    config (written there, with ``overrides``), 2 cores. ``configfiles`` are passed after
+    the test config, like a user's character file."""
+    cfg = write_config(workdir, overrides)
+    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+            str(workdir), "--configfile", str(cfg), *map(str, configfiles), "--cores", "2", *args]
+
+
 def run_snakemake(workdir: Path, *args: str, overrides: dict | None = None, check: bool = True,
                   timeout: float = 1800, configfiles=()) -> subprocess.CompletedProcess:
-    """Run the real workflow in ``workdir`` (a subprocess, as a user would).
-
-    ``configfiles`` are passed after the test config, like a user's character file.
-    """
-    cfg = write_config(workdir, overrides)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(workdir), "--configfile", str(cfg), *map(str, configfiles), "--cores", "2", *args]
+    """Run the real workflow in ``workdir`` (a subprocess, as a user would)."""
+    cmd = snakemake_command(workdir, *args, overrides=overrides, configfiles=configfiles)
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-8000:]}")
     return proc
+
+
+def start_snakemake(workdir: Path, *args: str, overrides: dict | None = None) -> subprocess.Popen:
+    """The workflow as ``run_snakemake`` runs it, not waited for, output discarded, in its
+    own process group (so one killpg reaches snakemake and all of its jobs)."""
+    return subprocess.Popen(snakemake_command(workdir, *args, overrides=overrides), cwd=workdir,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def scheduled_jobs(workdir: Path, target: str, overrides: dict | None = None,

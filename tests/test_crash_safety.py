@@ -13,27 +13,16 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 
-from conftest import REPO, run_snakemake, write_config
+from conftest import run_snakemake, start_snakemake
 from test_determinism import OVERRIDES, make_raw, output_digests, source_digests
 
 KILL_SEEDS = [11, 22, 33, 44, 55]
 TARGET = "dataset"
-
-
-def start_workflow(workdir: Path) -> subprocess.Popen:
-    """The workflow as a user starts it, in its own process group (so one kill reaches
-    snakemake and all of its jobs)."""
-    cfg = write_config(workdir, OVERRIDES)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(workdir), "--configfile", str(cfg), "--cores", "2", "--rerun-incomplete", TARGET]
-    return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def running_stage_jobs(proc: subprocess.Popen) -> list[str]:
@@ -69,7 +58,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 def kill_at(workdir: Path, seconds: float) -> list[str] | None:
     """Run until ``seconds`` then SIGKILL; the stage jobs it interrupted, or None when the
     run had already finished."""
-    proc = start_workflow(workdir)
+    proc = start_snakemake(workdir, "--rerun-incomplete", TARGET, overrides=OVERRIDES)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, run_snakemake, write_config
+from conftest import run_snakemake, start_snakemake
 from test_crash_safety import kill_group, running_stage_jobs
 from test_determinism import make_raw
 
@@ -23,15 +22,6 @@ from pipeline.rank import read_scores
 
 FT = {"kimg": 0.064, "snapshot_kimg": 0.032, "tick_kimg": 0.032}
 TARGET = "ranked_dataset"
-
-
-def start(workdir: Path, overrides: dict) -> subprocess.Popen:
-    """`snakemake ranked_dataset` as a user starts it, in its own process group."""
-    cfg = write_config(workdir, overrides)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(workdir), "--configfile", str(cfg), "--cores", "2", TARGET]
-    return subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
 
 
 def wait_for(proc: subprocess.Popen, what: str, condition, timeout: float = 600) -> None:
@@ -95,7 +85,7 @@ def test_sigkill_in_training_rank_and_report_then_unlock_and_rerun(tmp_path, mon
 
     # 1. raise kimg, SIGKILL once training wrote its first new snapshot
     more = {"finetune": {**FT, "kimg": 0.128}}
-    proc = start(workdir, more)
+    proc = start_snakemake(workdir, TARGET, overrides=more)
     wait_for(proc, "snapshot at 96", lambda: (snaps / "network-snapshot-000000096.npz").exists())
     kill_group(proc)
     assert not (R / "finetune" / "network-final.npz").exists()    # snakemake removed it
@@ -124,7 +114,7 @@ def test_sigkill_in_training_rank_and_report_then_unlock_and_rerun(tmp_path, mon
     dataset = kept(read_manifest(R / "export" / "manifest.tsv"))
     victim = raw / next(r.source for r in dataset if r.source.startswith("photo_"))   # no duplicates
     victim.unlink()
-    proc = start(workdir, more)
+    proc = start_snakemake(workdir, TARGET, overrides=more)
     wait_for(proc, "rank job", lambda: "pipeline.rank" in running_stage_jobs(proc))
     kill_group(proc)
     rerun = recover(workdir, more)
@@ -142,7 +132,7 @@ def test_sigkill_in_training_rank_and_report_then_unlock_and_rerun(tmp_path, mon
     rejected = sorted(r.id for r in kept(read_manifest(R / "export" / "manifest.tsv")))[0]
     (workdir / "characters").mkdir()
     (workdir / "characters" / "tiny.rejects.txt").write_text(f"{rejected}\n")
-    proc = start(workdir, more)
+    proc = start_snakemake(workdir, TARGET, overrides=more)
     wait_for(proc, "report job", lambda: "pipeline.report" in running_stage_jobs(proc))
     kill_group(proc)
     rerun = recover(workdir, more)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from conftest import REPO, TESTDATA, testdata_rows
+from conftest import REPO, square_testdata_pngs
 from PIL import Image
 
 from gan import augment, checkpoint, legacy, loss
@@ -29,8 +29,6 @@ from gan.train import finetune_defaults, resolve_config
 from gan.training_loop import (Trainer, build_networks, frozen_d_variables, pick_resume, setup_devices,
                                training_loop)
 from pipeline.export import write_tfrecords
-from pipeline.imaging import load_rgb
-from pipeline.manifest import Row
 
 RES = 16
 TINY = {"channel_base": 256, "channel_max": 32, "mapping_layers": 2, "latent_dim": 32, "batch": 4,
@@ -44,18 +42,8 @@ SNAPSHOT = re.compile(r"network-snapshot-(\d{9})\.npz")
 def tiny_dataset(tmp_path_factory):
     """14 real images (photos + anime), centre-cropped to 16 px, exported as NVIDIA TFRecords."""
     folder = tmp_path_factory.mktemp("gan_data")
-    rows, pixels = [], []
-    for r in testdata_rows():
-        if r["kind"] not in ("photo", "anime"):
-            continue
-        im, _ = load_rgb(TESTDATA / r["file"])
-        side = min(im.size)
-        left, top = (im.width - side) // 2, (im.height - side) // 2
-        im = im.crop((left, top, left + side, top + side)).resize((RES, RES), Image.LANCZOS)
-        path = folder / f"{Path(r['file']).stem}.png"
-        im.save(path)
-        rows.append(Row(id=path.stem, source=r["file"], path=str(path), width=RES, height=RES))
-        pixels.append(np.asarray(im))
+    rows = square_testdata_pngs(folder, RES)
+    pixels = [np.asarray(Image.open(r.path)) for r in rows]
     positions = write_tfrecords(rows, folder / "tfrecords", "tiny")
     return folder / "tfrecords", np.stack(pixels), positions
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, TESTDATA, run_snakemake, testdata_rows, write_config
+from conftest import REPO, TESTDATA, run_snakemake, snakemake_command, testdata_rows
 
 from pipeline import export, ingest, normalize
 from pipeline.imaging import decode_check
@@ -149,9 +149,7 @@ def read_tsv(path: Path) -> list[dict]:
 def test_every_raw_path_accounted_for_and_any_name_survives_a_real_run(workdir):
     raw = workdir / "raw"
     expected = build_hostile_raw(raw)
-    cfg = write_config(workdir)
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(workdir), "--configfile", str(cfg), "--cores", "2", "ranked_dataset"]
+    cmd = snakemake_command(workdir, "ranked_dataset")
     proc = subprocess.run(unprivileged(cmd), cwd=workdir, capture_output=True, text=True,
                           errors="replace", timeout=1800)
     if (raw / "locked").exists():

@@ -69,6 +69,8 @@ def test_bad_manifests_are_refused(tmp_path):
     (tmp_path / "h.tsv").write_text("id\tsource\n")
     with pytest.raises(ValueError, match="not a faceprep manifest"):
         read_manifest(tmp_path / "h.tsv")
+    with pytest.raises(ValueError, match="not a faceprep manifest"):
+        dropped_ids(tmp_path / "h.tsv")
     (tmp_path / "d.tsv").write_text("\t".join(COLUMNS) + "\na\tb\t\tp\t1\t1\tkeep\t\tnot json\n")
     with pytest.raises(ValueError, match="not a JSON object"):
         read_manifest(tmp_path / "d.tsv")

@@ -227,8 +227,8 @@ def test_cli_refuses_a_d_of_another_resolution(tmp_path, images):
 # ---------------------------------------------------------------- combined method: signals
 
 def test_d_features_are_what_d_scores(images, discriminator):
-    """d_features follows D up to minibatch-stddev: D's own head on them gives D's logits,
-    and they do not depend on the batch companions."""
+    """d_features is D's own trunk (Discriminator.features, which D's call runs too): D's
+    head written out here on it gives D's logits, and it does not depend on the batch companions."""
     import tensorflow as tf
     from gan import ops
     D = discriminator

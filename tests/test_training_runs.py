@@ -15,14 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TESTDATA, testdata_rows
+from conftest import square_testdata_pngs
 from PIL import Image
 
 from gan import checkpoint, runs
 from gan.networks import Discriminator, Generator
 from gan.train import main as train_main
 from pipeline.export import write_tfrecords
-from pipeline.imaging import load_rgb
 from pipeline.manifest import Row, write_manifest
 
 RES = 16
@@ -35,18 +34,7 @@ TICK_KIMG = re.compile(r"^tick \d+\s+kimg\s+([\d.]+) /", re.M)
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> list[Row]:
     """14 real photos and anime pictures, centre-cropped to 16 px PNGs (export manifest rows)."""
-    folder = tmp_path_factory.mktemp("run_images")
-    rows = []
-    for r in testdata_rows():
-        if r["kind"] not in ("photo", "anime"):
-            continue
-        im, _ = load_rgb(TESTDATA / r["file"])
-        side = min(im.size)
-        left, top = (im.width - side) // 2, (im.height - side) // 2
-        im = im.crop((left, top, left + side, top + side)).resize((RES, RES), Image.LANCZOS)
-        path = folder / f"{Path(r['file']).stem}.png"
-        im.save(path)
-        rows.append(Row(id=path.stem, source=r["file"], path=str(path), width=RES, height=RES))
+    rows = square_testdata_pngs(tmp_path_factory.mktemp("run_images"), RES)
     return sorted(rows, key=lambda r: r.id)
 
 
