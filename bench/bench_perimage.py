@@ -8,7 +8,9 @@ process, ``time.process_time``), not wall time: the machine is shared. Start-up 
 (imports, TensorFlow, the cascade) are not in the per-image figures; they are printed apart.
   floor       Image.open + convert RGB + resize to R x R Lanczos + PNG encode (compress 1)
   ingest      pipeline.ingest.ingest_file (decode check, metadata)
-  crop        pipeline.crop.crop_image (animeface, --min-face), per source image
+  crop        pipeline.crop.crop_image (animeface, --min-face), per source image: the
+              defaults, without the rotated passes, and with the seed's decisions (one
+              upright pass); beside it the seed's own cascade call (decode + one pyramid)
   clean       pipeline.clean.clean_row, per face
   normalize   pipeline.normalize.normalize_row (PNG), per face; and the same with the old
               validation (re-decode of the written file) for comparison
@@ -85,6 +87,27 @@ def main(argv=None) -> None:
     detector_s = time.process_time() - t0
     with ShardDir(work / "crop") as out:
         crop_ms, cropped = cpu_per(lambda r: crop.crop_image(r, ccfg, detector, out), ingested, a.reps)
+    # what each detection pass costs: the defaults run up to 4 (upright, +-15 degrees, and
+    # the small-face pass on pictures without a face); the seed runs the upright one
+    crop_variants = {}
+    for label, changes in (("no rotated passes", {"rotate_pass": False}),
+                           ("seed decisions (upright pass only, box as found)",
+                            {"rotate_pass": False, "small_faces": False, "margin": 0.0,
+                             "border": "clamp"})):
+        vcfg = {**ccfg, **changes}
+        vdetector = crop.make_detector(vcfg, cfg["models"])
+        with ShardDir(work / "crop-variant") as out:
+            crop_variants[label], _ = cpu_per(lambda r: crop.crop_image(r, vcfg, vdetector, out),
+                                              ingested, a.reps)
+    cascade = cv2.CascadeClassifier(str(crop.resolve_cascade_path(cfg["models"])))
+
+    def seed_cascade(p):  # the seed's crop.py call: decode, equalize, one pyramid
+        image = cv2.imread(str(p))
+        gray = cv2.equalizeHist(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
+        return cascade.detectMultiScale(gray, scaleFactor=ccfg["scale_factor"],
+                                        minNeighbors=ccfg["min_neighbors"],
+                                        minSize=(a.min_face, a.min_face))
+    cascade_ms, _ = cpu_per(seed_cascade, files, a.reps)
     faces_in = [r for rs in cropped for r in rs if r.kept]
     clean_cfg = cfg["clean"]
     clean_ms, cleaned = cpu_per(lambda r: clean_row(r, clean_cfg), faces_in, a.reps)
@@ -137,6 +160,10 @@ def main(argv=None) -> None:
         "normalize_ms_per_face": norm_ms, "normalize_old_ms_per_face": norm_old_ms,
         "export_ms_per_face": export_ms, "export_old_ms_per_face": export_old_ms,
         "prep_ms_per_source": prep, "prep_over_floor": prep / floor_ms,
+        "seed_cascade_ms_per_source": cascade_ms,
+        "crop_ms_per_source_by_config": crop_variants,
+        "prep_over_floor_by_config": {k: (v + per_src * (clean_ms + norm_ms)) / floor_ms
+                                      for k, v in crop_variants.items()},
         "startup_s": {"cascade": detector_s, "tensorflow_import": tf_import_s},
     }
     print(json.dumps({k: (round(v, 2) if isinstance(v, float) else
