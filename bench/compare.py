@@ -14,12 +14,14 @@ output folder on the same corpus:
             literal: the recipe as written, one process per image in every step.
   faceprep  `snakemake --cores N <target>` with crop animeface and the same min_face.
             fair:    configured to make the seed's decisions: the cascade box as it is
-                     (margin 0, no rotated or small-face pass), exact-only dedup, the `identify %k` < 257
-                     colour-count test and no other quality floor, damaged files kept (the
-                     seed crops what OpenCV decodes), no upscaling (small faces padded like
-                     `-extent`), 512 px PNG; target `export` (the dataset manifest over the
-                     normalized PNGs: the seed's output folder). `--target dataset` adds
-                     the check page, TFRecords and ZIP (work the seed does not do);
+                     (margin 0, no rotated or small-face pass), exact-only dedup, the
+                     `identify %k` < 257 colour-count test and no other quality floor,
+                     damaged files kept (the seed crops what OpenCV decodes), no upscaling
+                     or enlarging (a small face padded at its size, like `-resize
+                     512x512\\> -extent 512x512`), 512 px PNG; target `export` (the dataset
+                     manifest over the normalized PNGs: the seed's output folder).
+                     `--target dataset` adds the check page, TFRecords and ZIP (work the
+                     seed does not do);
             literal: faceprep's defaults for this job (near-duplicate dedup, chroma test,
                      upscale lanczos, rotated pass) and the `dataset` target.
 Prints images/second for both, the ratio (one run), and the faces kept, scored with
@@ -236,7 +238,8 @@ def seed_decisions(min_face: int) -> dict:
                   "quality": {"min_sharpness": None, "min_brightness": None,
                               "max_brightness": None, "min_contrast": None}},
         "upscale": {"method": "none"},
-        "normalize": {"resolution": 512, "format": "png", "fit": "pad", "background": [0, 0, 0]},
+        "normalize": {"resolution": 512, "format": "png", "fit": "pad", "background": [0, 0, 0],
+                      "enlarge": False},
     }
 
 

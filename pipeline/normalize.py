@@ -27,13 +27,18 @@ from pipeline.manifest import Row, ShardDir, load_config_arg, read_manifest, sta
 FORMATS = {"jpg": "JPEG", "png": "PNG"}
 
 
-def fit_square(im: Image.Image, resolution: int, fit: str, background=(0, 0, 0)) -> tuple[Image.Image, dict]:
-    """Scale and pad/crop ``im`` to exactly resolution x resolution."""
+def fit_square(im: Image.Image, resolution: int, fit: str, background=(0, 0, 0),
+               enlarge: bool = True) -> tuple[Image.Image, dict]:
+    """Scale and pad/crop ``im`` to exactly resolution x resolution. ``enlarge=False``
+    never scales up: a smaller image is padded (or cropped) at its own size, like
+    ImageMagick's ``-resize RxR\\> -extent RxR``."""
     w, h = im.size
     if fit == "crop":
         scale = resolution / min(w, h)
     else:
         scale = resolution / max(w, h)
+    if not enlarge:
+        scale = min(scale, 1.0)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     if fit == "crop":
         new_w, new_h = max(new_w, resolution), max(new_h, resolution)
@@ -108,7 +113,7 @@ def normalize_row(row: Row, out: ShardDir, cfg: dict) -> Row:
     except Exception as e:
         return row.drop("decode_error", details={"error": f"{type(e).__name__}: {e}"})
     res, fmt = cfg["resolution"], cfg["format"]
-    square, fit_notes = fit_square(im, res, cfg["fit"], cfg["background"])
+    square, fit_notes = fit_square(im, res, cfg["fit"], cfg["background"], cfg.get("enlarge", True))
     details = {"normalize": {**notes, **fit_notes, "from": [im.width, im.height]}}
     # validate the pixels we hold and the bytes we made instead of decoding the file again
     error = image_error(square, res)

@@ -70,6 +70,20 @@ def test_small_images_are_enlarged_to_exact_size(tmp_path):
     assert row.details["normalize"]["scale"] > 2
 
 
+def test_enlarge_off_pads_small_images_at_their_own_size(tmp_path):
+    """enlarge: false is ImageMagick's `-resize 512x512\\> -extent 512x512`: the 228 x 159
+    picture sits unscaled in the middle of the black square; a larger one still shrinks."""
+    small, big = run_normalize(tmp_path, [TESTDATA / "anime_miku_small.png", ORIGINAL],
+                               resolution=256, format="png", enlarge=False)
+    a = np.asarray(Image.open(small.path))
+    original, _ = load_rgb(TESTDATA / "anime_miku_small.png")
+    left, top = (256 - 228) // 2, (256 - 159) // 2
+    assert np.array_equal(a[top:top + 159, left:left + 228], np.asarray(original))
+    assert a[:top].max() == 0 and a[top + 159:].max() == 0
+    assert small.details["normalize"]["scale"] == 1.0
+    assert big.details["normalize"]["scale"] == round(256 / 400, 6)
+
+
 def test_validator_refuses_anything_else(tmp_path):
     Image.new("RGB", (64, 63)).save(tmp_path / "a.jpg")
     Image.new("L", (64, 64)).save(tmp_path / "b.jpg")

@@ -52,6 +52,7 @@ EDITS = {
     "finetune.kimg": ({"finetune": {"kimg": 0.128}}, {"finetune": 1, "rank": 1, **REVIEW}),
     "normalize.format": ({"normalize": {"format": "jpg"}}, NORMALIZE),
     "normalize.fit": ({"normalize": {"fit": "crop"}}, NORMALIZE),
+    "normalize.enlarge": ({"normalize": {"enlarge": False}}, NORMALIZE),
     "normalize.background": ({"normalize": {"background": [255, 255, 255]}}, UPSCALE),
     "upscale.method": ({"upscale": {"method": "none"}}, UPSCALE),
     "clean.near_duplicates.radius": ({"clean": {"near_duplicates": {"radius": 6}}}, DEDUP),
