@@ -35,8 +35,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.manifest import (Row, ShardDir, atomic_write_with, dropped_ids, iter_manifests,
-                               kept, load_config_arg, read_manifest, write_manifest)
+from pipeline.manifest import (HEADER_BYTES, Row, ShardDir, atomic_write_with, dropped_ids,
+                               iter_manifest, iter_manifests, kept, load_config_arg, plain_fields,
+                               read_manifest, row_line, write_manifest)
 from pipeline.rank import read_scores
 
 SHUFFLE_SEED = 123  # NVIDIA dataset_tool.py: TFRecordExporter.choose_shuffled_order
@@ -285,6 +286,93 @@ def listed_rows(rows: list[Row], positions: list[int], extra_rows=()) -> Iterato
     yield from extra_rows
 
 
+def write_dataset_manifest(normalized: Iterable[str | os.PathLike], duplicates: set[str],
+                           path: str | os.PathLike) -> int:
+    """The export manifest of ``normalized`` (manifest paths) minus ``duplicates``, without
+    pixels: exactly the bytes of ``write_manifest(path, listed_rows(dataset_rows(...),
+    record_positions(n)))``, in two passes that hold no rows (1M rows: issue 17 item 4); writes nothing when no image is left.
+
+    Pass one keeps each kept row's id and where its line is; pass two reads the lines back
+    in id order and appends ``index`` and ``tfrecord_position`` to the details text, as
+    ``Row.keep`` does. A file with any line a row would not write back byte for byte (a
+    quoted name, a row to re-serialize) is read as rows instead. Returns the image count.
+    """
+    ENC, ERR = "utf-8", "surrogateescape"
+    files = [str(p) for p in normalized]
+    ids: list[str] = []
+    where: list[tuple] = []  # (file number, offset, length, details field length) or a Row
+    for fno, name in enumerate(files):
+        start = len(ids)
+        with open(name, "rb") as f:
+            offset = len(HEADER_BYTES)
+            for line in (f if f.readline() == HEADER_BYTES else [b"?"]):  # else: rows say why
+                size = len(line)
+                fields = plain_fields(line[:-1] if line[-1:] == b"\n" else line)
+                if fields is None:
+                    if line.strip(b"\n"):
+                        break
+                elif fields[6] == b"keep" and not fields[7]:
+                    ident = fields[0].decode(ENC, ERR)
+                    if ident not in duplicates:
+                        ids.append(ident)
+                        where.append((fno, offset, size, len(fields[8])))
+                elif fields[6] == b"keep":  # keep() clears a reason: rewrite that row
+                    break
+                offset += size
+            else:
+                continue
+        # this file as rows (the same code as the one-pass export)
+        del ids[start:], where[start:]
+        for r in kept(iter_manifest(name)):
+            if r.id not in duplicates:
+                ids.append(r.id)
+                where.append(r)
+    order = sorted(range(len(ids)), key=ids.__getitem__)  # stable: equal ids keep file order
+    del ids
+    positions = record_positions(len(order))
+    fds: dict[int, int] = {}
+    index_keys = (b'""index"":', b'""tfrecord_position"":')
+
+    def write(out):
+        buf = [HEADER_BYTES]
+        for i, k in enumerate(order):
+            w = where[k]
+            line = None
+            if type(w) is tuple:
+                fno, offset, size, text_len = w
+                if fno not in fds:
+                    fds[fno] = os.open(files[fno], os.O_RDONLY)
+                data = os.pread(fds[fno], size, offset)
+                body = data[:-1] if data[-1:] == b"\n" else data
+                text = body[len(body) - text_len:]
+                if text == b"{}":
+                    line = b'%s"{""index"":%d,""tfrecord_position"":%d}"\n' % (
+                        body[:-2], i, positions[i])
+                elif index_keys[0] not in text and index_keys[1] not in text:
+                    line = b'%s,""index"":%d,""tfrecord_position"":%d}"\n' % (
+                        body[:-2], i, positions[i])
+                else:  # a key to replace: as Row.keep does it
+                    fields = body.decode(ENC, ERR).split("\t")
+                    w = Row._from_fields(*fields[:4], int(fields[4]), int(fields[5]),
+                                         *fields[6:8], None, fields[8])
+            if line is None:
+                line = row_line(w.keep(details={"index": i, "tfrecord_position": positions[i]})
+                                ).encode(ENC, ERR)
+            buf.append(line)
+            if len(buf) >= 4096:
+                out.write(b"".join(buf))
+                buf.clear()
+        out.write(b"".join(buf))
+    if not order:
+        return 0  # nothing written: the caller stops, an earlier manifest stays as it was
+    try:
+        atomic_write_with(path, write)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return len(order)
+
+
 def export(rows: list[Row], folder: Path, name: str, cfg: dict, extra_rows: list[Row] = (),
            threads: int = 1) -> None:
     """Write TFRecords, ZIP (if configured) and the manifest (last) for ``rows`` (kept)."""
@@ -341,7 +429,16 @@ def main(argv=None) -> None:
         export(keep_rows, folder, a.name, cfg, extra_rows=[r for r in decided if not r.kept],
                threads=a.threads)
         return
-    rows = dataset_rows(iter_manifests(a.manifests), dropped_ids(a.dedup) if a.dedup else set())
+    duplicates = dropped_ids(a.dedup) if a.dedup else set()
+    if not cfg.get("tfrecords", True) and not cfg.get("zip", True):
+        # the workflow's export gather: only the manifest, streamed (no rows held)
+        folder.mkdir(parents=True, exist_ok=True)
+        n = write_dataset_manifest(a.manifests, duplicates, folder / "manifest.tsv")
+        if not n:
+            raise SystemExit("export: no images left to export (see the stage manifests for why)")
+        print(f"export: {n} images -> {folder}")
+        return
+    rows = dataset_rows(iter_manifests(a.manifests), duplicates)
     export(rows, folder, a.name, cfg, threads=a.threads)
 
 
