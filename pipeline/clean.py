@@ -32,7 +32,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import re
+from array import array
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
 
 import imagehash
 import numpy as np
@@ -42,7 +45,9 @@ from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from pipeline.imaging import load_rgb, pixel_digest
-from pipeline.manifest import Row, load_config_arg, read_manifest, read_manifests, write_manifest
+from pipeline.manifest import (ENCODING, ERRORS, HEADER_BYTES, Row, atomic_write_with, iter_manifests,
+                               kept, line_row, load_config_arg, manifest_lines_of, read_manifest, row_line,
+                               write_manifest)
 
 # Colour measures and perceptual hashes are computed on a copy no larger than this:
 # it averages away JPEG chroma noise and makes the cost per image independent of size.
@@ -511,18 +516,26 @@ def duplicate_pairs(details: list[dict], method: str, nbits: int, radius: int, f
     (the whole picture and its trims) against the other's whole picture, or its mirror
     image when ``flips``. Returns (a, b, distance, mirrored) with each pair once, at its
     smallest distance."""
-    index, index_owner = _hash_words(details, method, nbits)
+    words = {key: _hash_words(details, method, nbits, key) for key in ("", "_mirror", "_trims")}
+    return _duplicate_pairs(words, nbits, radius, flips)
+
+
+def _duplicate_pairs(words: dict, nbits: int, radius: int, flips: bool):
+    """``duplicate_pairs`` over (words, owner) by key ("", "_mirror", "_trims")."""
+    index, index_owner = words[""]
     mirror_flag = np.zeros(len(index), dtype=bool)
     if flips:
-        mirrored, mirrored_owner = _hash_words(details, method, nbits, "_mirror")
+        mirrored, mirrored_owner = words["_mirror"]
         index = np.concatenate([index, mirrored])
         index_owner = np.concatenate([index_owner, mirrored_owner])
         mirror_flag = np.concatenate([mirror_flag, np.ones(len(mirrored), dtype=bool)])
-    whole, whole_owner = _hash_words(details, method, nbits)
-    trims, trims_owner = _hash_words(details, method, nbits, "_trims")
+    whole, whole_owner = words[""]
+    trims, trims_owner = words["_trims"]
     queries = np.concatenate([whole, trims])
     query_owner = np.concatenate([whole_owner, trims_owner])
+    del trims, trims_owner
     q, i, d = pairs_between(queries, index, nbits, radius)
+    del queries
     a, b = query_owner[q], index_owner[i]
     mirrored = mirror_flag[i]
     other = a != b
@@ -539,15 +552,10 @@ def keeper_priority(rows: list[Row]) -> np.ndarray:
     """Order of ``rows`` from best to worst copy: largest source resolution, then the least
     compressed source (JPEG quality; lossless 100; unknown last), then most crop pixels,
     then the larger source file, then the smaller id (stable across runs and shards)."""
-    def key(k):
-        r = rows[k]
-        source = r.details.get("source") or {}
-        source_pixels = (source.get("width", 0) * source.get("height", 0)) or r.width * r.height
-        quality = source.get("quality")
-        file_bytes = r.details.get("file_bytes") or r.details.get("bytes") or 0
-        return (-source_pixels, -(quality if quality is not None else -1), -r.width * r.height,
-                -file_bytes, r.id)
-    return np.array(sorted(range(len(rows)), key=key), dtype=np.int64)
+    cols = DedupColumns("none", 64)
+    for r in rows:
+        cols.add(r.id, r.parent_id, r.width, r.height, r.peek_details())
+    return cols.priority()
 
 
 def assign_keepers(n: int, priority: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -572,46 +580,138 @@ def assign_keepers(n: int, priority: np.ndarray, a: np.ndarray, b: np.ndarray) -
     return keeper, link
 
 
-def _face_position(r: Row, source: dict) -> tuple[float, float, float] | None:
-    """Centre and size of a face in its source, as fractions of the source's sides."""
-    width, height = source.get("width"), source.get("height")
-    if not width or not height:
-        return None
-    box = r.details.get("box")
-    if box is None:  # crop.method none: the face is the whole picture
-        return 0.5, 0.5, 1.0
-    x, y, w, h = box
-    return (x + w / 2) / width, (y + h / 2) / height, w / width
-
-
 # a face of a duplicate source matches the face at the same place in the keeper's source:
 # centres within this fraction of the source's sides (trims move them up to 9 %), sizes
 # within this ratio
 FACE_MATCH_OFFSET = 0.12
 FACE_MATCH_SIZE = 1.5
 
+_HASH_KEYS = ("", "_mirror", "_trims")
 
-def source_face_pairs(rows: list[Row], near: dict) -> tuple[np.ndarray, ...]:
+
+class _Hashes:
+    """Hex hashes of many items, kept as their raw bytes in one buffer per key (a million
+    rows' 76 hashes each: no Python string per hash)."""
+
+    def __init__(self, method: str, nbits: int):
+        self.method, self.nbits = method, nbits
+        self.width = max(1, math.ceil(nbits / 64)) * 16  # hex digits per hash
+        self.raw = {key: bytearray() for key in _HASH_KEYS}
+        self.counts = {key: array("q") for key in _HASH_KEYS}
+
+    def add(self, d: dict | None) -> None:
+        for key in _HASH_KEYS:
+            value = (d.get(self.method + key) if d else None) or ""
+            self.raw[key] += bytes.fromhex(value)
+            self.counts[key].append(len(value) // self.width)
+
+    def words(self, items: list[int] | np.ndarray) -> dict:
+        """{key: (words, owner)} of ``items`` (in that order, owner = position in it): what
+        ``_hash_words`` gives for those items' details."""
+        nwords = self.width // 16
+        out = {}
+        for key in _HASH_KEYS:
+            counts = np.frombuffer(self.counts[key], dtype=np.int64)
+            words = np.frombuffer(self.raw[key], dtype=">u8").reshape(-1, nwords)
+            starts = np.cumsum(counts) - counts
+            items = np.asarray(items, dtype=np.int64)
+            c = counts[items]
+            take = np.repeat(starts[items], c) + np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
+            out[key] = (words[take].astype(np.uint64), np.repeat(np.arange(len(items), dtype=np.int64), c))
+        return out
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class DedupColumns:
+    """What the dedup gather needs of each kept clean row, in columns: ids, source ids,
+    the keeper priority keys, pixel digest, face box, hashes of the face and of its source
+    picture (``details.source``). Rows are added one at a time and not kept, so a gather
+    over a million manifest rows holds ~1 KB a row of hashes instead of the rows."""
+
+    def __init__(self, method: str, nbits: int):
+        self.ids: list[str] = []
+        self.sources: list[str] = []  # parent_id or id
+        self.keys = [array("d") for _ in range(4)]  # source pixels, quality, crop pixels, file bytes
+        self.digests: list = []
+        self.box = array("d")  # x, y, w, h; nan when no box
+        self.block = array("q")  # index into the source blocks, -1 when no details.source
+        self.block_size = array("d")  # source width, height (0 when unknown)
+        self.faces = _Hashes(method, nbits)
+        self.blocks = _Hashes(method, nbits)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, id: str, parent_id: str, width: int, height: int, d: dict) -> None:
+        self.ids.append(id)
+        self.sources.append(parent_id or id)
+        source = d.get("source")
+        src = source or {}
+        quality = src.get("quality")
+        for col, value in zip(self.keys, (
+                (src.get("width", 0) * src.get("height", 0)) or width * height,
+                quality if quality is not None else -1, width * height,
+                d.get("file_bytes") or d.get("bytes") or 0)):
+            col.append(value)
+        digest = d.get("pixel_sha256")
+        # 32 bytes instead of a 64-character string; any other text stays as it is (a str
+        # never equals bytes, and two digests are equal exactly when their texts are)
+        self.digests.append(bytes.fromhex(digest) if type(digest) is str and _HEX64.fullmatch(digest)
+                            else digest or None)
+        box = d.get("box")
+        self.box.extend((math.nan,) * 4 if box is None else box)
+        self.faces.add(d)
+        if source:
+            self.block.append(len(self.block_size) // 2)
+            self.block_size.extend((source.get("width") or 0, source.get("height") or 0))
+            self.blocks.add(source)
+        else:
+            self.block.append(-1)
+
+    def priority(self) -> np.ndarray:
+        """``keeper_priority``: best copy first; ties by id, then input order."""
+        n = len(self.ids)
+        id_rank = np.empty(n, dtype=np.int64)
+        id_rank[sorted(range(n), key=self.ids.__getitem__)] = np.arange(n)
+        keys = [-np.frombuffer(col, dtype=np.float64) for col in self.keys]
+        return np.lexsort((id_rank, keys[3], keys[2], keys[1], keys[0])).astype(np.int64)
+
+    def face_position(self, k: int, block: int) -> tuple[float, float, float] | None:
+        """Centre and size of face ``k`` in source block ``block``, as fractions of its sides."""
+        width, height = self.block_size[2 * block], self.block_size[2 * block + 1]
+        if not width or not height:
+            return None
+        x, y, w, h = self.box[4 * k:4 * k + 4]
+        if math.isnan(x):  # crop.method none: the face is the whole picture
+            return 0.5, 0.5, 1.0
+        return (x + w / 2) / width, (y + h / 2) / height, w / width
+
+
+def source_face_pairs(cols: DedupColumns, alive: np.ndarray, near: dict) -> tuple[np.ndarray, ...]:
     """Pairs of faces cut from sources that are duplicates of each other (whole pictures
     within the radius: reposts, rescales, re-encodes, crops by a few percent, mirrors), each
     face paired with the face at the same place of the other source. Returns
-    (a, b, distance, mirrored) of face rows."""
-    method, nbits = near["method"], near["hash_size"] ** 2
-    source_ids = sorted({r.parent_id or r.id for r in rows if r.details.get("source")})
+    (a, b, distance, mirrored) of positions in ``alive`` (the rows still in the running)."""
+    nbits = near["hash_size"] ** 2
     faces_of: dict[str, list[int]] = {}
-    measures: dict[str, dict] = {}
-    for k, r in enumerate(rows):
-        sid = r.parent_id or r.id
-        if r.details.get("source"):
-            faces_of.setdefault(sid, []).append(k)
-            measures[sid] = r.details["source"]
-    details = [measures[s] for s in source_ids]
-    sa, sb, sd, sm = duplicate_pairs(details, method, nbits, near["radius"], flips_on(near))
+    block_of: dict[str, int] = {}  # a source's measures: those of its last face here
+    block, sources = cols.block, cols.sources
+    for pos, k in enumerate(alive.tolist()):
+        if block[k] >= 0:
+            sid = sources[k]
+            faces_of.setdefault(sid, []).append(pos)
+            block_of[sid] = block[k]
+    source_ids = sorted(faces_of)
+    words = cols.blocks.words([block_of[s] for s in source_ids])
+    sa, sb, sd, sm = _duplicate_pairs(words, nbits, near["radius"], flips_on(near))
     out = ([], [], [], [])
     for s, t, dist, flip in zip(sa.tolist(), sb.tolist(), sd.tolist(), sm.tolist()):
         s_id, t_id = source_ids[s], source_ids[t]
-        s_faces = [(k, _face_position(rows[k], measures[s_id])) for k in faces_of[s_id]]
-        for k, pos in ((k, _face_position(rows[k], measures[t_id])) for k in faces_of[t_id]):
+        s_faces = [(j, cols.face_position(int(alive[j]), block_of[s_id])) for j in faces_of[s_id]]
+        for k in faces_of[t_id]:
+            pos = cols.face_position(int(alive[k]), block_of[t_id])
             if pos is None:
                 continue
             x, y, size = pos
@@ -630,6 +730,74 @@ def source_face_pairs(rows: list[Row], near: dict) -> tuple[np.ndarray, ...]:
     return tuple(np.array(x, dtype=dt) for x, dt in zip(out, (np.int64, np.int64, np.int64, bool)))
 
 
+def dedup_verdicts(cols: DedupColumns, cfg: dict) -> dict[int, tuple[str, dict]]:
+    """{item: (reason, details)} of the items of ``cols`` that dedup drops (see ``dedup``)."""
+    n = len(cols)
+    if n == 0:
+        return {}
+    priority = cols.priority()
+    rank = np.empty(n, dtype=np.int64)
+    rank[priority] = np.arange(n)
+    verdict: dict[int, tuple[str, dict]] = {}
+    alive = np.arange(n)  # images still in the running for near duplicates
+    exact_of: dict[int, int] = {}
+    ids = cols.ids
+
+    if cfg["exact_duplicates"]:
+        best_with: dict = {}
+        digests = cols.digests
+        for k in priority.tolist():  # the best copy of each pixel digest keeps it
+            keeper = best_with.setdefault(digests[k] or k, k)
+            if keeper != k:
+                verdict[k] = ("exact_duplicate", {"duplicate_of": ids[keeper], "distance": 0})
+                exact_of[k] = keeper
+        del best_with
+        alive = np.array([k for k in range(n) if k not in verdict], dtype=np.int64)
+
+    near = cfg["near_duplicates"]
+    if near["method"] != "none" and len(alive) > 1:
+        nbits = near["hash_size"] ** 2
+        kinds, pairs = [], []
+        if near.get("sources", True):
+            a, b, d, m = source_face_pairs(cols, alive, near)
+            pairs.append((a, b, d, m))
+            kinds.append(np.zeros(len(a), dtype=np.int8))  # 0: source level
+        a, b, d, m = _duplicate_pairs(cols.faces.words(alive), nbits, near["radius"], flips_on(near))
+        pairs.append((a, b, d, m))
+        kinds.append(np.ones(len(a), dtype=np.int8))  # 1: crop level
+        a, b, d, m = (np.concatenate(x) for x in zip(*pairs))
+        kind = np.concatenate(kinds)
+        # one link per pair: the closest; source level first on ties
+        order = np.lexsort((kind, d, np.maximum(a, b), np.minimum(a, b)))
+        a, b, d, m, kind = a[order], b[order], d[order], m[order], kind[order]
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] if len(a) else np.zeros(0, bool)
+        a, b, d, m, kind = a[first], b[first], d[first], m[first], kind[first]
+        sub_priority = np.argsort(rank[alive], kind="stable")
+        keeper, link = assign_keepers(len(alive), sub_priority, a, b)
+        for k in np.flatnonzero(keeper != np.arange(len(alive))).tolist():
+            e = link[k]
+            keep_k = int(alive[keeper[k]])
+            details = {"duplicate_of": ids[keep_k], "distance": int(d[e])}
+            if m[e]:
+                details["mirrored"] = True
+            if kind[e] == 0:
+                details["duplicate_source"] = cols.sources[keep_k]
+            verdict[int(alive[k])] = ("source_duplicate" if kind[e] == 0 else "near_duplicate", details)
+        # a pixel twin of an image dropped here is a duplicate of the same keeper
+        for k, twin in exact_of.items():
+            if twin in verdict:
+                verdict[k] = verdict[twin]
+    return verdict
+
+
+def dedup_columns(rows: Iterable[Row], near: dict) -> DedupColumns:
+    cols = DedupColumns(near["method"], near["hash_size"] ** 2)
+    for r in rows:
+        cols.add(r.id, r.parent_id, r.width, r.height, r.peek_details())
+    return cols
+
+
 def dedup(rows: list[Row], cfg: dict) -> list[Row]:
     """One row per kept clean row: keep, or drop as exact_duplicate / source_duplicate /
     near_duplicate.
@@ -643,65 +811,56 @@ def dedup(rows: list[Row], cfg: dict) -> list[Row]:
     keeper is the best copy (``keeper_priority``).
     """
     rows = [r for r in rows if r.kept]
-    n = len(rows)
-    if n == 0:
-        return []
-    priority = keeper_priority(rows)
-    rank = np.empty(n, dtype=np.int64)
-    rank[priority] = np.arange(n)
-    verdict: dict[int, tuple[str, dict]] = {}
-    alive = np.arange(n)  # images still in the running for near duplicates
-    exact_of: dict[int, int] = {}
-
-    if cfg["exact_duplicates"]:
-        best_with: dict = {}
-        for k in priority.tolist():  # the best copy of each pixel digest keeps it
-            digest = rows[k].details.get("pixel_sha256") or k
-            keeper = best_with.setdefault(digest, k)
-            if keeper != k:
-                verdict[k] = ("exact_duplicate", {"duplicate_of": rows[keeper].id, "distance": 0})
-                exact_of[k] = keeper
-        alive = np.array([k for k in range(n) if k not in verdict], dtype=np.int64)
-
-    near = cfg["near_duplicates"]
-    if near["method"] != "none" and len(alive) > 1:
-        sub = [rows[k] for k in alive]
-        nbits = near["hash_size"] ** 2
-        kinds, pairs = [], []
-        if near.get("sources", True):
-            a, b, d, m = source_face_pairs(sub, near)
-            pairs.append((a, b, d, m))
-            kinds.append(np.zeros(len(a), dtype=np.int8))  # 0: source level
-        a, b, d, m = duplicate_pairs([r.details for r in sub], near["method"], nbits,
-                                     near["radius"], flips_on(near))
-        pairs.append((a, b, d, m))
-        kinds.append(np.ones(len(a), dtype=np.int8))  # 1: crop level
-        a, b, d, m = (np.concatenate(x) for x in zip(*pairs))
-        kind = np.concatenate(kinds)
-        # one link per pair: the closest; source level first on ties
-        order = np.lexsort((kind, d, np.maximum(a, b), np.minimum(a, b)))
-        a, b, d, m, kind = a[order], b[order], d[order], m[order], kind[order]
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] if len(a) else np.zeros(0, bool)
-        a, b, d, m, kind = a[first], b[first], d[first], m[first], kind[first]
-        sub_priority = np.argsort(rank[alive], kind="stable")
-        keeper, link = assign_keepers(len(sub), sub_priority, a, b)
-        for k in np.flatnonzero(keeper != np.arange(len(sub))).tolist():
-            e = link[k]
-            keep_row = sub[keeper[k]]
-            details = {"duplicate_of": keep_row.id, "distance": int(d[e])}
-            if m[e]:
-                details["mirrored"] = True
-            if kind[e] == 0:
-                details["duplicate_source"] = keep_row.parent_id or keep_row.id
-            verdict[int(alive[k])] = ("source_duplicate" if kind[e] == 0 else "near_duplicate", details)
-        # a pixel twin of an image dropped here is a duplicate of the same keeper
-        for k, twin in exact_of.items():
-            if twin in verdict:
-                verdict[k] = verdict[twin]
-
-    return [r.drop(verdict[k][0], details=verdict[k][1]) if k in verdict else r
+    verdict = dedup_verdicts(dedup_columns(rows, cfg["near_duplicates"]), cfg)
+    # a drop's keys merge into the parsed details (sorted), as dedup_manifests writes them
+    return [r.drop(verdict[k][0], details={**r.details, **verdict[k][1]}) if k in verdict else r
             for k, r in enumerate(rows)]
+
+
+def dedup_manifests(paths: list[str], cfg: dict, output: str) -> dict[str, int]:
+    """``dedup`` over the kept rows of the manifests at ``paths``, written to ``output``
+    (the same bytes as ``write_manifest(output, dedup(read_manifests(paths), cfg))``) in two
+    passes that hold no rows: the first reads what dedup needs into ``DedupColumns``, the
+    second copies each kept line through, or writes its drop row. Returns the count per
+    verdict ("keep" and the drop reasons)."""
+    cols = DedupColumns(cfg["near_duplicates"]["method"], cfg["near_duplicates"]["hash_size"] ** 2)
+    for r in kept(iter_manifests(paths)):
+        cols.add(r.id, r.parent_id, r.width, r.height, r.peek_details())
+    verdict = dedup_verdicts(cols, cfg)
+    n = len(cols)
+    del cols
+    counts = {"keep": n - len(verdict)}
+    for reason, _ in verdict.values():
+        counts[reason] = counts.get(reason, 0) + 1
+
+    def lines():
+        k = 0
+        for path in paths:
+            for line, is_kept, row in manifest_lines_of(path):
+                if not is_kept:
+                    continue
+                if k in verdict:
+                    reason, details = verdict[k]
+                    row = line_row(row) if line is not None else row
+                    row.details  # parsed: the drop's keys merge in sorted, as they always did
+                    yield row_line(row.drop(reason, details=details)).encode(ENCODING, ERRORS)
+                elif line is not None:
+                    yield line  # as read: the clean step writes canonical (sorted) JSON
+                else:
+                    row.details  # re-serialized, as the row path did
+                    yield row_line(row).encode(ENCODING, ERRORS)
+                k += 1
+
+    def write(f):
+        buf = [HEADER_BYTES]
+        for line in lines():
+            buf.append(line)
+            if len(buf) >= 4096:
+                f.write(b"".join(buf))
+                buf.clear()
+        f.write(b"".join(buf))
+    atomic_write_with(output, write)
+    return counts
 
 
 # ---------------------------------------------------------------- CLI
@@ -734,13 +893,11 @@ def main(argv=None) -> None:
             reasons[r.reason or "keep"] = reasons.get(r.reason or "keep", 0) + 1
         print(f"clean: {reasons.get('keep', 0)}/{len(rows)} kept; {reasons}")
         return
-    rows = dedup(read_manifests(a.manifests), cfg)
-    write_manifest(a.output, rows)
-    kept = sum(r.kept for r in rows)
-    print(f"dedup: {kept}/{len(rows)} kept, "
-          f"{sum(r.reason == 'exact_duplicate' for r in rows)} exact, "
-          f"{sum(r.reason == 'source_duplicate' for r in rows)} source and "
-          f"{sum(r.reason == 'near_duplicate' for r in rows)} near duplicates dropped")
+    counts = dedup_manifests(a.manifests, cfg, a.output)
+    print(f"dedup: {counts['keep']}/{sum(counts.values())} kept, "
+          f"{counts.get('exact_duplicate', 0)} exact, "
+          f"{counts.get('source_duplicate', 0)} source and "
+          f"{counts.get('near_duplicate', 0)} near duplicates dropped")
 
 
 if __name__ == "__main__":

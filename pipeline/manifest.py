@@ -347,6 +347,36 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[Row]:
                        None if text else {}, text or None)
 
 
+def line_row(fields: list[bytes]) -> Row:
+    """The row of a line's ``plain_fields``, as ``iter_manifest`` reads it."""
+    f = [v.decode(ENCODING, ERRORS) for v in fields]
+    return Row._from_fields(f[0], f[1], f[2], f[3], int(f[4]), int(f[5]), f[6], f[7], None, f[8])
+
+
+def manifest_lines_of(path: str | os.PathLike) -> Iterator[tuple[bytes | None, bool, object]]:
+    """Every record of a manifest as (line, kept, fields or row), for gathers that copy
+    most rows through: ``line`` (bytes, newline included) is what writing its row back
+    untouched gives, with its ``plain_fields`` (``line_row`` makes the row when needed);
+    a record that would not write back as read (a quoted name, a field spanning lines)
+    comes as (None, kept, Row), and so does every record after it in that file."""
+    done = 0
+    with open(path, "rb") as f:
+        if f.readline() == HEADER_BYTES:
+            for line in f:
+                body = line[:-1] if line[-1:] == b"\n" else line
+                fields = plain_fields(body)
+                if fields is None:
+                    if not body:
+                        continue  # a blank line, as csv.reader skips
+                    break
+                yield body + b"\n", fields[6] == b"keep", fields
+                done += 1
+            else:
+                return
+    for r in itertools.islice(iter_manifest(path), done, None):
+        yield None, r.kept, r
+
+
 def dropped_ids(path: str | os.PathLike) -> set[str]:
     """The ids of a manifest's drop rows, without building rows (dedup.tsv at 1M rows)."""
     with open(path, newline="\n", encoding=ENCODING, errors=ERRORS) as f:
