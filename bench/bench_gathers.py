@@ -188,11 +188,13 @@ def main(argv=None) -> None:
                 continue
             for what in a.only:
                 print(f"  {label:6s} {what:6s} {run_child(Path(repo), what, folder, rows)}", flush=True)
-                if what == "export":  # the same bytes from both code paths
-                    (folder / "export.tsv").rename(folder / f"export-{label}.tsv")
-        if a.old_repo and "export" in a.only:
-            same = (folder / "export-before.tsv").read_bytes() == (folder / "export-after.tsv").read_bytes()
-            print(f"  export manifests before/after byte-identical: {same}")
+                out = {"export": "export.tsv", "dedup": "dedup_out.tsv"}.get(what)
+                if out:  # kept to check both code paths wrote the same bytes
+                    (folder / out).rename(folder / f"{what}-{label}.tsv")
+        for what in ("export", "dedup"):
+            if a.old_repo and what in a.only:
+                same = (folder / f"{what}-before.tsv").read_bytes() == (folder / f"{what}-after.tsv").read_bytes()
+                print(f"  {what} output before/after byte-identical: {same}")
         if not a.keep:
             shutil.rmtree(folder, ignore_errors=True)
 

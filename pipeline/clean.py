@@ -447,47 +447,54 @@ def near_duplicate_clusters(words: np.ndarray, nbits: int, radius: int,
 # ---------------------------------------------------------------- dedup (gather)
 
 def pairs_between(queries: np.ndarray, index: np.ndarray, nbits: int, radius: int,
-                  max_pairs: int = 4_000_000):
+                  max_pairs: int = 4_000_000, chunk: int = 1 << 21):
     """Every (q, i) with ``queries[q]`` within Hamming ``radius`` of ``index[i]``, with the
     distance: the multi-index search of ``near_pairs``, with queries looked up in tables
     built over ``index`` only (trimmed windows are queried, never indexed, so the many
-    windows of one image never meet each other)."""
+    windows of one image never meet each other). Queries go ``chunk`` at a time, their
+    keys made per table: memory stays ~100 MB however many windows a million rows bring
+    (all blocks of 49M source windows at once were ~2 GB)."""
     empty = (np.empty(0, np.int64),) * 3
     if len(queries) == 0 or len(index) == 0:
         return empty
     blocks = choose_blocks_between(len(queries), len(index), nbits, radius)
     bounds = _block_bounds(nbits, blocks)
-    q_blocks = [_bit_range(queries, start, length) for start, length in bounds]
     i_blocks = [_bit_range(index, start, length) for start, length in bounds]
     found_q, found_i, found_d = [], [], []
     for subset in itertools.combinations(range(blocks), blocks - radius):
-        q_key = np.zeros(len(queries), dtype=np.uint64)
         i_key = np.zeros(len(index), dtype=np.uint64)
         for b in subset:
-            q_key = (q_key << np.uint64(bounds[b][1])) | q_blocks[b]
             i_key = (i_key << np.uint64(bounds[b][1])) | i_blocks[b]
         order = np.argsort(i_key, kind="stable")
         sorted_key = i_key[order]
-        # sorted needles: the binary searches walk memory in order (10x faster at 1M)
-        q_order = np.argsort(q_key)
-        lo = np.searchsorted(sorted_key, q_key[q_order], side="left")
-        counts = np.searchsorted(sorted_key, q_key[q_order], side="right") - lo
-        hits = np.flatnonzero(counts)
-        ends = np.cumsum(counts[hits])
-        begin = 0
-        while begin < len(hits):  # batches of at most ~max_pairs candidate pairs
-            stop = max(begin + 1, int(np.searchsorted(ends, (ends[begin - 1] if begin else 0)
-                                                      + max_pairs, side="right")))
-            h, c = hits[begin:stop], counts[hits[begin:stop]]
-            q = np.repeat(q_order[h], c)
-            pos = np.repeat(lo[h], c) + np.arange(len(q)) - np.repeat(np.cumsum(c) - c, c)
-            i = order[pos]
-            d = hamming(queries[q], index[i])
-            close = d <= radius
-            found_q.append(q[close])
-            found_i.append(i[close])
-            found_d.append(d[close])
-            begin = stop
+        del i_key
+        for c0 in range(0, len(queries), chunk):
+            part = queries[c0:c0 + chunk]
+            q_key = np.zeros(len(part), dtype=np.uint64)
+            for b in subset:
+                q_key = (q_key << np.uint64(bounds[b][1])) | _bit_range(part, *bounds[b])
+            # sorted needles: the binary searches walk memory in order (10x faster at 1M)
+            q_order = np.argsort(q_key)
+            needles = q_key[q_order]
+            lo = np.searchsorted(sorted_key, needles, side="left")
+            counts = np.searchsorted(sorted_key, needles, side="right") - lo
+            del needles, q_key
+            hits = np.flatnonzero(counts)
+            ends = np.cumsum(counts[hits])
+            begin = 0
+            while begin < len(hits):  # batches of at most ~max_pairs candidate pairs
+                stop = max(begin + 1, int(np.searchsorted(ends, (ends[begin - 1] if begin else 0)
+                                                          + max_pairs, side="right")))
+                h, c = hits[begin:stop], counts[hits[begin:stop]]
+                q = np.repeat(q_order[h], c)
+                pos = np.repeat(lo[h], c) + np.arange(len(q)) - np.repeat(np.cumsum(c) - c, c)
+                i = order[pos]
+                d = hamming(part[q], index[i])
+                close = d <= radius
+                found_q.append(q[close] + c0)
+                found_i.append(i[close])
+                found_d.append(d[close])
+                begin = stop
     if not found_q:
         return empty
     q, i, d = (np.concatenate(x).astype(np.int64) for x in (found_q, found_i, found_d))
