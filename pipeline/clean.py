@@ -446,6 +446,11 @@ def near_duplicate_clusters(words: np.ndarray, nbits: int, radius: int,
 
 # ---------------------------------------------------------------- dedup (gather)
 
+# pairs_between: table keys up to this many bits are looked up in a direct table (2^24
+# bucket sizes and starts: 256 MB at most; 64-bit hashes at radius 4 use 22 bits: 64 MB)
+DIRECT_KEY_BITS = 24
+
+
 def pairs_between(queries: np.ndarray, index: np.ndarray, nbits: int, radius: int,
                   max_pairs: int = 4_000_000, chunk: int = 1 << 21):
     """Every (q, i) with ``queries[q]`` within Hamming ``radius`` of ``index[i]``, with the
@@ -466,19 +471,32 @@ def pairs_between(queries: np.ndarray, index: np.ndarray, nbits: int, radius: in
         for b in subset:
             i_key = (i_key << np.uint64(bounds[b][1])) | i_blocks[b]
         order = np.argsort(i_key, kind="stable")
-        sorted_key = i_key[order]
+        key_bits = sum(bounds[b][1] for b in subset)
+        if key_bits <= DIRECT_KEY_BITS:
+            # keys this short index a table directly: a query's bucket is one lookup, no
+            # sort of the (many) queries and no binary search (4x faster at 1M rows)
+            bucket_size = np.bincount(i_key.astype(np.int64), minlength=1 << key_bits)
+            bucket_start = np.cumsum(bucket_size) - bucket_size
+        else:
+            sorted_key = i_key[order]
         del i_key
         for c0 in range(0, len(queries), chunk):
             part = queries[c0:c0 + chunk]
             q_key = np.zeros(len(part), dtype=np.uint64)
             for b in subset:
                 q_key = (q_key << np.uint64(bounds[b][1])) | _bit_range(part, *bounds[b])
-            # sorted needles: the binary searches walk memory in order (10x faster at 1M)
-            q_order = np.argsort(q_key)
-            needles = q_key[q_order]
-            lo = np.searchsorted(sorted_key, needles, side="left")
-            counts = np.searchsorted(sorted_key, needles, side="right") - lo
-            del needles, q_key
+            if key_bits <= DIRECT_KEY_BITS:
+                q_order = np.arange(len(part))
+                q_key = q_key.astype(np.int64)
+                lo, counts = bucket_start[q_key], bucket_size[q_key]
+            else:
+                # sorted needles: the binary searches walk memory in order (10x faster at 1M)
+                q_order = np.argsort(q_key)
+                needles = q_key[q_order]
+                lo = np.searchsorted(sorted_key, needles, side="left")
+                counts = np.searchsorted(sorted_key, needles, side="right") - lo
+                del needles
+            del q_key
             hits = np.flatnonzero(counts)
             ends = np.cumsum(counts[hits])
             begin = 0

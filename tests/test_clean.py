@@ -315,6 +315,23 @@ def test_near_pairs_equals_brute_force(nbits, radius):
     assert (d == hamming(words[i], words[j])).all()
 
 
+@pytest.mark.parametrize("nbits,radius", [(64, 4), (64, 1), (256, 16)])
+def test_pairs_between_equals_brute_force(nbits, radius):
+    """Both table lookups (direct for short keys, sorted for long ones) and queries in
+    chunks find exactly the pairs within the radius."""
+    from pipeline.clean import pairs_between
+    words = random_clustered_hashes(1800, nbits, radius, seed=7)
+    queries, index = words[:1200], words[1200:]
+    qq, ii = (x.ravel() for x in np.meshgrid(np.arange(len(queries)), np.arange(len(index)), indexing="ij"))
+    dist = hamming(queries[qq], index[ii])
+    expected = set(zip(qq[dist <= radius].tolist(), ii[dist <= radius].tolist()))
+    assert len(expected) > 100
+    for chunk in (1 << 21, 250):
+        q, i, d = pairs_between(queries, index, nbits, radius, chunk=chunk)
+        assert set(zip(q.tolist(), i.tolist())) == expected and len(q) == len(expected)
+        assert (d == hamming(queries[q], index[i])).all()
+
+
 def test_clusters_match_union_of_brute_force_pairs():
     words = random_clustered_hashes(600, 64, 4, seed=1)
     mirrored = random_clustered_hashes(600, 64, 4, seed=2)
