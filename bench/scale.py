@@ -103,7 +103,8 @@ def snapshot_workflow(dest: Path) -> Path:
     as code changes (pipeline/*.py are inputs of their rules)."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    for name in ("Snakefile", "config.yaml", "rules", "pipeline", "gan", "schemas", "profiles"):
+    for name in ("Snakefile", "config.yaml", "environment.yml", "rules", "pipeline", "gan", "schemas",
+                 "profiles"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
