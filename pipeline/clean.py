@@ -33,6 +33,7 @@ import argparse
 import itertools
 import math
 import re
+import sys
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
@@ -451,18 +452,22 @@ def near_duplicate_clusters(words: np.ndarray, nbits: int, radius: int,
 DIRECT_KEY_BITS = 24
 
 
-def pairs_between(queries: np.ndarray, index: np.ndarray, nbits: int, radius: int,
+def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbits: int, radius: int,
                   max_pairs: int = 4_000_000, chunk: int = 1 << 21):
     """Every (q, i) with ``queries[q]`` within Hamming ``radius`` of ``index[i]``, with the
     distance: the multi-index search of ``near_pairs``, with queries looked up in tables
     built over ``index`` only (trimmed windows are queried, never indexed, so the many
-    windows of one image never meet each other). Queries go ``chunk`` at a time, their
+    windows of one image never meet each other). ``queries`` may be a list of arrays (taken
+    as concatenated, positions counted across them). Queries go ``chunk`` at a time, their
     keys made per table: memory stays ~100 MB however many windows a million rows bring
     (all blocks of 49M source windows at once were ~2 GB)."""
     empty = (np.empty(0, np.int64),) * 3
-    if len(queries) == 0 or len(index) == 0:
+    parts = queries if isinstance(queries, list) else [queries]  # concatenated, not copied
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    n_queries = int(starts[-1])
+    if n_queries == 0 or len(index) == 0:
         return empty
-    blocks = choose_blocks_between(len(queries), len(index), nbits, radius)
+    blocks = choose_blocks_between(n_queries, len(index), nbits, radius)
     bounds = _block_bounds(nbits, blocks)
     i_blocks = [_bit_range(index, start, length) for start, length in bounds]
     found_q, found_i, found_d = [], [], []
@@ -480,8 +485,8 @@ def pairs_between(queries: np.ndarray, index: np.ndarray, nbits: int, radius: in
         else:
             sorted_key = i_key[order]
         del i_key
-        for c0 in range(0, len(queries), chunk):
-            part = queries[c0:c0 + chunk]
+        for c0, part in ((int(starts[n]) + c, p[c:c + chunk]) for n, p in enumerate(parts)
+                         for c in range(0, len(p), chunk)):
             q_key = np.zeros(len(part), dtype=np.uint64)
             for b in subset:
                 q_key = (q_key << np.uint64(bounds[b][1])) | _bit_range(part, *bounds[b])
@@ -520,9 +525,20 @@ def pairs_between(queries: np.ndarray, index: np.ndarray, nbits: int, radius: in
     return q[first], i[first], d[first]
 
 
-def _hash_words(details: list[dict], method: str, nbits: int, key: str = ""):
-    """(words, owner) of the hashes ``details[k][method + key]`` (a concatenation of
-    several hashes for ``_trims``), skipping rows without them."""
+class _HashSet:
+    """Hashes of items: ``words`` (K, nwords) uint64, item k's being rows ends[k-1]:ends[k];
+    ``owner[k]`` is the id item k has in a search (-1: not part of it)."""
+
+    def __init__(self, words: np.ndarray, ends: np.ndarray, owner: np.ndarray):
+        self.words, self.ends, self.owner = words, ends, owner
+
+    def owners(self, rows: np.ndarray) -> np.ndarray:
+        return self.owner[np.searchsorted(self.ends, rows, side="right")]
+
+
+def _hash_words(details: list[dict], method: str, nbits: int, key: str = "") -> _HashSet:
+    """The hashes ``details[k][method + key]`` (a concatenation of several hashes for
+    ``_trims``), owned by k; rows without them have none."""
     nwords = max(1, math.ceil(nbits / 64))
     width = nwords * 16
     values, counts = [], []
@@ -533,7 +549,7 @@ def _hash_words(details: list[dict], method: str, nbits: int, key: str = ""):
     # hashes are fixed-width hex: decode them all in one go (no per-hash Python work)
     raw = bytes.fromhex("".join(values))
     words = np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(-1, nwords)
-    return words, np.repeat(np.arange(len(details), dtype=np.int64), counts)
+    return _HashSet(words, np.cumsum(counts, dtype=np.int64), np.arange(len(details), dtype=np.int64))
 
 
 def duplicate_pairs(details: list[dict], method: str, nbits: int, radius: int, flips: bool):
@@ -545,25 +561,23 @@ def duplicate_pairs(details: list[dict], method: str, nbits: int, radius: int, f
     return _duplicate_pairs(words, nbits, radius, flips)
 
 
-def _duplicate_pairs(words: dict, nbits: int, radius: int, flips: bool):
-    """``duplicate_pairs`` over (words, owner) by key ("", "_mirror", "_trims")."""
-    index, index_owner = words[""]
-    mirror_flag = np.zeros(len(index), dtype=bool)
-    if flips:
-        mirrored, mirrored_owner = words["_mirror"]
-        index = np.concatenate([index, mirrored])
-        index_owner = np.concatenate([index_owner, mirrored_owner])
-        mirror_flag = np.concatenate([mirror_flag, np.ones(len(mirrored), dtype=bool)])
-    whole, whole_owner = words[""]
-    trims, trims_owner = words["_trims"]
-    queries = np.concatenate([whole, trims])
-    query_owner = np.concatenate([whole_owner, trims_owner])
-    del trims, trims_owner
-    q, i, d = pairs_between(queries, index, nbits, radius)
-    del queries
-    a, b = query_owner[q], index_owner[i]
-    mirrored = mirror_flag[i]
-    other = a != b
+def _duplicate_pairs(sets: dict, nbits: int, radius: int, flips: bool):
+    """``duplicate_pairs`` over ``_HashSet``s by key ("", "_mirror", "_trims"), between
+    their owners (items owned by -1 take no part). The result does not depend on the
+    order of the hashes, only on who owns them."""
+    whole, mirror, trims = sets[""], sets["_mirror"], sets["_trims"]
+    index = np.concatenate([whole.words, mirror.words]) if flips else whole.words
+    q, i, d = pairs_between([whole.words, trims.words], index, nbits, radius)
+    n_whole = len(whole.words)
+    a = np.empty(len(q), dtype=np.int64)
+    first = q < n_whole
+    a[first] = whole.owners(q[first])
+    a[~first] = trims.owners(q[~first] - n_whole)
+    mirrored = i >= n_whole
+    b = np.empty(len(i), dtype=np.int64)
+    b[~mirrored] = whole.owners(i[~mirrored])
+    b[mirrored] = mirror.owners(i[mirrored] - n_whole)
+    other = (a != b) & (a >= 0) & (b >= 0)
     a, b, d, mirrored = a[other], b[other], d[other], mirrored[other]
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     # per pair the closest match (unmirrored first on ties)
@@ -630,19 +644,20 @@ class _Hashes:
             self.raw[key] += bytes.fromhex(value)
             self.counts[key].append(len(value) // self.width)
 
-    def words(self, items: list[int] | np.ndarray) -> dict:
-        """{key: (words, owner)} of ``items`` (in that order, owner = position in it): what
-        ``_hash_words`` gives for those items' details."""
-        nwords = self.width // 16
+    def sets(self, owner: np.ndarray) -> dict:
+        """{key: _HashSet} of every item's hashes, item k owned by ``owner[k]``. The words
+        are the buffers themselves, byte-swapped in place (no copy: 600 MB at 1M rows)."""
         out = {}
         for key in _HASH_KEYS:
-            counts = np.frombuffer(self.counts[key], dtype=np.int64)
-            words = np.frombuffer(self.raw[key], dtype=">u8").reshape(-1, nwords)
-            starts = np.cumsum(counts) - counts
-            items = np.asarray(items, dtype=np.int64)
-            c = counts[items]
-            take = np.repeat(starts[items], c) + np.arange(int(c.sum())) - np.repeat(np.cumsum(c) - c, c)
-            out[key] = (words[take].astype(np.uint64), np.repeat(np.arange(len(items), dtype=np.int64), c))
+            raw = self.raw[key]
+            if not isinstance(raw, np.ndarray):  # first use: big-endian bytes -> native words
+                raw = np.frombuffer(raw, dtype=np.uint64)  # a writable view of the bytearray
+                if sys.byteorder == "little":
+                    raw.byteswap(inplace=True)
+                self.raw[key] = raw
+            words = raw.reshape(-1, self.width // 16)
+            ends = np.cumsum(np.frombuffer(self.counts[key], dtype=np.int64))
+            out[key] = _HashSet(words, ends, owner)
         return out
 
 
@@ -729,8 +744,9 @@ def source_face_pairs(cols: DedupColumns, alive: np.ndarray, near: dict) -> tupl
             faces_of.setdefault(sid, []).append(pos)
             block_of[sid] = block[k]
     source_ids = sorted(faces_of)
-    words = cols.blocks.words([block_of[s] for s in source_ids])
-    sa, sb, sd, sm = _duplicate_pairs(words, nbits, near["radius"], flips_on(near))
+    owner = np.full(len(cols.block_size) // 2, -1, dtype=np.int64)  # by block: its source's number
+    owner[[block_of[s] for s in source_ids]] = np.arange(len(source_ids))
+    sa, sb, sd, sm = _duplicate_pairs(cols.blocks.sets(owner), nbits, near["radius"], flips_on(near))
     out = ([], [], [], [])
     for s, t, dist, flip in zip(sa.tolist(), sb.tolist(), sd.tolist(), sm.tolist()):
         s_id, t_id = source_ids[s], source_ids[t]
@@ -787,7 +803,9 @@ def dedup_verdicts(cols: DedupColumns, cfg: dict) -> dict[int, tuple[str, dict]]
             a, b, d, m = source_face_pairs(cols, alive, near)
             pairs.append((a, b, d, m))
             kinds.append(np.zeros(len(a), dtype=np.int8))  # 0: source level
-        a, b, d, m = _duplicate_pairs(cols.faces.words(alive), nbits, near["radius"], flips_on(near))
+        owner = np.full(n, -1, dtype=np.int64)  # by row: its position among the alive
+        owner[alive] = np.arange(len(alive))
+        a, b, d, m = _duplicate_pairs(cols.faces.sets(owner), nbits, near["radius"], flips_on(near))
         pairs.append((a, b, d, m))
         kinds.append(np.ones(len(a), dtype=np.int8))  # 1: crop level
         a, b, d, m = (np.concatenate(x) for x in zip(*pairs))
