@@ -109,13 +109,23 @@ _name = operator.attrgetter("name")
 
 def _list_entries(entries, rel_dir, root, fd, ancestors, via_links, stack, found, problem) -> None:
     """One folder's entries for ``list_raw_dir`` (``fd``: the folder, open, or None)."""
-    append = found.append
+    append, stat_at, is_reg = found.append, os.stat, stat.S_ISREG
     for entry in entries:
         # f-strings and DirEntry.path, not os.path.join: 40% of the listing at 100k files
-        rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+        name = entry.name
+        rel = f"{rel_dir}/{name}" if rel_dir else name
+        linked = entry.is_symlink()
+        if fd is not None and not linked:
+            try:  # the common case, a file in its open folder, first: one stat, one tuple
+                st = stat_at(name, dir_fd=fd)
+            except OSError:
+                problem(rel, entry.path, "unreadable")
+                continue
+            if is_reg(st.st_mode):
+                append((rel, st.st_size, st.st_mtime_ns, ""))
+                continue
         full = entry.path  # real: real_dir is, entry is no link
         target = full
-        linked = entry.is_symlink()
         if linked:
             try:
                 os.stat(full)
@@ -126,11 +136,12 @@ def _list_entries(entries, rel_dir, root, fd, ancestors, via_links, stack, found
             if os.path.commonpath([root, target]) != root:
                 problem(rel, full, SYMLINK_OUTSIDE)
                 continue
-        try:
-            st = os.stat(target) if linked or fd is None else os.stat(entry.name, dir_fd=fd)
-        except OSError:
-            problem(rel, full, DANGLING_SYMLINK if target != full else "unreadable")
-            continue
+        if linked or fd is None:  # else st is the folder-relative stat above
+            try:
+                st = os.stat(target)
+            except OSError:
+                problem(rel, full, DANGLING_SYMLINK if target != full else "unreadable")
+                continue
         if stat.S_ISREG(st.st_mode):
             append((rel, st.st_size, st.st_mtime_ns, ""))
         elif stat.S_ISDIR(st.st_mode):
@@ -186,6 +197,9 @@ _JSON_ESCAPED = re.compile(r'[\x00-\x1f\\"]').search
 
 def format_listing(entries) -> str:
     # JSON escapes tab/CR/LF; a 4th column only for problems keeps old listings valid
+    if (all(len(e) == 4 and not e[3] for e in entries)
+            and not _JSON_ESCAPED("/".join([e[0] for e in entries]))):
+        return "".join([f'"{rel}"\t{size}\t{mtime}\n' for rel, size, mtime, _ in entries])
     if all(len(e) == 4 for e in entries):
         # the usual entry (a file without problem, a name json.dumps would only quote), in
         # one f-string: a million a parse
