@@ -377,6 +377,19 @@ def manifest_lines_of(path: str | os.PathLike) -> Iterator[tuple[bytes | None, b
         yield None, r.kept, r
 
 
+def verdict_counts(path: str | os.PathLike) -> tuple[int, dict[str, int]]:
+    """(kept rows, {drop reason ("unspecified" when empty): rows}) of a manifest, counted
+    without building rows (stage summaries over a million rows)."""
+    kept, dropped = 0, {}
+    for line, is_kept, fields in manifest_lines_of(path):
+        if is_kept:
+            kept += 1
+            continue
+        reason = (fields[7].decode(ENCODING, ERRORS) if line is not None else fields.reason) or "unspecified"
+        dropped[reason] = dropped.get(reason, 0) + 1
+    return kept, dropped
+
+
 def dropped_ids(path: str | os.PathLike) -> set[str]:
     """The ids of a manifest's drop rows, without building rows (dedup.tsv at 1M rows)."""
     with open(path, newline="\n", encoding=ENCODING, errors=ERRORS) as f:
