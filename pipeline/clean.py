@@ -448,12 +448,12 @@ def near_duplicate_clusters(words: np.ndarray, nbits: int, radius: int,
 # ---------------------------------------------------------------- dedup (gather)
 
 # pairs_between: table keys up to this many bits are looked up in a direct table (2^24
-# bucket sizes and starts: 256 MB at most; 64-bit hashes at radius 4 use 22 bits: 64 MB)
+# bucket sizes and starts: 128 MB at most; 64-bit hashes at radius 4 use 22 bits: 32 MB)
 DIRECT_KEY_BITS = 24
 
 
 def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbits: int, radius: int,
-                  max_pairs: int = 4_000_000, chunk: int = 1 << 21):
+                  max_pairs: int = 4_000_000, chunk: int = 1 << 20):
     """Every (q, i) with ``queries[q]`` within Hamming ``radius`` of ``index[i]``, with the
     distance: the multi-index search of ``near_pairs``, with queries looked up in tables
     built over ``index`` only (trimmed windows are queried, never indexed, so the many
@@ -480,8 +480,11 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
         if key_bits <= DIRECT_KEY_BITS:
             # keys this short index a table directly: a query's bucket is one lookup, no
             # sort of the (many) queries and no binary search (4x faster at 1M rows)
-            bucket_size = np.bincount(i_key.astype(np.int64), minlength=1 << key_bits)
-            bucket_start = np.cumsum(bucket_size) - bucket_size
+            # int32 (half the memory) while the index has fewer than 2^31 entries
+            dtype = np.int32 if len(index) < 2**31 else np.int64
+            bucket_size = np.bincount(i_key.astype(np.int64), minlength=1 << key_bits).astype(dtype)
+            bucket_start = np.cumsum(bucket_size, dtype=dtype)
+            bucket_start -= bucket_size
         else:
             sorted_key = i_key[order]
         del i_key
