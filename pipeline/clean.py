@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
 import re
 import sys
@@ -46,8 +47,8 @@ from scipy.sparse.csgraph import connected_components
 from tqdm import tqdm
 
 from pipeline.imaging import load_rgb, pixel_digest
-from pipeline.manifest import (ENCODING, ERRORS, HEADER_BYTES, Row, atomic_write_with, iter_manifests,
-                               kept, line_row, load_config_arg, manifest_lines_of, read_manifest, row_line,
+from pipeline.manifest import (ENCODING, ERRORS, HEADER_BYTES, Row, atomic_write_with, line_row,
+                               load_config_arg, manifest_lines_of, read_manifest, row_line,
                                write_manifest)
 
 # Colour measures and perceptual hashes are computed on a copy no larger than this:
@@ -870,8 +871,21 @@ def dedup_manifests(paths: list[str], cfg: dict, output: str) -> dict[str, int]:
     second copies each kept line through, or writes its drop row. Returns the count per
     verdict ("keep" and the drop reasons)."""
     cols = DedupColumns(cfg["near_duplicates"]["method"], cfg["near_duplicates"]["hash_size"] ** 2)
-    for r in kept(iter_manifests(paths)):
-        cols.add(r.id, r.parent_id, r.width, r.height, r.peek_details())
+    loads = json.loads
+    for path in paths:
+        for line, is_kept, f in manifest_lines_of(path):
+            if not is_kept:
+                continue
+            if line is None:  # a row (a quoted name...)
+                cols.add(f.id, f.parent_id, f.width, f.height, f.peek_details())
+                continue
+            text = f[8]  # the quoted JSON as bytes: unquoted and parsed without a str copy
+            try:
+                details = loads(text[1:-1].replace(b'""', b'"') if text[:1] == b'"' else text)
+            except UnicodeDecodeError:  # a name that is not UTF-8: as the row path reads it
+                details = line_row(f).peek_details()
+            cols.add(f[0].decode(ENCODING, ERRORS), f[2].decode(ENCODING, ERRORS), int(f[4]),
+                     int(f[5]), details)
     verdict = dedup_verdicts(cols, cfg)
     n = len(cols)
     del cols
