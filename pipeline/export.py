@@ -414,8 +414,12 @@ def main(argv=None) -> None:
     cfg = load_config_arg(a.config)
     folder = Path(a.folder)
     if a.tfrecords_of or a.zip_of:
-        listed = sorted(kept(read_manifest(a.tfrecords_of or a.zip_of)),
-                        key=lambda r: r.details["index"])
+        # only what the files need of each row (a million rows' details are GBs)
+        items = [(r.peek_details()["index"], Row(id=r.id, source=r.source, path=r.path,
+                                                 width=r.width, height=r.height))
+                 for r in kept(iter_manifest(a.tfrecords_of or a.zip_of))]
+        items.sort(key=lambda item: item[0])
+        listed = [row for _, row in items]
         if not listed:
             raise SystemExit("export: no images left to export (see the stage manifests for why)")
         if a.tfrecords_of:
