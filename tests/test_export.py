@@ -222,3 +222,17 @@ def test_streamed_dataset_manifest_is_byte_identical_to_the_row_path(tmp_path):
         export.main(["--name", "tiny", "--folder", str(tmp_path / "none"), "--config",
                      json.dumps({"zip": False, "tfrecords": False}), str(dedup)])
     assert not (tmp_path / "none" / "manifest.tsv").exists()
+
+
+def test_files_from_the_streamed_manifest_match_a_one_step_export(tmp_path):
+    """The workflow's three steps (manifest-only gather, then --tfrecords-of and --zip-of,
+    which hold only each row's path and size) write the bytes of a one-step export."""
+    norm = normalized_dataset(tmp_path)
+    one = run_export(tmp_path, norm, folder="one")
+    export.main(["--name", "tiny", "--folder", str(tmp_path / "three"), "--config",
+                 json.dumps({"zip": False, "tfrecords": False}), str(norm)])
+    manifest = tmp_path / "three" / "manifest.tsv"
+    for flag in ("--tfrecords-of", "--zip-of"):
+        export.main(["--name", "tiny", "--folder", str(tmp_path / "three"), flag, str(manifest)])
+    for rel in ["manifest.tsv", "tiny.zip"] + [f"tfrecords/tiny-r{n:02d}.tfrecords" for n in (2, 3, 4, 5)]:
+        assert (one / rel).read_bytes() == (tmp_path / "three" / rel).read_bytes(), rel
