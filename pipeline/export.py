@@ -311,17 +311,23 @@ def write_dataset_manifest(normalized: Iterable[str | os.PathLike], duplicates: 
             offset = len(HEADER_BYTES)
             for line in (f if f.readline() == HEADER_BYTES else [b"?"]):  # else: rows say why
                 size = len(line)
-                fields = plain_fields(line[:-1] if line[-1:] == b"\n" else line)
-                if fields is None:
+                # the head only (split stops before the details, most of a 2 KB line)
+                c = line.split(b"\t", 8)
+                q = line.find(b'"')
+                if len(c) != 9 or (q != -1 and q != size - len(c[8])):
                     if line.strip(b"\n"):
+                        break  # a quoted name, a record over several lines: read as rows
+                elif c[6] == b"keep":
+                    # a line copied through must be what writing its row gives (plain_fields)
+                    fields = plain_fields(line[:-1] if line[-1:] == b"\n" else line)
+                    if fields is None or fields[7]:  # keep() clears a reason: rewrite the row
                         break
-                elif fields[6] == b"keep" and not fields[7]:
                     ident = fields[0].decode(ENC, ERR)
                     if ident not in duplicates:
                         ids.append(ident)
                         file_of.append(fno), offset_of.append(offset)
                         size_of.append(size), text_of.append(len(fields[8]))
-                elif fields[6] == b"keep":  # keep() clears a reason: rewrite that row
+                elif b"\r" in line:  # a CR the row path would read differently
                     break
                 offset += size
             else:
@@ -342,34 +348,34 @@ def write_dataset_manifest(normalized: Iterable[str | os.PathLike], duplicates: 
 
     def write(out):
         buf = [HEADER_BYTES]
+        pread, index_key, position_key = os.pread, b'""index"":', b'""tfrecord_position"":'
         for i, k in enumerate(order):
             fno = file_of[k]
-            w = rows_of.get(k)
-            line = None
             if fno >= 0:
-                offset, size, text_len = offset_of[k], size_of[k], text_of[k]
                 if fno not in fds:
                     fds[fno] = os.open(files[fno], os.O_RDONLY)
-                data = os.pread(fds[fno], size, offset)
-                body = data[:-1] if data[-1:] == b"\n" else data
-                text = body[len(body) - text_len:]
-                if text == b"{}":
-                    line = b'%s"{""index"":%d,""tfrecord_position"":%d}"\n' % (
-                        body[:-2], i, positions[i])
-                elif index_keys[0] not in text and index_keys[1] not in text:
-                    line = b'%s,""index"":%d,""tfrecord_position"":%d}"\n' % (
-                        body[:-2], i, positions[i])
-                else:  # a key to replace: as Row.keep does it
-                    fields = body.decode(ENC, ERR).split("\t")
-                    w = Row._from_fields(*fields[:4], int(fields[4]), int(fields[5]),
-                                         *fields[6:8], None, fields[8])
-            if line is None:
-                line = row_line(w.keep(details={"index": i, "tfrecord_position": positions[i]})
-                                ).encode(ENC, ERR)
-            buf.append(line)
-            if len(buf) >= 4096:
-                out.write(b"".join(buf))
-                buf.clear()
+                data = pread(fds[fno], size_of[k], offset_of[k])
+                cut = 3 if data[-1:] == b"\n" else 2  # the closing }" (and newline)
+                # a plain line's head holds no quote: the keys can only be in the details
+                if index_key not in data and position_key not in data:
+                    if text_of[k] == 2:  # {} (plain_fields: the only unquoted details)
+                        buf.append(b'%s"{""index"":%d,""tfrecord_position"":%d}"\n'
+                                   % (data[:-cut], i, positions[i]))
+                    else:
+                        buf.append(b'%s,""index"":%d,""tfrecord_position"":%d}"\n'
+                                   % (data[:-cut], i, positions[i]))
+                    if len(buf) >= 4096:
+                        out.write(b"".join(buf))
+                        buf.clear()
+                    continue
+                # a key to replace: as Row.keep does it
+                fields = data[:len(data) + 2 - cut].decode(ENC, ERR).split("\t")  # no newline
+                row = Row._from_fields(*fields[:4], int(fields[4]), int(fields[5]),
+                                       *fields[6:8], None, fields[8])
+            else:
+                row = rows_of[k]
+            buf.append(row_line(row.keep(details={"index": i, "tfrecord_position": positions[i]})
+                                ).encode(ENC, ERR))
         out.write(b"".join(buf))
     if not order:
         return 0  # nothing written: the caller stops, an earlier manifest stays as it was

@@ -392,6 +392,21 @@ def verdict_counts(path: str | os.PathLike) -> tuple[int, dict[str, int]]:
 
 def dropped_ids(path: str | os.PathLike) -> set[str]:
     """The ids of a manifest's drop rows, without building rows (dedup.tsv at 1M rows)."""
+    out = set()
+    with open(path, "rb") as f:
+        if f.readline() == HEADER_BYTES:
+            for line in f:
+                # the head only: split stops before the details (most of a 2 KB line)
+                c = line.split(b"\t", 8)
+                q = line.find(b'"')
+                if len(c) != 9 or (q != -1 and q != len(line) - len(c[8])) or b"\r" in line:
+                    if line.strip(b"\n"):
+                        break  # a quoted name, a record over several lines: read as records
+                    continue
+                if c[6] == b"drop":
+                    out.add(c[0].decode(ENCODING, ERRORS))
+            else:
+                return out
     with open(path, newline="\n", encoding=ENCODING, errors=ERRORS) as f:
         records = _records(f)
         header = next(records, None)
