@@ -454,14 +454,16 @@ DIRECT_KEY_BITS = 24
 
 
 def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbits: int, radius: int,
-                  max_pairs: int = 4_000_000, chunk: int = 1 << 20):
+                  max_pairs: int = 4_000_000, chunk: int = 1 << 20, keep=None):
     """Every (q, i) with ``queries[q]`` within Hamming ``radius`` of ``index[i]``, with the
     distance: the multi-index search of ``near_pairs``, with queries looked up in tables
     built over ``index`` only (trimmed windows are queried, never indexed, so the many
     windows of one image never meet each other). ``queries`` may be a list of arrays (taken
     as concatenated, positions counted across them). Queries go ``chunk`` at a time, their
     keys made per table: memory stays ~100 MB however many windows a million rows bring
-    (all blocks of 49M source windows at once were ~2 GB)."""
+    (all blocks of 49M source windows at once were ~2 GB). ``keep(q, i)`` (a mask) drops
+    pairs as they are found: an image's windows matching its own picture would otherwise
+    pile up once per table (15 tables x 1M self matches at 1M rows)."""
     empty = (np.empty(0, np.int64),) * 3
     parts = queries if isinstance(queries, list) else [queries]  # concatenated, not copied
     starts = np.cumsum([0] + [len(p) for p in parts])
@@ -518,6 +520,8 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
                 i = order[pos]
                 d = hamming(part[q], index[i])
                 close = d <= radius
+                if keep is not None:
+                    close[close] = keep(q[close] + c0, i[close])
                 found_q.append(q[close] + c0)
                 found_i.append(i[close])
                 found_d.append(d[close])
@@ -571,16 +575,24 @@ def _duplicate_pairs(sets: dict, nbits: int, radius: int, flips: bool):
     order of the hashes, only on who owns them."""
     whole, mirror, trims = sets[""], sets["_mirror"], sets["_trims"]
     index = np.concatenate([whole.words, mirror.words]) if flips else whole.words
-    q, i, d = pairs_between([whole.words, trims.words], index, nbits, radius)
     n_whole = len(whole.words)
-    a = np.empty(len(q), dtype=np.int64)
-    first = q < n_whole
-    a[first] = whole.owners(q[first])
-    a[~first] = trims.owners(q[~first] - n_whole)
-    mirrored = i >= n_whole
-    b = np.empty(len(i), dtype=np.int64)
-    b[~mirrored] = whole.owners(i[~mirrored])
-    b[mirrored] = mirror.owners(i[mirrored] - n_whole)
+
+    def owners(q, i):
+        a = np.empty(len(q), dtype=np.int64)
+        first = q < n_whole
+        a[first] = whole.owners(q[first])
+        a[~first] = trims.owners(q[~first] - n_whole)
+        mirrored = i >= n_whole
+        b = np.empty(len(i), dtype=np.int64)
+        b[~mirrored] = whole.owners(i[~mirrored])
+        b[mirrored] = mirror.owners(i[mirrored] - n_whole)
+        return a, b, mirrored
+
+    def between_items(q, i):  # a pair of two different items, both in the running
+        a, b, _ = owners(q, i)
+        return (a != b) & (a >= 0) & (b >= 0)
+    q, i, d = pairs_between([whole.words, trims.words], index, nbits, radius, keep=between_items)
+    a, b, mirrored = owners(q, i)
     other = (a != b) & (a >= 0) & (b >= 0)
     a, b, d, mirrored = a[other], b[other], d[other], mirrored[other]
     lo, hi = np.minimum(a, b), np.maximum(a, b)
