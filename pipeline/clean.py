@@ -653,12 +653,15 @@ class _Hashes:
         self.width = max(1, math.ceil(nbits / 64)) * 16  # hex digits per hash
         self.raw = {key: bytearray() for key in _HASH_KEYS}
         self.counts = {key: array("q") for key in _HASH_KEYS}
+        # (details key, buffer, counts) per kind: the loop of add, a million times
+        self._slots = [(method + key, self.raw[key], self.counts[key]) for key in _HASH_KEYS]
 
     def add(self, d: dict | None) -> None:
-        for key in _HASH_KEYS:
-            value = (d.get(self.method + key) if d else None) or ""
-            self.raw[key] += bytes.fromhex(value)
-            self.counts[key].append(len(value) // self.width)
+        width, fromhex = self.width, bytes.fromhex
+        for name, raw, counts in self._slots:
+            value = (d.get(name) if d else None) or ""
+            raw += fromhex(value)
+            counts.append(len(value) // width)
 
     def sets(self, owner: np.ndarray) -> dict:
         """{key: _HashSet} of every item's hashes, item k owned by ``owner[k]``. The words
@@ -706,11 +709,11 @@ class DedupColumns:
         source = d.get("source")
         src = source or {}
         quality = src.get("quality")
-        for col, value in zip(self.keys, (
-                (src.get("width", 0) * src.get("height", 0)) or width * height,
-                quality if quality is not None else -1, width * height,
-                d.get("file_bytes") or d.get("bytes") or 0)):
-            col.append(value)
+        source_pixels, quality_key, crop_pixels, file_bytes = self.keys
+        source_pixels.append((src.get("width", 0) * src.get("height", 0)) or width * height)
+        quality_key.append(quality if quality is not None else -1)
+        crop_pixels.append(width * height)
+        file_bytes.append(d.get("file_bytes") or d.get("bytes") or 0)
         digest = d.get("pixel_sha256")
         # 32 bytes instead of a 64-character string; any other text stays as it is (a str
         # never equals bytes, and two digests are equal exactly when their texts are)
@@ -882,7 +885,20 @@ def dedup_manifests(paths: list[str], cfg: dict, output: str) -> dict[str, int]:
     passes that hold no rows: the first reads what dedup needs into ``DedupColumns``, the
     second copies each kept line through, or writes its drop row. Returns the count per
     verdict ("keep" and the drop reasons)."""
-    cols = DedupColumns(cfg["near_duplicates"]["method"], cfg["near_duplicates"]["hash_size"] ** 2)
+    cols = read_dedup_columns(paths, cfg["near_duplicates"])
+    verdict = dedup_verdicts(cols, cfg)
+    n = len(cols)
+    del cols
+    write_dedup(paths, verdict, output)
+    counts = {"keep": n - len(verdict)}
+    for reason, _ in verdict.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
+def read_dedup_columns(paths: list[str], near: dict) -> DedupColumns:
+    """Pass one of ``dedup_manifests``: the kept rows' ``DedupColumns``, from the lines."""
+    cols = DedupColumns(near["method"], near["hash_size"] ** 2)
     loads = json.loads
     for path in paths:
         for line, is_kept, f in manifest_lines_of(path):
@@ -898,13 +914,12 @@ def dedup_manifests(paths: list[str], cfg: dict, output: str) -> dict[str, int]:
                 details = line_row(f).peek_details()
             cols.add(f[0].decode(ENCODING, ERRORS), f[2].decode(ENCODING, ERRORS), int(f[4]),
                      int(f[5]), details)
-    verdict = dedup_verdicts(cols, cfg)
-    n = len(cols)
-    del cols
-    counts = {"keep": n - len(verdict)}
-    for reason, _ in verdict.values():
-        counts[reason] = counts.get(reason, 0) + 1
+    return cols
 
+
+def write_dedup(paths: list[str], verdict: dict[int, tuple[str, dict]], output: str) -> None:
+    """Pass two of ``dedup_manifests``: every kept row of ``paths`` (the k-th is item k),
+    its line copied through, or its drop row when ``verdict`` has it."""
     def lines():
         k = 0
         for path in paths:
@@ -932,7 +947,6 @@ def dedup_manifests(paths: list[str], cfg: dict, output: str) -> dict[str, int]:
                 buf.clear()
         f.write(b"".join(buf))
     atomic_write_with(output, write)
-    return counts
 
 
 # ---------------------------------------------------------------- CLI
