@@ -723,6 +723,8 @@ class DedupColumns:
         self.digests.append(bytes.fromhex(digest) if type(digest) is str and _HEX64.fullmatch(digest)
                             else digest or None)
         box = d.get("box")
+        if box is not None and len(box) != 4:  # would shift every later face's box
+            raise ValueError(f"dedup: {id}: details.box {box!r} is not [x, y, w, h]")
         self.box.extend((math.nan,) * 4 if box is None else box)
         self.faces.add(d)
         if source:
