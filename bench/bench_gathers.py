@@ -2,8 +2,10 @@
 
     python bench/bench_gathers.py --rows 100000 1000000 [--old-repo /tmp/fp_old]
 
-Writes synthetic manifests shaped like a real run's (64 normalize shards whose rows carry
-crop/clean/upscale/normalize details, ~480 bytes of JSON; 64 clean shards of hashes), then
+Writes synthetic manifests shaped like a real run's with the default config (64 clean shards
+whose rows carry crop + clean details as the clean shard step writes them with trims, flips
+and sources on: ~1.6 KB of JSON; 64 normalize shards of the same rows plus upscale/normalize
+details; dedup.tsv), then
 runs each measurement in a fresh subprocess and reports its CPU time (user + sys, from
 getrusage: the machine is shared, wall time is not a fair figure) and peak RSS:
   read       read_manifests over the 64 normalize shards; memory per row held
@@ -46,20 +48,24 @@ if what == "read":
     assert len(held) == rows
 elif what == "export":
     from pipeline import export
-    try:
-        from pipeline.manifest import dropped_ids, iter_manifests
-        dataset = export.dataset_rows(iter_manifests(norm), dropped_ids(folder / "dedup.tsv"))
-    except ImportError:  # the old pipeline: lists only
-        dataset = export.dataset_rows(read_manifests(norm), read_manifest(folder / "dedup.tsv"))
-    order = export.shuffled_order(len(dataset))
-    positions = np.empty(len(dataset), dtype=np.int64)
-    positions[order] = np.arange(len(dataset))
-    positions = positions.tolist()
-    if hasattr(export, "listed_rows"):
-        write_manifest(folder / "export.tsv", export.listed_rows(dataset, positions))
+    if hasattr(export, "write_dataset_manifest"):  # the streamed gather (issue 17 item 4)
+        from pipeline.manifest import dropped_ids
+        export.write_dataset_manifest(norm, dropped_ids(folder / "dedup.tsv"), folder / "export.tsv")
     else:
-        write_manifest(folder / "export.tsv", [r.keep(details={"index": i, "tfrecord_position": positions[i]})
-                                               for i, r in enumerate(dataset)])
+        try:
+            from pipeline.manifest import dropped_ids, iter_manifests
+            dataset = export.dataset_rows(iter_manifests(norm), dropped_ids(folder / "dedup.tsv"))
+        except ImportError:  # the old pipeline: lists only
+            dataset = export.dataset_rows(read_manifests(norm), read_manifest(folder / "dedup.tsv"))
+        order = export.shuffled_order(len(dataset))
+        positions = np.empty(len(dataset), dtype=np.int64)
+        positions[order] = np.arange(len(dataset))
+        positions = positions.tolist()
+        if hasattr(export, "listed_rows"):
+            write_manifest(folder / "export.tsv", export.listed_rows(dataset, positions))
+        else:
+            write_manifest(folder / "export.tsv", [r.keep(details={"index": i, "tfrecord_position": positions[i]})
+                                                   for i, r in enumerate(dataset)])
 elif what == "dedup":
     from pipeline import clean
     import yaml
@@ -74,37 +80,74 @@ print("RESULT", json.dumps({"cpu_s": round(t1.ru_utime + t1.ru_stime - t0.ru_uti
 """
 
 
-def details_for(i: int, rng: random.Random) -> dict:
-    """What a normalize row carries after crop (animeface), clean, upscale and normalize."""
+def clean_details(i: int, rng: random.Random) -> dict:
+    """What a clean row carries with the default config (trims on, flips, sources): crop
+    (animeface) details, quality measures, pixel digest, pHash + mirror + 24 window hashes,
+    and the whole source's block (size, format, quality, hash + mirror + 48 windows), as
+    `pipeline/clean.py` writes them (~1.6 KB of JSON)."""
     x, y, w = rng.randrange(2000), rng.randrange(2000), rng.randrange(100, 900)
+    h = ["%016x" % rng.getrandbits(64) for _ in range(76)]
     return {"box": [x, y, w, w], "crop": [x - w // 4, y - w // 2, x + w + w // 4, y + w + w // 4],
-            "neighbors": rng.randrange(3, 40), "padded": False, "file_bytes": rng.randrange(10**4, 10**7),
-            "pixel_sha256": "%064x" % rng.getrandbits(256), "phash": "%016x" % rng.getrandbits(64),
-            "phash_mirror": "%016x" % rng.getrandbits(64), "colors": rng.randrange(10**5),
-            "chroma": round(rng.random() * 40, 4), "upscaler": "lanczos",
-            "upscale": {"factor": 2, "from": [w, w]},
-            "normalize": {"scale": round(512 / (2 * w), 6), "from": [2 * w, 2 * w]}}
+            "load": {"mode": "RGB"}, "margin": 0.25, "method": "animeface",
+            "neighbours": rng.randrange(3, 40), "padded": [0, 0, 0, 0],
+            "file_bytes": rng.randrange(10**4, 10**7), "sharpness": round(rng.random() * 3000, 2),
+            "brightness": round(rng.random() * 255, 2), "contrast": round(rng.random() * 80, 2),
+            "pixel_sha256": "%064x" % rng.getrandbits(256), "phash": h[0], "phash_mirror": h[1],
+            "phash_trims": "".join(h[2:26]),
+            "source": {"format": "JPEG", "height": 2400, "width": 1800, "quality": 90,
+                       "phash": h[26], "phash_mirror": h[27], "phash_trims": "".join(h[28:76])}}
+
+
+def flip_bit(hex_hash: str, rng: random.Random) -> str:
+    return "%016x" % (int(hex_hash, 16) ^ (1 << rng.randrange(64)))
 
 
 def make_manifests(folder: Path, rows: int, shards: int = 64) -> None:
-    sys.path.insert(0, str(REPO / "bench"))
-    from scale import synthetic_clean_manifests
+    """64 clean shards (every 50th row an exact copy, every 20th a repost of the row 7
+    before at half the size: face and source hashes 1 bit off), dedup.tsv (the near copies dropped) and 64
+    normalize shards (the clean rows plus upscale/normalize details). Written line by line:
+    nothing is held."""
+    from pipeline.manifest import HEADER_BYTES, Row, row_line
 
-    from pipeline.manifest import Row, write_manifest
+    def opened(stage):
+        out = []
+        for s in range(shards):
+            (folder / stage / f"{s:02d}").mkdir(parents=True, exist_ok=True)
+            f = open(folder / stage / f"{s:02d}" / "manifest.tsv", "wb")
+            f.write(HEADER_BYTES)
+            out.append(f)
+        return out
+    clean, norm = opened("clean"), opened("normalize")
+    dedup = open(folder / "dedup.tsv", "wb")
+    dedup.write(HEADER_BYTES)
     rng = random.Random(0)
-    per_shard: list[list] = [[] for _ in range(shards)]
-    dedup = []
+    recent: list[dict] = []
     for i in range(rows):
+        d = clean_details(i, rng)
+        if i % 50 == 49 and len(recent) >= 7:
+            d = {**recent[-7], "box": d["box"]}
+        elif i % 20 == 19 and len(recent) >= 7:
+            base = recent[-7]
+            d = {**base, "phash": flip_bit(base["phash"], rng), "pixel_sha256": d["pixel_sha256"],
+                 "box": [v // 2 for v in base["box"]], "crop": [v // 2 for v in base["crop"]],
+                 "source": {**base["source"], "phash": flip_bit(base["source"]["phash"], rng),
+                            "width": base["source"]["width"] // 2,
+                            "height": base["source"]["height"] // 2}}
+        recent = (recent + [d])[-8:]
+        w = d["box"][2]
         row = Row(id=f"{i:016x}-f0", source=f"raw/{i // 1000:04d}/img{i:07d}.jpg",
-                  parent_id=f"{i:016x}", path=f"{folder}/normalize/{i % shards:02d}/{i:016x}-f0.png",
-                  width=512, height=512, details=details_for(i, rng))
-        per_shard[i % shards].append(row)
-        dedup.append(row.drop("near_duplicate", details={"duplicate_of": f"{i - 3:016x}-f0",
-                                                         "distance": 3}) if i % 20 == 19 else row)
-    for s, shard_rows in enumerate(per_shard):
-        write_manifest(folder / "normalize" / f"{s:02d}" / "manifest.tsv", shard_rows)
-    write_manifest(folder / "dedup.tsv", dedup)
-    synthetic_clean_manifests(folder / "clean", rows, shards)
+                  parent_id=f"{i:016x}", path=f"{folder}/crop/{i % shards:02d}/{i:016x}-f0.png",
+                  width=w, height=w, details=d)
+        clean[i % shards].write(row_line(row).encode())
+        dedup.write(row_line(row.drop("near_duplicate", details={"duplicate_of": f"{i - 7:016x}-f0",
+                                                                 "distance": 1})
+                             if i % 20 == 19 else row).encode())
+        norm[i % shards].write(row_line(row.keep(
+            path=f"{folder}/normalize/{i % shards:02d}/{i:016x}-f0.png", width=512, height=512,
+            details={"upscaler": "lanczos", "upscale": {"factor": 2, "from": [w, w]},
+                     "normalize": {"scale": round(512 / (2 * w), 6), "from": [2 * w, 2 * w]}})).encode())
+    for f in clean + norm + [dedup]:
+        f.close()
 
 
 def run_child(repo: Path, what: str, folder: Path, rows: int) -> dict:
@@ -125,17 +168,19 @@ def main(argv=None) -> None:
     ap.add_argument("--workdir", default="/tmp/faceprep-gathers")
     ap.add_argument("--old-repo", help="a checkout whose pipeline/ to measure as 'before'")
     ap.add_argument("--only", nargs="+", default=["read", "export", "dedup"])
+    ap.add_argument("--keep", action="store_true", help="keep the manifests (and reuse them)")
     a = ap.parse_args(argv)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}; "
           f"load average {os.getloadavg()[0]:.1f}")
     for rows in a.rows:
         folder = Path(a.workdir) / str(rows)
-        shutil.rmtree(folder, ignore_errors=True)
-        # in a child: this process stays small, so the measuring children start small
-        subprocess.run([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[3:]; "
-                        "from bench_gathers import make_manifests; from pathlib import Path; "
-                        "make_manifests(Path(sys.argv[1]), int(sys.argv[2]))",
-                        str(folder), str(rows), str(REPO / "bench"), str(REPO)], check=True)
+        if not (a.keep and (folder / "dedup.tsv").exists()):
+            shutil.rmtree(folder, ignore_errors=True)
+            # in a child: this process stays small, so the measuring children start small
+            subprocess.run([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[3:]; "
+                            "from bench_gathers import make_manifests; from pathlib import Path; "
+                            "make_manifests(Path(sys.argv[1]), int(sys.argv[2]))",
+                            str(folder), str(rows), str(REPO / "bench"), str(REPO)], check=True)
         mib = sum(p.stat().st_size for p in folder.glob("normalize/*/manifest.tsv")) / 2**20
         print(f"rows {rows}: normalize manifests {mib:.0f} MiB")
         for label, repo in [("before", a.old_repo), ("after", str(REPO))]:
@@ -143,7 +188,15 @@ def main(argv=None) -> None:
                 continue
             for what in a.only:
                 print(f"  {label:6s} {what:6s} {run_child(Path(repo), what, folder, rows)}", flush=True)
-        shutil.rmtree(folder, ignore_errors=True)
+                out = {"export": "export.tsv", "dedup": "dedup_out.tsv"}.get(what)
+                if out:  # kept to check both code paths wrote the same bytes
+                    (folder / out).rename(folder / f"{what}-{label}.tsv")
+        for what in ("export", "dedup"):
+            if a.old_repo and what in a.only:
+                same = (folder / f"{what}-before.tsv").read_bytes() == (folder / f"{what}-after.tsv").read_bytes()
+                print(f"  {what} output before/after byte-identical: {same}")
+        if not a.keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

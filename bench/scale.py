@@ -3,6 +3,7 @@ peak memory of the dedup gather on 100k-1M synthetic hash rows.
 
     python bench/scale.py --images 100000 --workdir /tmp/faceprep-scale
     python bench/scale.py --skip-snakemake --dedup-rows 100000 1000000   (dedup gather only)
+    python bench/scale.py --images 1000000 --empty --workdir /tmp/fp-1m   (1M empty raw files)
 
 What it measures (each a fresh subprocess, wall time and peak RSS from /usr/bin/time):
   dry_run_fresh     `snakemake -n dataset` on a new results tree: lists the raw folder at
@@ -65,19 +66,30 @@ def make_raw_folder(raw: Path, count: int, per_folder: int = 1000) -> None:
         Image.frombytes("RGB", (8, 8), pixels).save(folder / f"img{i:07d}.png")
 
 
+def make_empty_raw_folder(raw: Path, count: int, per_folder: int = 1000) -> None:
+    """``count`` empty .png files, 1000 per folder: enough for the parse-time listing, the
+    DAG and the up-to-date checks (no stage runs on them)."""
+    for i in tqdm(range(count), desc="empty raw", unit="file", mininterval=2):
+        folder = raw / f"{i // per_folder:04d}"
+        if i % per_folder == 0:
+            folder.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(folder / f"img{i:07d}.png", os.O_CREAT | os.O_WRONLY, 0o644))
+
+
 def timed(cmd: list[str], cwd: Path, env=None) -> dict:
-    """Wall seconds, peak RSS (MiB) and output of one subprocess, via GNU time."""
-    fmt = "FACEPREP_TIME %e %M"
+    """Wall seconds, CPU seconds (user + sys), peak RSS (MiB) and output of one
+    subprocess, via GNU time."""
+    fmt = "FACEPREP_TIME %e %M %U %S"
     t0 = time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-f", fmt, *cmd], cwd=cwd, capture_output=True,
                           text=True, env=env)
     wall = time.perf_counter() - t0
-    m = re.search(r"FACEPREP_TIME ([\d.]+) (\d+)", proc.stderr)
+    m = re.search(r"FACEPREP_TIME ([\d.]+) (\d+) ([\d.]+) ([\d.]+)", proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-3000:]}"
                          f"\n{proc.stderr[-3000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_mib": round(int(m.group(2)) / 1024, 1),
-            "output": proc.stdout + proc.stderr}
+    return {"wall_s": round(wall, 2), "cpu_s": round(float(m.group(3)) + float(m.group(4)), 2),
+            "peak_rss_mib": round(int(m.group(2)) / 1024, 1), "output": proc.stdout + proc.stderr}
 
 
 def snapshot_workflow(dest: Path) -> Path:
@@ -85,7 +97,8 @@ def snapshot_workflow(dest: Path) -> Path:
     as code changes (pipeline/*.py are inputs of their rules)."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    for name in ("Snakefile", "config.yaml", "rules", "pipeline", "gan", "schemas", "profiles"):
+    for name in ("Snakefile", "config.yaml", "environment.yml", "rules", "pipeline", "gan", "schemas",
+                 "profiles"):
         src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -116,7 +129,8 @@ def planned_outputs(output: str) -> list[str]:
     return files
 
 
-def bench_snakemake(workdir: Path, images: int, shards: int, full_run: bool) -> dict:
+def bench_snakemake(workdir: Path, images: int, shards: int, full_run: bool,
+                    empty: bool = False) -> dict:
     global SNAKEFILE
     SNAKEFILE = snapshot_workflow(workdir / "workflow")
     raw = workdir / "raw"
@@ -124,7 +138,7 @@ def bench_snakemake(workdir: Path, images: int, shards: int, full_run: bool) -> 
     if not raw.is_dir() or sum(1 for _ in raw.rglob("*.png")) < images:
         shutil.rmtree(raw, ignore_errors=True)
         t0 = time.perf_counter()
-        make_raw_folder(raw, images)
+        (make_empty_raw_folder if empty else make_raw_folder)(raw, images)
         results["make_raw_s"] = round(time.perf_counter() - t0, 1)
     for stale in ("results", "cache", ".snakemake", "one_more"):
         shutil.rmtree(workdir / stale, ignore_errors=True)
@@ -132,10 +146,10 @@ def bench_snakemake(workdir: Path, images: int, shards: int, full_run: bool) -> 
     config.write_text(yaml.safe_dump({**CONFIG, "shards": shards, "raw_dir": str(raw)}))
 
     fresh = timed(snakemake_cmd(workdir, config, "-n", "dataset"), workdir)
-    results["dry_run_fresh"] = {"wall_s": fresh["wall_s"], "peak_rss_mib": fresh["peak_rss_mib"],
-                                "jobs": job_count(fresh["output"])}
+    results["dry_run_fresh"] = {"wall_s": fresh["wall_s"], "cpu_s": fresh["cpu_s"],
+                                "peak_rss_mib": fresh["peak_rss_mib"], "jobs": job_count(fresh["output"])}
     listed = timed(snakemake_cmd(workdir, config, "dataset", "-n", "--quiet", "rules"), workdir)
-    results["dry_run_listed"] = {"wall_s": listed["wall_s"],
+    results["dry_run_listed"] = {"wall_s": listed["wall_s"], "cpu_s": listed["cpu_s"],
                                  "peak_rss_mib": listed["peak_rss_mib"],
                                  "jobs": job_count(listed["output"])}
 
@@ -156,7 +170,8 @@ def bench_snakemake(workdir: Path, images: int, shards: int, full_run: bool) -> 
         results["noop_rerun"] = {"error": f"not up to date: {planned} jobs planned"}
     else:
         noop = timed(snakemake_cmd(workdir, config, "dataset"), workdir)
-        results["noop_rerun"] = {"wall_s": noop["wall_s"], "peak_rss_mib": noop["peak_rss_mib"],
+        results["noop_rerun"] = {"wall_s": noop["wall_s"], "cpu_s": noop["cpu_s"],
+                                 "peak_rss_mib": noop["peak_rss_mib"],
                                  "nothing_to_be_done": "Nothing to be done" in noop["output"]}
 
     # one new image: only its shard's per-image jobs and the gathers are planned
@@ -164,7 +179,8 @@ def bench_snakemake(workdir: Path, images: int, shards: int, full_run: bool) -> 
     extra.parent.mkdir(exist_ok=True)
     Image.new("RGB", (8, 8), (1, 2, 3)).save(extra)
     one = timed(snakemake_cmd(workdir, config, "dataset", "-n", "--quiet", "rules"), workdir)
-    results["dry_run_one_new"] = {"wall_s": one["wall_s"], "jobs": job_count(one["output"])}
+    results["dry_run_one_new"] = {"wall_s": one["wall_s"], "cpu_s": one["cpu_s"],
+                                  "jobs": job_count(one["output"])}
     extra.unlink()
     extra.parent.rmdir()
     return results
@@ -239,6 +255,8 @@ def main(argv=None) -> None:
     ap.add_argument("--dedup-rows", type=int, nargs="*", default=[],
                     help="synthetic clean rows for the dedup gather (e.g. 100000 1000000)")
     ap.add_argument("--skip-snakemake", action="store_true")
+    ap.add_argument("--empty", action="store_true",
+                    help="empty .png files as the raw folder (1M files: listing/DAG cost only)")
     args = ap.parse_args(argv)
     os.environ.setdefault("FACEPREP_ANIMEFACE_CASCADE",
                           str(REPO.parent / "shared" / "models" / "lbpcascade_animeface.xml"))
@@ -248,7 +266,7 @@ def main(argv=None) -> None:
     if not args.skip_snakemake:
         report["snakemake"] = {"images": args.images, "shards": args.shards,
                                **bench_snakemake(args.workdir, args.images, args.shards,
-                                                 args.full_run)}
+                                                 args.full_run, args.empty)}
     report["dedup"] = [bench_dedup(args.workdir, n) for n in args.dedup_rows]
     print(json.dumps(report, indent=2))
 

@@ -31,8 +31,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import math
+import re
+import sys
+from array import array
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable
 
 import imagehash
 import numpy as np
@@ -40,7 +45,9 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from pipeline.imaging import load_rgb, pixel_digest
-from pipeline.manifest import Row, load_config_arg, read_manifest, read_manifests, write_manifest
+from pipeline.manifest import (ENCODING, ERRORS, HEADER_BYTES, Row, atomic_write_with, line_row,
+                               load_config_arg, manifest_lines_of, read_manifest, row_line,
+                               write_manifest)
 
 # Colour measures and perceptual hashes are computed on a copy no larger than this:
 # it averages away JPEG chroma noise and makes the cost per image independent of size.
@@ -444,48 +451,87 @@ def near_duplicate_clusters(words: np.ndarray, nbits: int, radius: int,
 
 # ---------------------------------------------------------------- dedup (gather)
 
-def pairs_between(queries: np.ndarray, index: np.ndarray, nbits: int, radius: int,
-                  max_pairs: int = 4_000_000):
+# pairs_between: table keys up to this many bits are looked up in a direct table (2^24
+# bucket sizes and starts: 128 MB at most; 64-bit hashes at radius 4 use 22 bits: 32 MB)
+DIRECT_KEY_BITS = 24
+
+
+def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbits: int, radius: int,
+                  max_pairs: int = 4_000_000, chunk: int = 1 << 20, keep=None):
     """Every (q, i) with ``queries[q]`` within Hamming ``radius`` of ``index[i]``, with the
     distance: the multi-index search of ``near_pairs``, with queries looked up in tables
     built over ``index`` only (trimmed windows are queried, never indexed, so the many
-    windows of one image never meet each other)."""
+    windows of one image never meet each other). ``queries`` may be a list of arrays (taken
+    as concatenated, positions counted across them). Queries go ``chunk`` at a time, their
+    keys made per table: memory stays ~100 MB however many windows a million rows bring
+    (all blocks of 49M source windows at once were ~2 GB). ``keep(q, i)`` (a mask) drops
+    pairs as they are found: an image's windows matching its own picture would otherwise
+    pile up once per table (15 tables x 1M self matches at 1M rows)."""
     empty = (np.empty(0, np.int64),) * 3
-    if len(queries) == 0 or len(index) == 0:
+    parts = queries if isinstance(queries, list) else [queries]  # concatenated, not copied
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    n_queries = int(starts[-1])
+    if n_queries == 0 or len(index) == 0:
         return empty
-    blocks = choose_blocks_between(len(queries), len(index), nbits, radius)
+    blocks = choose_blocks_between(n_queries, len(index), nbits, radius)
     bounds = _block_bounds(nbits, blocks)
-    q_blocks = [_bit_range(queries, start, length) for start, length in bounds]
-    i_blocks = [_bit_range(index, start, length) for start, length in bounds]
+    # the index's blocks in the smallest type that holds them (11-bit blocks: a quarter)
+    i_blocks = [_bit_range(index, start, length).astype(
+        np.uint16 if length <= 16 else np.uint32 if length <= 32 else np.uint64)
+        for start, length in bounds]
     found_q, found_i, found_d = [], [], []
     for subset in itertools.combinations(range(blocks), blocks - radius):
-        q_key = np.zeros(len(queries), dtype=np.uint64)
         i_key = np.zeros(len(index), dtype=np.uint64)
         for b in subset:
-            q_key = (q_key << np.uint64(bounds[b][1])) | q_blocks[b]
             i_key = (i_key << np.uint64(bounds[b][1])) | i_blocks[b]
         order = np.argsort(i_key, kind="stable")
-        sorted_key = i_key[order]
-        # sorted needles: the binary searches walk memory in order (10x faster at 1M)
-        q_order = np.argsort(q_key)
-        lo = np.searchsorted(sorted_key, q_key[q_order], side="left")
-        counts = np.searchsorted(sorted_key, q_key[q_order], side="right") - lo
-        hits = np.flatnonzero(counts)
-        ends = np.cumsum(counts[hits])
-        begin = 0
-        while begin < len(hits):  # batches of at most ~max_pairs candidate pairs
-            stop = max(begin + 1, int(np.searchsorted(ends, (ends[begin - 1] if begin else 0)
-                                                      + max_pairs, side="right")))
-            h, c = hits[begin:stop], counts[hits[begin:stop]]
-            q = np.repeat(q_order[h], c)
-            pos = np.repeat(lo[h], c) + np.arange(len(q)) - np.repeat(np.cumsum(c) - c, c)
-            i = order[pos]
-            d = hamming(queries[q], index[i])
-            close = d <= radius
-            found_q.append(q[close])
-            found_i.append(i[close])
-            found_d.append(d[close])
-            begin = stop
+        key_bits = sum(bounds[b][1] for b in subset)
+        if key_bits <= DIRECT_KEY_BITS:
+            # keys this short index a table directly: a query's bucket is one lookup, no
+            # sort of the (many) queries and no binary search (4x faster at 1M rows)
+            # int32 (half the memory) while the index has fewer than 2^31 entries
+            dtype = np.int32 if len(index) < 2**31 else np.int64
+            bucket_size = np.bincount(i_key.astype(np.int64), minlength=1 << key_bits).astype(dtype)
+            bucket_start = np.cumsum(bucket_size, dtype=dtype)
+            bucket_start -= bucket_size
+        else:
+            sorted_key = i_key[order]
+        del i_key
+        for c0, part in ((int(starts[n]) + c, p[c:c + chunk]) for n, p in enumerate(parts)
+                         for c in range(0, len(p), chunk)):
+            q_key = np.zeros(len(part), dtype=np.uint64)
+            for b in subset:
+                q_key = (q_key << np.uint64(bounds[b][1])) | _bit_range(part, *bounds[b])
+            if key_bits <= DIRECT_KEY_BITS:
+                q_order = np.arange(len(part))
+                q_key = q_key.astype(np.int64)
+                lo, counts = bucket_start[q_key], bucket_size[q_key]
+            else:
+                # sorted needles: the binary searches walk memory in order (10x faster at 1M)
+                q_order = np.argsort(q_key)
+                needles = q_key[q_order]
+                lo = np.searchsorted(sorted_key, needles, side="left")
+                counts = np.searchsorted(sorted_key, needles, side="right") - lo
+                del needles
+            del q_key
+            hits = np.flatnonzero(counts)
+            ends = np.cumsum(counts[hits])
+            begin = 0
+            while begin < len(hits):  # batches of at most ~max_pairs candidate pairs
+                stop = max(begin + 1, int(np.searchsorted(ends, (ends[begin - 1] if begin else 0)
+                                                          + max_pairs, side="right")))
+                h, c = hits[begin:stop], counts[hits[begin:stop]]
+                q = np.repeat(q_order[h], c)
+                pos = np.repeat(lo[h], c) + np.arange(len(q)) - np.repeat(np.cumsum(c) - c, c)
+                i = order[pos]
+                d = hamming(part[q], index[i])
+                close = d <= radius
+                if keep is not None:
+                    close[close] = keep(q[close] + c0, i[close])
+                found_q.append(q[close] + c0)
+                found_i.append(i[close])
+                found_d.append(d[close])
+                begin = stop
     if not found_q:
         return empty
     q, i, d = (np.concatenate(x).astype(np.int64) for x in (found_q, found_i, found_d))
@@ -493,9 +539,20 @@ def pairs_between(queries: np.ndarray, index: np.ndarray, nbits: int, radius: in
     return q[first], i[first], d[first]
 
 
-def _hash_words(details: list[dict], method: str, nbits: int, key: str = ""):
-    """(words, owner) of the hashes ``details[k][method + key]`` (a concatenation of
-    several hashes for ``_trims``), skipping rows without them."""
+class _HashSet:
+    """Hashes of items: ``words`` (K, nwords) uint64, item k's being rows ends[k-1]:ends[k];
+    ``owner[k]`` is the id item k has in a search (-1: not part of it)."""
+
+    def __init__(self, words: np.ndarray, ends: np.ndarray, owner: np.ndarray):
+        self.words, self.ends, self.owner = words, ends, owner
+
+    def owners(self, rows: np.ndarray) -> np.ndarray:
+        return self.owner[np.searchsorted(self.ends, rows, side="right")]
+
+
+def _hash_words(details: list[dict], method: str, nbits: int, key: str = "") -> _HashSet:
+    """The hashes ``details[k][method + key]`` (a concatenation of several hashes for
+    ``_trims``), owned by k; rows without them have none."""
     nwords = max(1, math.ceil(nbits / 64))
     width = nwords * 16
     values, counts = [], []
@@ -506,7 +563,7 @@ def _hash_words(details: list[dict], method: str, nbits: int, key: str = ""):
     # hashes are fixed-width hex: decode them all in one go (no per-hash Python work)
     raw = bytes.fromhex("".join(values))
     words = np.frombuffer(raw, dtype=">u8").astype(np.uint64).reshape(-1, nwords)
-    return words, np.repeat(np.arange(len(details), dtype=np.int64), counts)
+    return _HashSet(words, np.cumsum(counts, dtype=np.int64), np.arange(len(details), dtype=np.int64))
 
 
 def duplicate_pairs(details: list[dict], method: str, nbits: int, radius: int, flips: bool):
@@ -514,21 +571,35 @@ def duplicate_pairs(details: list[dict], method: str, nbits: int, radius: int, f
     (the whole picture and its trims) against the other's whole picture, or its mirror
     image when ``flips``. Returns (a, b, distance, mirrored) with each pair once, at its
     smallest distance."""
-    index, index_owner = _hash_words(details, method, nbits)
-    mirror_flag = np.zeros(len(index), dtype=bool)
-    if flips:
-        mirrored, mirrored_owner = _hash_words(details, method, nbits, "_mirror")
-        index = np.concatenate([index, mirrored])
-        index_owner = np.concatenate([index_owner, mirrored_owner])
-        mirror_flag = np.concatenate([mirror_flag, np.ones(len(mirrored), dtype=bool)])
-    whole, whole_owner = _hash_words(details, method, nbits)
-    trims, trims_owner = _hash_words(details, method, nbits, "_trims")
-    queries = np.concatenate([whole, trims])
-    query_owner = np.concatenate([whole_owner, trims_owner])
-    q, i, d = pairs_between(queries, index, nbits, radius)
-    a, b = query_owner[q], index_owner[i]
-    mirrored = mirror_flag[i]
-    other = a != b
+    words = {key: _hash_words(details, method, nbits, key) for key in ("", "_mirror", "_trims")}
+    return _duplicate_pairs(words, nbits, radius, flips)
+
+
+def _duplicate_pairs(sets: dict, nbits: int, radius: int, flips: bool):
+    """``duplicate_pairs`` over ``_HashSet``s by key ("", "_mirror", "_trims"), between
+    their owners (items owned by -1 take no part). The result does not depend on the
+    order of the hashes, only on who owns them."""
+    whole, mirror, trims = sets[""], sets["_mirror"], sets["_trims"]
+    index = np.concatenate([whole.words, mirror.words]) if flips else whole.words
+    n_whole = len(whole.words)
+
+    def owners(q, i):
+        a = np.empty(len(q), dtype=np.int64)
+        first = q < n_whole
+        a[first] = whole.owners(q[first])
+        a[~first] = trims.owners(q[~first] - n_whole)
+        mirrored = i >= n_whole
+        b = np.empty(len(i), dtype=np.int64)
+        b[~mirrored] = whole.owners(i[~mirrored])
+        b[mirrored] = mirror.owners(i[mirrored] - n_whole)
+        return a, b, mirrored
+
+    def between_items(q, i):  # a pair of two different items, both in the running
+        a, b, _ = owners(q, i)
+        return (a != b) & (a >= 0) & (b >= 0)
+    q, i, d = pairs_between([whole.words, trims.words], index, nbits, radius, keep=between_items)
+    a, b, mirrored = owners(q, i)
+    other = (a != b) & (a >= 0) & (b >= 0)
     a, b, d, mirrored = a[other], b[other], d[other], mirrored[other]
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     # per pair the closest match (unmirrored first on ties)
@@ -542,15 +613,10 @@ def keeper_priority(rows: list[Row]) -> np.ndarray:
     """Order of ``rows`` from best to worst copy: largest source resolution, then the least
     compressed source (JPEG quality; lossless 100; unknown last), then most crop pixels,
     then the larger source file, then the smaller id (stable across runs and shards)."""
-    def key(k):
-        r = rows[k]
-        source = r.details.get("source") or {}
-        source_pixels = (source.get("width", 0) * source.get("height", 0)) or r.width * r.height
-        quality = source.get("quality")
-        file_bytes = r.details.get("file_bytes") or r.details.get("bytes") or 0
-        return (-source_pixels, -(quality if quality is not None else -1), -r.width * r.height,
-                -file_bytes, r.id)
-    return np.array(sorted(range(len(rows)), key=key), dtype=np.int64)
+    cols = DedupColumns("none", 64)
+    for r in rows:
+        cols.add(r.id, r.parent_id, r.width, r.height, r.peek_details())
+    return cols.priority()
 
 
 def assign_keepers(n: int, priority: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -575,46 +641,148 @@ def assign_keepers(n: int, priority: np.ndarray, a: np.ndarray, b: np.ndarray) -
     return keeper, link
 
 
-def _face_position(r: Row, source: dict) -> tuple[float, float, float] | None:
-    """Centre and size of a face in its source, as fractions of the source's sides."""
-    width, height = source.get("width"), source.get("height")
-    if not width or not height:
-        return None
-    box = r.details.get("box")
-    if box is None:  # crop.method none: the face is the whole picture
-        return 0.5, 0.5, 1.0
-    x, y, w, h = box
-    return (x + w / 2) / width, (y + h / 2) / height, w / width
-
-
 # a face of a duplicate source matches the face at the same place in the keeper's source:
 # centres within this fraction of the source's sides (trims move them up to 9 %), sizes
 # within this ratio
 FACE_MATCH_OFFSET = 0.12
 FACE_MATCH_SIZE = 1.5
 
+_HASH_KEYS = ("", "_mirror", "_trims")
 
-def source_face_pairs(rows: list[Row], near: dict) -> tuple[np.ndarray, ...]:
+
+class _Hashes:
+    """Hex hashes of many items, kept as their raw bytes in one buffer per key (a million
+    rows' 76 hashes each: no Python string per hash)."""
+
+    def __init__(self, method: str, nbits: int):
+        self.method, self.nbits = method, nbits
+        self.width = max(1, math.ceil(nbits / 64)) * 16  # hex digits per hash
+        self.raw = {key: bytearray() for key in _HASH_KEYS}
+        self.counts = {key: array("i") for key in _HASH_KEYS}
+        # (details key, buffer, counts) per kind: the loop of add, a million times
+        self._slots = [(method + key, self.raw[key], self.counts[key]) for key in _HASH_KEYS]
+
+    def add(self, d: dict | None) -> None:
+        width, fromhex = self.width, bytes.fromhex
+        for name, raw, counts in self._slots:
+            value = (d.get(name) if d else None) or ""
+            raw += fromhex(value)
+            counts.append(len(value) // width)
+
+    def sets(self, owner: np.ndarray) -> dict:
+        """{key: _HashSet} of every item's hashes, item k owned by ``owner[k]``. The words
+        are the buffers themselves, byte-swapped in place (no copy: 600 MB at 1M rows)."""
+        out = {}
+        for key in _HASH_KEYS:
+            raw = self.raw[key]
+            if not isinstance(raw, np.ndarray):  # first use: big-endian bytes -> native words
+                raw = np.frombuffer(raw, dtype=np.uint64)  # a writable view of the bytearray
+                if sys.byteorder == "little":
+                    raw.byteswap(inplace=True)
+                self.raw[key] = raw
+            words = raw.reshape(-1, self.width // 16)
+            ends = np.cumsum(np.frombuffer(self.counts[key], dtype=np.int32), dtype=np.int64)
+            out[key] = _HashSet(words, ends, owner)
+        return out
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class DedupColumns:
+    """What the dedup gather needs of each kept clean row, in columns: ids, source ids,
+    the keeper priority keys, pixel digest, face box, hashes of the face and of its source
+    picture (``details.source``). Rows are added one at a time and not kept, so a gather
+    over a million manifest rows holds ~1 KB a row of hashes instead of the rows."""
+
+    def __init__(self, method: str, nbits: int):
+        self.ids: list[str] = []
+        self.sources: list[str] = []  # parent_id or id
+        self.keys = [array("d") for _ in range(4)]  # source pixels, quality, crop pixels, file bytes
+        self.digests: list = []
+        self.box = array("d")  # x, y, w, h; nan when no box
+        self.block = array("q")  # index into the source blocks, -1 when no details.source
+        self.block_size = array("d")  # source width, height (0 when unknown)
+        self.faces = _Hashes(method, nbits)
+        self.blocks = _Hashes(method, nbits)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, id: str, parent_id: str, width: int, height: int, d: dict) -> None:
+        self.ids.append(id)
+        self.sources.append(parent_id or id)
+        source = d.get("source")
+        src = source or {}
+        quality = src.get("quality")
+        source_pixels, quality_key, crop_pixels, file_bytes = self.keys
+        source_pixels.append((src.get("width", 0) * src.get("height", 0)) or width * height)
+        quality_key.append(quality if quality is not None else -1)
+        crop_pixels.append(width * height)
+        file_bytes.append(d.get("file_bytes") or d.get("bytes") or 0)
+        digest = d.get("pixel_sha256")
+        # 32 bytes instead of a 64-character string; any other text stays as it is (a str
+        # never equals bytes, and two digests are equal exactly when their texts are)
+        self.digests.append(bytes.fromhex(digest) if type(digest) is str and _HEX64.fullmatch(digest)
+                            else digest or None)
+        box = d.get("box")
+        if box is not None and len(box) != 4:  # would shift every later face's box
+            raise ValueError(f"dedup: {id}: details.box {box!r} is not [x, y, w, h]")
+        self.box.extend((math.nan,) * 4 if box is None else box)
+        self.faces.add(d)
+        if source:
+            self.block.append(len(self.block_size) // 2)
+            self.block_size.extend((source.get("width") or 0, source.get("height") or 0))
+            self.blocks.add(source)
+        else:
+            self.block.append(-1)
+
+    def priority(self) -> np.ndarray:
+        """``keeper_priority``: best copy first; ties by id, then input order."""
+        n = len(self.ids)
+        id_rank = np.empty(n, dtype=np.int64)
+        id_rank[sorted(range(n), key=self.ids.__getitem__)] = np.arange(n)
+        keys = [-np.frombuffer(col, dtype=np.float64) for col in self.keys]
+        return np.lexsort((id_rank, keys[3], keys[2], keys[1], keys[0])).astype(np.int64)
+
+    def face_position(self, k: int, block: int) -> tuple[float, float, float] | None:
+        """Centre and size of face ``k`` in source block ``block``, as fractions of its sides."""
+        width, height = self.block_size[2 * block], self.block_size[2 * block + 1]
+        if not width or not height:
+            return None
+        x, y, w, h = self.box[4 * k:4 * k + 4]
+        if math.isnan(x):  # crop.method none: the face is the whole picture
+            return 0.5, 0.5, 1.0
+        return (x + w / 2) / width, (y + h / 2) / height, w / width
+
+
+def source_face_pairs(cols: DedupColumns, alive: np.ndarray, near: dict) -> tuple[np.ndarray, ...]:
     """Pairs of faces cut from sources that are duplicates of each other (whole pictures
     within the radius: reposts, rescales, re-encodes, crops by a few percent, mirrors), each
     face paired with the face at the same place of the other source. Returns
-    (a, b, distance, mirrored) of face rows."""
-    method, nbits = near["method"], near["hash_size"] ** 2
-    source_ids = sorted({r.parent_id or r.id for r in rows if r.details.get("source")})
-    faces_of: dict[str, list[int]] = {}
-    measures: dict[str, dict] = {}
-    for k, r in enumerate(rows):
-        sid = r.parent_id or r.id
-        if r.details.get("source"):
-            faces_of.setdefault(sid, []).append(k)
-            measures[sid] = r.details["source"]
-    details = [measures[s] for s in source_ids]
-    sa, sb, sd, sm = duplicate_pairs(details, method, nbits, near["radius"], flips_on(near))
+    (a, b, distance, mirrored) of positions in ``alive`` (the rows still in the running)."""
+    nbits = near["hash_size"] ** 2
+    # the faces with source measures, grouped by source id (groups in sorted id order,
+    # faces in alive order): arrays, not a dict of lists (~300 MB at 1M rows)
+    with_source = np.flatnonzero(np.frombuffer(cols.block, dtype=np.int64)[alive] >= 0)
+    sids = [cols.sources[k] for k in alive[with_source].tolist()]
+    order = sorted(range(len(sids)), key=sids.__getitem__)
+    starts = np.array([g for g in range(len(order)) if not g or sids[order[g]] != sids[order[g - 1]]],
+                      dtype=np.int64)
+    members = with_source[np.array(order, dtype=np.int64)]  # positions in alive
+    del sids, order
+    ends = np.r_[starts[1:], len(members)] if len(starts) else starts
+    # a source's measures: those of its last face here
+    block_of = np.frombuffer(cols.block, dtype=np.int64)[alive[members[ends - 1]]]
+    owner = np.full(len(cols.block_size) // 2, -1, dtype=np.int64)  # by block: its source's number
+    owner[block_of] = np.arange(len(starts))
+    sa, sb, sd, sm = _duplicate_pairs(cols.blocks.sets(owner), nbits, near["radius"], flips_on(near))
+    faces_of = lambda g: members[starts[g]:ends[g]].tolist()  # noqa: E731
     out = ([], [], [], [])
     for s, t, dist, flip in zip(sa.tolist(), sb.tolist(), sd.tolist(), sm.tolist()):
-        s_id, t_id = source_ids[s], source_ids[t]
-        s_faces = [(k, _face_position(rows[k], measures[s_id])) for k in faces_of[s_id]]
-        for k, pos in ((k, _face_position(rows[k], measures[t_id])) for k in faces_of[t_id]):
+        s_faces = [(j, cols.face_position(int(alive[j]), int(block_of[s]))) for j in faces_of(s)]
+        for k in faces_of(t):
+            pos = cols.face_position(int(alive[k]), int(block_of[t]))
             if pos is None:
                 continue
             x, y, size = pos
@@ -633,6 +801,76 @@ def source_face_pairs(rows: list[Row], near: dict) -> tuple[np.ndarray, ...]:
     return tuple(np.array(x, dtype=dt) for x, dt in zip(out, (np.int64, np.int64, np.int64, bool)))
 
 
+def dedup_verdicts(cols: DedupColumns, cfg: dict) -> dict[int, tuple[str, dict]]:
+    """{item: (reason, details)} of the items of ``cols`` that dedup drops (see ``dedup``)."""
+    n = len(cols)
+    if n == 0:
+        return {}
+    priority = cols.priority()
+    rank = np.empty(n, dtype=np.int64)
+    rank[priority] = np.arange(n)
+    verdict: dict[int, tuple[str, dict]] = {}
+    alive = np.arange(n)  # images still in the running for near duplicates
+    exact_of: dict[int, int] = {}
+    ids = cols.ids
+
+    if cfg["exact_duplicates"]:
+        best_with: dict = {}
+        digests = cols.digests
+        for k in priority.tolist():  # the best copy of each pixel digest keeps it
+            keeper = best_with.setdefault(digests[k] or k, k)
+            if keeper != k:
+                verdict[k] = ("exact_duplicate", {"duplicate_of": ids[keeper], "distance": 0})
+                exact_of[k] = keeper
+        del best_with
+        alive = np.array([k for k in range(n) if k not in verdict], dtype=np.int64)
+
+    near = cfg["near_duplicates"]
+    if near["method"] != "none" and len(alive) > 1:
+        nbits = near["hash_size"] ** 2
+        kinds, pairs = [], []
+        if near.get("sources", True):
+            a, b, d, m = source_face_pairs(cols, alive, near)
+            pairs.append((a, b, d, m))
+            kinds.append(np.zeros(len(a), dtype=np.int8))  # 0: source level
+        owner = np.full(n, -1, dtype=np.int64)  # by row: its position among the alive
+        owner[alive] = np.arange(len(alive))
+        a, b, d, m = _duplicate_pairs(cols.faces.sets(owner), nbits, near["radius"], flips_on(near))
+        pairs.append((a, b, d, m))
+        kinds.append(np.ones(len(a), dtype=np.int8))  # 1: crop level
+        a, b, d, m = (np.concatenate(x) for x in zip(*pairs))
+        kind = np.concatenate(kinds)
+        # one link per pair: the closest; source level first on ties
+        order = np.lexsort((kind, d, np.maximum(a, b), np.minimum(a, b)))
+        a, b, d, m, kind = a[order], b[order], d[order], m[order], kind[order]
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] if len(a) else np.zeros(0, bool)
+        a, b, d, m, kind = a[first], b[first], d[first], m[first], kind[first]
+        sub_priority = np.argsort(rank[alive], kind="stable")
+        keeper, link = assign_keepers(len(alive), sub_priority, a, b)
+        for k in np.flatnonzero(keeper != np.arange(len(alive))).tolist():
+            e = link[k]
+            keep_k = int(alive[keeper[k]])
+            details = {"duplicate_of": ids[keep_k], "distance": int(d[e])}
+            if m[e]:
+                details["mirrored"] = True
+            if kind[e] == 0:
+                details["duplicate_source"] = cols.sources[keep_k]
+            verdict[int(alive[k])] = ("source_duplicate" if kind[e] == 0 else "near_duplicate", details)
+        # a pixel twin of an image dropped here is a duplicate of the same keeper
+        for k, twin in exact_of.items():
+            if twin in verdict:
+                verdict[k] = verdict[twin]
+    return verdict
+
+
+def dedup_columns(rows: Iterable[Row], near: dict) -> DedupColumns:
+    cols = DedupColumns(near["method"], near["hash_size"] ** 2)
+    for r in rows:
+        cols.add(r.id, r.parent_id, r.width, r.height, r.peek_details())
+    return cols
+
+
 def dedup(rows: list[Row], cfg: dict) -> list[Row]:
     """One row per kept clean row: keep, or drop as exact_duplicate / source_duplicate /
     near_duplicate.
@@ -646,65 +884,80 @@ def dedup(rows: list[Row], cfg: dict) -> list[Row]:
     keeper is the best copy (``keeper_priority``).
     """
     rows = [r for r in rows if r.kept]
-    n = len(rows)
-    if n == 0:
-        return []
-    priority = keeper_priority(rows)
-    rank = np.empty(n, dtype=np.int64)
-    rank[priority] = np.arange(n)
-    verdict: dict[int, tuple[str, dict]] = {}
-    alive = np.arange(n)  # images still in the running for near duplicates
-    exact_of: dict[int, int] = {}
-
-    if cfg["exact_duplicates"]:
-        best_with: dict = {}
-        for k in priority.tolist():  # the best copy of each pixel digest keeps it
-            digest = rows[k].details.get("pixel_sha256") or k
-            keeper = best_with.setdefault(digest, k)
-            if keeper != k:
-                verdict[k] = ("exact_duplicate", {"duplicate_of": rows[keeper].id, "distance": 0})
-                exact_of[k] = keeper
-        alive = np.array([k for k in range(n) if k not in verdict], dtype=np.int64)
-
-    near = cfg["near_duplicates"]
-    if near["method"] != "none" and len(alive) > 1:
-        sub = [rows[k] for k in alive]
-        nbits = near["hash_size"] ** 2
-        kinds, pairs = [], []
-        if near.get("sources", True):
-            a, b, d, m = source_face_pairs(sub, near)
-            pairs.append((a, b, d, m))
-            kinds.append(np.zeros(len(a), dtype=np.int8))  # 0: source level
-        a, b, d, m = duplicate_pairs([r.details for r in sub], near["method"], nbits,
-                                     near["radius"], flips_on(near))
-        pairs.append((a, b, d, m))
-        kinds.append(np.ones(len(a), dtype=np.int8))  # 1: crop level
-        a, b, d, m = (np.concatenate(x) for x in zip(*pairs))
-        kind = np.concatenate(kinds)
-        # one link per pair: the closest; source level first on ties
-        order = np.lexsort((kind, d, np.maximum(a, b), np.minimum(a, b)))
-        a, b, d, m, kind = a[order], b[order], d[order], m[order], kind[order]
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] if len(a) else np.zeros(0, bool)
-        a, b, d, m, kind = a[first], b[first], d[first], m[first], kind[first]
-        sub_priority = np.argsort(rank[alive], kind="stable")
-        keeper, link = assign_keepers(len(sub), sub_priority, a, b)
-        for k in np.flatnonzero(keeper != np.arange(len(sub))).tolist():
-            e = link[k]
-            keep_row = sub[keeper[k]]
-            details = {"duplicate_of": keep_row.id, "distance": int(d[e])}
-            if m[e]:
-                details["mirrored"] = True
-            if kind[e] == 0:
-                details["duplicate_source"] = keep_row.parent_id or keep_row.id
-            verdict[int(alive[k])] = ("source_duplicate" if kind[e] == 0 else "near_duplicate", details)
-        # a pixel twin of an image dropped here is a duplicate of the same keeper
-        for k, twin in exact_of.items():
-            if twin in verdict:
-                verdict[k] = verdict[twin]
-
-    return [r.drop(verdict[k][0], details=verdict[k][1]) if k in verdict else r
+    verdict = dedup_verdicts(dedup_columns(rows, cfg["near_duplicates"]), cfg)
+    # a drop's keys merge into the parsed details (sorted), as dedup_manifests writes them
+    return [r.drop(verdict[k][0], details={**r.details, **verdict[k][1]}) if k in verdict else r
             for k, r in enumerate(rows)]
+
+
+def dedup_manifests(paths: list[str], cfg: dict, output: str) -> dict[str, int]:
+    """``dedup`` over the kept rows of the manifests at ``paths``, written to ``output``
+    (the same bytes as ``write_manifest(output, dedup(read_manifests(paths), cfg))``) in two
+    passes that hold no rows: the first reads what dedup needs into ``DedupColumns``, the
+    second copies each kept line through, or writes its drop row. Returns the count per
+    verdict ("keep" and the drop reasons)."""
+    cols = read_dedup_columns(paths, cfg["near_duplicates"])
+    verdict = dedup_verdicts(cols, cfg)
+    n = len(cols)
+    del cols
+    write_dedup(paths, verdict, output)
+    counts = {"keep": n - len(verdict)}
+    for reason, _ in verdict.values():
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
+def read_dedup_columns(paths: list[str], near: dict) -> DedupColumns:
+    """Pass one of ``dedup_manifests``: the kept rows' ``DedupColumns``, from the lines."""
+    cols = DedupColumns(near["method"], near["hash_size"] ** 2)
+    loads = json.loads
+    for path in paths:
+        for line, is_kept, f in manifest_lines_of(path):
+            if not is_kept:
+                continue
+            if line is None:  # a row (a quoted name...)
+                cols.add(f.id, f.parent_id, f.width, f.height, f.peek_details())
+                continue
+            text = f[8]  # the quoted JSON as bytes: unquoted and parsed without a str copy
+            try:
+                details = loads(text[1:-1].replace(b'""', b'"') if text[:1] == b'"' else text)
+            except UnicodeDecodeError:  # a name that is not UTF-8: as the row path reads it
+                details = line_row(f).peek_details()
+            cols.add(f[0].decode(ENCODING, ERRORS), f[2].decode(ENCODING, ERRORS), int(f[4]),
+                     int(f[5]), details)
+    return cols
+
+
+def write_dedup(paths: list[str], verdict: dict[int, tuple[str, dict]], output: str) -> None:
+    """Pass two of ``dedup_manifests``: every kept row of ``paths`` (the k-th is item k),
+    its line copied through, or its drop row when ``verdict`` has it."""
+    def lines():
+        k = 0
+        for path in paths:
+            for line, is_kept, row in manifest_lines_of(path):
+                if not is_kept:
+                    continue
+                if k in verdict:
+                    reason, details = verdict[k]
+                    row = line_row(row) if line is not None else row
+                    row.details  # parsed: the drop's keys merge in sorted, as they always did
+                    yield row_line(row.drop(reason, details=details)).encode(ENCODING, ERRORS)
+                elif line is not None:
+                    yield line  # as read: the clean step writes canonical (sorted) JSON
+                else:
+                    row.details  # re-serialized, as the row path did
+                    yield row_line(row).encode(ENCODING, ERRORS)
+                k += 1
+
+    def write(f):
+        buf = [HEADER_BYTES]
+        for line in lines():
+            buf.append(line)
+            if len(buf) >= 4096:
+                f.write(b"".join(buf))
+                buf.clear()
+        f.write(b"".join(buf))
+    atomic_write_with(output, write)
 
 
 # ---------------------------------------------------------------- CLI
@@ -737,13 +990,11 @@ def main(argv=None) -> None:
             reasons[r.reason or "keep"] = reasons.get(r.reason or "keep", 0) + 1
         print(f"clean: {reasons.get('keep', 0)}/{len(rows)} kept; {reasons}")
         return
-    rows = dedup(read_manifests(a.manifests), cfg)
-    write_manifest(a.output, rows)
-    kept = sum(r.kept for r in rows)
-    print(f"dedup: {kept}/{len(rows)} kept, "
-          f"{sum(r.reason == 'exact_duplicate' for r in rows)} exact, "
-          f"{sum(r.reason == 'source_duplicate' for r in rows)} source and "
-          f"{sum(r.reason == 'near_duplicate' for r in rows)} near duplicates dropped")
+    counts = dedup_manifests(a.manifests, cfg, a.output)
+    print(f"dedup: {counts['keep']}/{sum(counts.values())} kept, "
+          f"{counts.get('exact_duplicate', 0)} exact, "
+          f"{counts.get('source_duplicate', 0)} source and "
+          f"{counts.get('near_duplicate', 0)} near duplicates dropped")
 
 
 if __name__ == "__main__":

@@ -104,9 +104,28 @@ def config_error(config: dict, schema: dict) -> str | None:
 
 def stage_summary(stage: str, rows) -> str:
     """'crop: 43 kept, 12 dropped (no_face 10, decode_error 2)'."""
-    rows = list(rows)
-    kept = sum(r.kept for r in rows)
-    dropped = Counter(r.reason or "unspecified" for r in rows if not r.kept)
+    kept, dropped = 0, Counter()
+    for r in rows:  # one pass: rows may stream
+        if r.kept:
+            kept += 1
+        else:
+            dropped[r.reason or "unspecified"] += 1
+    return summary_text(stage, kept, dropped)
+
+
+def manifests_summary(stage: str, paths) -> str:
+    """``stage_summary`` of the manifests at ``paths``, counted without building rows (a
+    gather's summary over a million rows)."""
+    from pipeline.manifest import verdict_counts
+    kept, dropped = 0, Counter()
+    for path in paths:
+        k, d = verdict_counts(path)
+        kept += k
+        dropped.update(d)
+    return summary_text(stage, kept, dropped)
+
+
+def summary_text(stage: str, kept: int, dropped: Counter) -> str:
     text = f"{stage}: {kept} kept"
     if dropped:
         reasons = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -216,13 +235,12 @@ def main(argv=None) -> None:
     if a.cmd == "tee":
         tee_main(a.log, a.append)
         return
-    from pipeline.manifest import read_manifest
     by_stage: dict[str, list] = {}
     for item in a.stage_manifests:
         stage, _, path = item.partition("=")
-        by_stage.setdefault(stage, []).extend(read_manifest(path))
-    for stage, rows in by_stage.items():
-        say(stage_summary(stage, rows))
+        by_stage.setdefault(stage, []).append(path)
+    for stage, paths in by_stage.items():
+        say(manifests_summary(stage, paths))
 
 
 if __name__ == "__main__":

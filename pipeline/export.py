@@ -28,6 +28,7 @@ import math
 import os
 import sys
 import zipfile
+from array import array
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -35,8 +36,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.manifest import (Row, ShardDir, atomic_write_with, dropped_ids, iter_manifests,
-                               kept, load_config_arg, read_manifest, write_manifest)
+from pipeline.manifest import (HEADER_BYTES, Row, ShardDir, atomic_write_with, dropped_ids,
+                               iter_manifest, iter_manifests, kept, load_config_arg, plain_fields,
+                               read_manifest, row_line, write_manifest)
 from pipeline.rank import read_scores
 
 SHUFFLE_SEED = 123  # NVIDIA dataset_tool.py: TFRecordExporter.choose_shuffled_order
@@ -285,6 +287,106 @@ def listed_rows(rows: list[Row], positions: list[int], extra_rows=()) -> Iterato
     yield from extra_rows
 
 
+def write_dataset_manifest(normalized: Iterable[str | os.PathLike], duplicates: set[str],
+                           path: str | os.PathLike) -> int:
+    """The export manifest of ``normalized`` (manifest paths) minus ``duplicates``, without
+    pixels: exactly the bytes of ``write_manifest(path, listed_rows(dataset_rows(...),
+    record_positions(n)))``, in two passes that hold no rows (1M rows: issue 17 item 4); writes nothing when no image is left.
+
+    Pass one keeps each kept row's id and where its line is; pass two reads the lines back
+    in id order and appends ``index`` and ``tfrecord_position`` to the details text, as
+    ``Row.keep`` does. A file with any line a row would not write back byte for byte (a
+    quoted name, a row to re-serialize) is read as rows instead. Returns the image count.
+    """
+    ENC, ERR = "utf-8", "surrogateescape"
+    files = [str(p) for p in normalized]
+    ids: list[str] = []
+    # where each image's line is: file number (-1: a row of rows_of), offset, length,
+    # length of its details field; in arrays (a million tuples were ~150 MB)
+    file_of, offset_of, size_of, text_of = array("i"), array("q"), array("i"), array("i")
+    rows_of: dict[int, Row] = {}
+    for fno, name in enumerate(files):
+        start = len(ids)
+        with open(name, "rb") as f:
+            offset = len(HEADER_BYTES)
+            for line in (f if f.readline() == HEADER_BYTES else [b"?"]):  # else: rows say why
+                size = len(line)
+                # the head only (split stops before the details, most of a 2 KB line)
+                c = line.split(b"\t", 8)
+                q = line.find(b'"')
+                if len(c) != 9 or (q != -1 and q != size - len(c[8])):
+                    if line.strip(b"\n"):
+                        break  # a quoted name, a record over several lines: read as rows
+                elif c[6] == b"keep":
+                    # a line copied through must be what writing its row gives (plain_fields)
+                    fields = plain_fields(line[:-1] if line[-1:] == b"\n" else line)
+                    if fields is None or fields[7]:  # keep() clears a reason: rewrite the row
+                        break
+                    ident = fields[0].decode(ENC, ERR)
+                    if ident not in duplicates:
+                        ids.append(ident)
+                        file_of.append(fno), offset_of.append(offset)
+                        size_of.append(size), text_of.append(len(fields[8]))
+                elif b"\r" in line:  # a CR the row path would read differently
+                    break
+                offset += size
+            else:
+                continue
+        # this file as rows (the same code as the one-pass export)
+        for column in (ids, file_of, offset_of, size_of, text_of):
+            del column[start:]
+        for r in kept(iter_manifest(name)):
+            if r.id not in duplicates:
+                rows_of[len(ids)] = r
+                ids.append(r.id)
+                file_of.append(-1), offset_of.append(0), size_of.append(0), text_of.append(0)
+    order = sorted(range(len(ids)), key=ids.__getitem__)  # stable: equal ids keep file order
+    del ids
+    positions = record_positions(len(order))
+    fds: dict[int, int] = {}
+    index_keys = (b'""index"":', b'""tfrecord_position"":')
+
+    def write(out):
+        buf = [HEADER_BYTES]
+        pread, index_key, position_key = os.pread, b'""index"":', b'""tfrecord_position"":'
+        for i, k in enumerate(order):
+            fno = file_of[k]
+            if fno >= 0:
+                if fno not in fds:
+                    fds[fno] = os.open(files[fno], os.O_RDONLY)
+                data = pread(fds[fno], size_of[k], offset_of[k])
+                cut = 3 if data[-1:] == b"\n" else 2  # the closing }" (and newline)
+                # a plain line's head holds no quote: the keys can only be in the details
+                if index_key not in data and position_key not in data:
+                    if text_of[k] == 2:  # {} (plain_fields: the only unquoted details)
+                        buf.append(b'%s"{""index"":%d,""tfrecord_position"":%d}"\n'
+                                   % (data[:-cut], i, positions[i]))
+                    else:
+                        buf.append(b'%s,""index"":%d,""tfrecord_position"":%d}"\n'
+                                   % (data[:-cut], i, positions[i]))
+                    if len(buf) >= 4096:
+                        out.write(b"".join(buf))
+                        buf.clear()
+                    continue
+                # a key to replace: as Row.keep does it
+                fields = data[:len(data) + 2 - cut].decode(ENC, ERR).split("\t")  # no newline
+                row = Row._from_fields(*fields[:4], int(fields[4]), int(fields[5]),
+                                       *fields[6:8], None, fields[8])
+            else:
+                row = rows_of[k]
+            buf.append(row_line(row.keep(details={"index": i, "tfrecord_position": positions[i]})
+                                ).encode(ENC, ERR))
+        out.write(b"".join(buf))
+    if not order:
+        return 0  # nothing written: the caller stops, an earlier manifest stays as it was
+    try:
+        atomic_write_with(path, write)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return len(order)
+
+
 def export(rows: list[Row], folder: Path, name: str, cfg: dict, extra_rows: list[Row] = (),
            threads: int = 1) -> None:
     """Write TFRecords, ZIP (if configured) and the manifest (last) for ``rows`` (kept)."""
@@ -318,8 +420,12 @@ def main(argv=None) -> None:
     cfg = load_config_arg(a.config)
     folder = Path(a.folder)
     if a.tfrecords_of or a.zip_of:
-        listed = sorted(kept(read_manifest(a.tfrecords_of or a.zip_of)),
-                        key=lambda r: r.details["index"])
+        # only what the files need of each row (a million rows' details are GBs)
+        items = [(r.peek_details()["index"], Row(id=r.id, source=r.source, path=r.path,
+                                                 width=r.width, height=r.height))
+                 for r in kept(iter_manifest(a.tfrecords_of or a.zip_of))]
+        items.sort(key=lambda item: item[0])
+        listed = [row for _, row in items]
         if not listed:
             raise SystemExit("export: no images left to export (see the stage manifests for why)")
         if a.tfrecords_of:
@@ -341,7 +447,16 @@ def main(argv=None) -> None:
         export(keep_rows, folder, a.name, cfg, extra_rows=[r for r in decided if not r.kept],
                threads=a.threads)
         return
-    rows = dataset_rows(iter_manifests(a.manifests), dropped_ids(a.dedup) if a.dedup else set())
+    duplicates = dropped_ids(a.dedup) if a.dedup else set()
+    if not cfg.get("tfrecords", True) and not cfg.get("zip", True):
+        # the workflow's export gather: only the manifest, streamed (no rows held)
+        folder.mkdir(parents=True, exist_ok=True)
+        n = write_dataset_manifest(a.manifests, duplicates, folder / "manifest.tsv")
+        if not n:
+            raise SystemExit("export: no images left to export (see the stage manifests for why)")
+        print(f"export: {n} images -> {folder}")
+        return
+    rows = dataset_rows(iter_manifests(a.manifests), duplicates)
     export(rows, folder, a.name, cfg, threads=a.threads)
 
 

@@ -233,14 +233,45 @@ class tsv_writer:
 def manifest_lines(rows: Iterable[Row]) -> Iterator[str]:
     """The manifest as TSV lines (header first), one row at a time."""
     yield format_tsv([COLUMNS])
-    search = _QUOTE.search
-    for r in rows:
-        fields = (r.id, r.source, r.parent_id, r.path, str(r.width), str(r.height), r.action, r.reason)
-        if search("".join(fields)):  # a name with a tab, quote or newline: quote field by field
-            head = "\t".join(map(tsv_field, fields))
-        else:
-            head = "\t".join(fields)
-        yield f"{head}\t{r.details_field()}\n"
+    yield from map(row_line, rows)
+
+
+def row_line(r: Row) -> str:
+    """One row as its manifest line."""
+    fields = (r.id, r.source, r.parent_id, r.path, str(r.width), str(r.height), r.action, r.reason)
+    if _QUOTE.search("".join(fields)):  # a name with a tab, quote or newline: quote field by field
+        head = "\t".join(map(tsv_field, fields))
+    else:
+        head = "\t".join(fields)
+    return f"{head}\t{r.details_field()}\n"
+
+
+HEADER_BYTES = format_tsv([COLUMNS]).encode(ENCODING)
+
+
+def plain_fields(line: bytes) -> list[bytes] | None:
+    """The 9 fields of one manifest line (bytes, trailing newline removed) when reading it
+    as a ``Row`` and writing that row back untouched gives these very bytes: no quote, CR
+    or tab in a name, width/height written as ``str(int)``, details a JSON object field
+    (the TSV-quoted text, or ``{}``). None otherwise: then read the file as rows.
+
+    Gathers over a million rows use it to copy lines through without building rows."""
+    if b"\r" in line:
+        return None
+    f = line.split(b"\t")
+    if len(f) != 9:
+        return None
+    text = f[8]
+    q = line.find(b'"')
+    if q == -1:
+        if text != b"{}":
+            return None
+    elif q != len(line) - len(text) or text[:2] != b'"{' or text[-2:] != b'}"':
+        return None
+    for v in (f[4], f[5]):
+        if not v.isdigit() or (v[0] == 48 and len(v) > 1):  # 48: "0"
+            return None
+    return f
 
 
 def format_manifest(rows: Iterable[Row]) -> str:
@@ -324,8 +355,66 @@ def iter_manifest(path: str | os.PathLike) -> Iterator[Row]:
                        None if text else {}, text or None)
 
 
+def line_row(fields: list[bytes]) -> Row:
+    """The row of a line's ``plain_fields``, as ``iter_manifest`` reads it."""
+    f = [v.decode(ENCODING, ERRORS) for v in fields]
+    return Row._from_fields(f[0], f[1], f[2], f[3], int(f[4]), int(f[5]), f[6], f[7], None, f[8])
+
+
+def manifest_lines_of(path: str | os.PathLike) -> Iterator[tuple[bytes | None, bool, object]]:
+    """Every record of a manifest as (line, kept, fields or row), for gathers that copy
+    most rows through: ``line`` (bytes, newline included) is what writing its row back
+    untouched gives, with its ``plain_fields`` (``line_row`` makes the row when needed);
+    a record that would not write back as read (a quoted name, a field spanning lines)
+    comes as (None, kept, Row), and so does every record after it in that file."""
+    done = 0
+    with open(path, "rb") as f:
+        if f.readline() == HEADER_BYTES:
+            for line in f:
+                body = line[:-1] if line[-1:] == b"\n" else line
+                fields = plain_fields(body)
+                if fields is None:
+                    if not body:
+                        continue  # a blank line, as csv.reader skips
+                    break
+                yield body + b"\n", fields[6] == b"keep", fields
+                done += 1
+            else:
+                return
+    for r in itertools.islice(iter_manifest(path), done, None):
+        yield None, r.kept, r
+
+
+def verdict_counts(path: str | os.PathLike) -> tuple[int, dict[str, int]]:
+    """(kept rows, {drop reason ("unspecified" when empty): rows}) of a manifest, counted
+    without building rows (stage summaries over a million rows)."""
+    kept, dropped = 0, {}
+    for line, is_kept, fields in manifest_lines_of(path):
+        if is_kept:
+            kept += 1
+            continue
+        reason = (fields[7].decode(ENCODING, ERRORS) if line is not None else fields.reason) or "unspecified"
+        dropped[reason] = dropped.get(reason, 0) + 1
+    return kept, dropped
+
+
 def dropped_ids(path: str | os.PathLike) -> set[str]:
     """The ids of a manifest's drop rows, without building rows (dedup.tsv at 1M rows)."""
+    out = set()
+    with open(path, "rb") as f:
+        if f.readline() == HEADER_BYTES:
+            for line in f:
+                # the head only: split stops before the details (most of a 2 KB line)
+                c = line.split(b"\t", 8)
+                q = line.find(b'"')
+                if len(c) != 9 or (q != -1 and q != len(line) - len(c[8])) or b"\r" in line:
+                    if line.strip(b"\n"):
+                        break  # a quoted name, a record over several lines: read as records
+                    continue
+                if c[6] == b"drop":
+                    out.add(c[0].decode(ENCODING, ERRORS))
+            else:
+                return out
     with _manifest_records(path) as records:
         return {c[0] for c in records if len(c) >= len(COLUMNS) and c[6] == DROP}
 

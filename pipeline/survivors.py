@@ -18,12 +18,13 @@ nothing survived.
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections import Counter
 from pathlib import Path
 
-from pipeline.console import say, stage_summary, stop
+from pipeline.console import manifests_summary, say, stage_summary, stop
 from pipeline.ingest import shard_of
-from pipeline.manifest import Row, read_manifest, write_manifest
+from pipeline.manifest import Row, line_row, manifest_lines_of, read_manifest, write_manifest
 
 
 def split_duplicates(dedup: list[Row], shards: list[str]) -> dict[str, list[Row]]:
@@ -84,20 +85,33 @@ def main(argv=None) -> None:
     p.add_argument("--shards", required=True, help="the shard names, comma-separated")
     p.add_argument("stage_manifests", nargs="*", help="STAGE=R/<stage>/<shard>/manifest.tsv")
     a = p.parse_args(argv)
-    stages: dict[str, list[Row]] = {}
+    paths: dict[str, list[str]] = {}
     for item in a.stage_manifests:
         stage, sep, path = item.partition("=")
         if not sep:
             raise SystemExit(f"survivors: expected STAGE=MANIFEST, got {item!r}")
-        stages.setdefault(stage, []).extend(read_manifest(path))
-    stages["dedup"] = read_manifest(a.dedup)
-    for stage, rows in stages.items():
-        say(stage_summary(stage, rows))
-    message = why_nothing_left(stages)
-    if message:
-        stop(message)
-    for shard, rows in split_duplicates(stages["dedup"], a.shards.split(",")).items():
+        paths.setdefault(stage, []).append(path)
+    # counted and split without holding the stages' rows (1M rows each: issue 17 item 4);
+    # only dedup's drops are kept, for their shards' files
+    for stage, stage_paths in paths.items():
+        say(manifests_summary(stage, stage_paths))
+    drops, kept = [], 0
+    for line, is_kept, row in manifest_lines_of(a.dedup):
+        if is_kept:
+            kept += 1
+        else:
+            drops.append(line_row(row) if line is not None else row)
+    say(stage_summary("dedup", itertools.chain(drops, itertools.repeat(_KEPT, kept))))
+    if not kept:  # nothing left: read the rows to say why (as few as the run kept)
+        stages = {stage: [r for p in stage_paths for r in read_manifest(p)]
+                  for stage, stage_paths in paths.items()}
+        stages["dedup"] = read_manifest(a.dedup)
+        stop(why_nothing_left(stages))
+    for shard, rows in split_duplicates(drops, a.shards.split(",")).items():
         write_manifest(Path(a.out_dir) / f"{shard}.tsv", rows)
+
+
+_KEPT = Row(id="", source="")  # stands for each kept dedup row in the summary count
 
 
 if __name__ == "__main__":

@@ -107,3 +107,19 @@ def test_stop_messages_name_the_setting_from_the_manifests():
     assert why_nothing_left({"ingest": src, "crop": faces, "clean": clean, "dedup": []}) == (
         "clean kept 0 of 3 faces (too_small 3): lower clean.min_side (now 64)")
     assert why_nothing_left({"ingest": src, "crop": faces, "clean": faces, "dedup": faces}) is None
+
+
+def test_gather_summaries_count_without_building_rows(tmp_path):
+    """The export and dedup rules' console lines over a million rows count the manifest
+    lines (issue 17 item 4): the same text as counting rows, quoted names included."""
+    from pipeline.console import manifests_summary, stage_summary
+    from pipeline.manifest import Row, read_manifest, write_manifest
+    rows = [Row(id=f"i{k}", source=f"s{k}.png", action="keep" if k % 3 == 0 else "drop",
+                reason={0: "", 1: "no_face", 2: ""}[k % 3], details={"k": k}) for k in range(11)]
+    rows.append(Row(id="q", source='we"ird\nname.png', action="drop", reason="too_small"))
+    write_manifest(tmp_path / "a.tsv", rows[:5])
+    write_manifest(tmp_path / "b.tsv", rows[5:])
+    both = [tmp_path / "a.tsv", tmp_path / "b.tsv"]
+    text = manifests_summary("crop", both)
+    assert text == stage_summary("crop", [r for p in both for r in read_manifest(p)])
+    assert text == "crop: 4 kept, 8 dropped (no_face 4, unspecified 3, too_small 1)"

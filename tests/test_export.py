@@ -9,7 +9,7 @@ from conftest import TESTDATA, normalize_files
 from PIL import Image
 
 from pipeline import export
-from pipeline.manifest import Row, read_manifest, write_manifest
+from pipeline.manifest import Row, iter_manifests, read_manifest, write_manifest
 
 tf = pytest.importorskip("tensorflow")
 
@@ -175,3 +175,64 @@ def test_parallel_export_is_byte_identical_and_zip_holds_the_normalized_pngs(tmp
     with zipfile.ZipFile(two / "tiny.zip") as zf:
         for i, r in enumerate(rows):
             assert zf.read(export.zip_name(i)) == open(r.path, "rb").read()
+
+
+def test_streamed_dataset_manifest_is_byte_identical_to_the_row_path(tmp_path):
+    """The workflow's export gather (manifest only, two passes over the lines, no rows held)
+    writes exactly what building rows and ``listed_rows`` writes: on real normalize output,
+    on a shard of odd rows (quoted and non-UTF-8 names, empty details, a keep row with a
+    reason, details that already hold ``index``, a blank line) and minus dedup's drops."""
+    norm = normalized_dataset(tmp_path)
+    odd = tmp_path / "odd" / "manifest.tsv"
+    write_manifest(odd, [
+        Row(id="zz-plain", source="a.png", path="/x/a.png", width=32, height=32, details={"k": [1, 2]}),
+        Row(id="aa-empty", source="b.png", path="/x/b.png", width=32, height=32),
+        Row(id="id03", source="dup.png", path="/x/dup.png", width=32, height=32, details={"k": 1}),
+        Row(id="mm-drop", source="c.png", path="/x/c.png", action="drop", reason="too_small"),
+        Row(id="kk-index", source="d.png", path="/x/d.png", width=32, height=32,
+            details={"index": 7, "z": "\u00e9"}),
+    ])
+    odd.write_bytes(odd.read_bytes() + b"\n" + b"bb-raw\tr\xe9\xff.png\t\t/x/r.png\t32\t32\tkeep\t\t{}\n")
+    quoted = tmp_path / "quoted" / "manifest.tsv"  # a name with a quote and a newline: read as rows
+    write_manifest(quoted, [Row(id="cc-q", source='we"ird\nname.png', path="/x/q.png", width=32,
+                                height=32, details={"a": 1}),
+                            Row(id="cc-r", source="r.png", path="/x/r.png", width=32, height=32,
+                                reason="kept_with_a_reason", details={"a": 2})])
+    manifests = [norm, odd, quoted]
+    dropped = {"id03", "id05"}
+    rows = export.dataset_rows(iter_manifests(manifests), dropped)
+    expected = tmp_path / "expected.tsv"
+    write_manifest(expected, export.listed_rows(rows, export.record_positions(len(rows))))
+    got = tmp_path / "got.tsv"
+    assert export.write_dataset_manifest(manifests, dropped, got) == len(rows) == 11
+    assert got.read_bytes() == expected.read_bytes()
+    assert [r.details["index"] for r in read_manifest(got)] == list(range(len(rows)))
+
+    # the CLI takes that path when only the manifest is asked for (the workflow's export rule)
+    dedup = tmp_path / "dedup.tsv"
+    write_manifest(dedup, [Row(id=i, source="s", action="drop", reason="near_duplicate") for i in dropped])
+    export.main(["--name", "tiny", "--folder", str(tmp_path / "cli"), "--config",
+                 json.dumps({"zip": False, "tfrecords": False}), "--dedup", str(dedup),
+                 *map(str, manifests)])
+    assert (tmp_path / "cli" / "manifest.tsv").read_bytes() == expected.read_bytes()
+    assert not (tmp_path / "cli" / "tfrecords").exists()
+
+    # nothing left: nothing written, the same stop as the row path
+    with pytest.raises(SystemExit, match="no images left"):
+        export.main(["--name", "tiny", "--folder", str(tmp_path / "none"), "--config",
+                     json.dumps({"zip": False, "tfrecords": False}), str(dedup)])
+    assert not (tmp_path / "none" / "manifest.tsv").exists()
+
+
+def test_files_from_the_streamed_manifest_match_a_one_step_export(tmp_path):
+    """The workflow's three steps (manifest-only gather, then --tfrecords-of and --zip-of,
+    which hold only each row's path and size) write the bytes of a one-step export."""
+    norm = normalized_dataset(tmp_path)
+    one = run_export(tmp_path, norm, folder="one")
+    export.main(["--name", "tiny", "--folder", str(tmp_path / "three"), "--config",
+                 json.dumps({"zip": False, "tfrecords": False}), str(norm)])
+    manifest = tmp_path / "three" / "manifest.tsv"
+    for flag in ("--tfrecords-of", "--zip-of"):
+        export.main(["--name", "tiny", "--folder", str(tmp_path / "three"), flag, str(manifest)])
+    for rel in ["manifest.tsv", "tiny.zip"] + [f"tfrecords/tiny-r{n:02d}.tfrecords" for n in (2, 3, 4, 5)]:
+        assert (one / rel).read_bytes() == (tmp_path / "three" / rel).read_bytes(), rel

@@ -116,3 +116,26 @@ def test_metadata_filter_by_tags_and_rating(tmp_path):
     assert rows["anime_tone.png"].reason == "tag_excluded"
     assert rows["anime_tone.png"].details["excluded_tags"] == ["monochrome"]
     assert rows["noface_city.jpg"].reason == "no_metadata"
+
+
+def test_listing_fast_paths_write_what_json_dumps_wrote(tmp_path):
+    """format_listing quotes plain names itself and shard_of hashes bytes (1M files a parse,
+    issue 17 item 4): the same text and shards as json.dumps and the hex source id."""
+    from pipeline.ingest import format_listing, list_raw_dir, shard_of, source_id
+    names = ["a.png", 'q"uote.png', "back\\slash.png", "tab\there.png", "new\nline.png",
+             "sep\u2028.png", "del\x7f.png", "caf\u00e9/\U0001f600.png", "bad\udcff.png", "ctl\x01.png"]
+    entries = [(n, k, 10**18 + k, "" if k % 3 else "hidden_folder") for k, n in enumerate(names)]
+    old = "".join(f"{json.dumps(e[0], ensure_ascii=False)}\t{e[1]}\t{e[2]}"
+                  + (f"\t{e[3]}" if len(e) > 3 and e[3] else "") + "\n" for e in entries)
+    assert format_listing(entries) == old
+    assert format_listing([e[:3] for e in entries]) == "".join(
+        f"{json.dumps(e[0], ensure_ascii=False)}\t{e[1]}\t{e[2]}\n" for e in entries)
+    for n in names:
+        assert all(shard_of(n, k) == int(source_id(n), 16) % k for k in (1, 7, 64))
+    # listing through an open folder (stat by name) gives the sizes and times os.stat gives
+    (tmp_path / "sub").mkdir()
+    for i, n in enumerate(["x.png", "sub/y.png"]):
+        (tmp_path / n).write_bytes(b"\0" * i)
+    listed = list_raw_dir(tmp_path)
+    assert listed == [(n, os.stat(tmp_path / n).st_size, os.stat(tmp_path / n).st_mtime_ns, "")
+                      for n in ["sub/y.png", "x.png"]]
