@@ -70,6 +70,7 @@ elif what == "dedup":
     from pipeline import clean
     import yaml
     cfg = yaml.safe_load(open(sys.argv[4]).read())["clean"]
+    cfg["near_duplicates"]["trims"] = sys.argv[5] == "on"
     clean.main(["dedup", "--output", str(folder / "dedup_out.tsv"), "--config", json.dumps(cfg),
                 *map(str, sorted(folder.glob("clean/*/manifest.tsv")))])
 t1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -80,13 +81,16 @@ print("RESULT", json.dumps({"cpu_s": round(t1.ru_utime + t1.ru_stime - t0.ru_uti
 """
 
 
-def clean_details(i: int, rng: random.Random) -> dict:
+def clean_details(i: int, rng: random.Random, trims: bool = True) -> dict:
     """What a clean row carries with the default config (trims on, flips, sources): crop
     (animeface) details, quality measures, pixel digest, pHash + mirror + 24 window hashes,
     and the whole source's block (size, format, quality, hash + mirror + 48 windows), as
-    `pipeline/clean.py` writes them (~1.6 KB of JSON)."""
+    `pipeline/clean.py` writes them (~1.6 KB of JSON); ``trims=False``: no window hashes,
+    as clean writes them with near_duplicates.trims: false."""
     x, y, w = rng.randrange(2000), rng.randrange(2000), rng.randrange(100, 900)
     h = ["%016x" % rng.getrandbits(64) for _ in range(76)]
+    if not trims:
+        h[2:26] = h[28:76] = [""]
     return {"box": [x, y, w, w], "crop": [x - w // 4, y - w // 2, x + w + w // 4, y + w + w // 4],
             "load": {"mode": "RGB"}, "margin": 0.25, "method": "animeface",
             "neighbours": rng.randrange(3, 40), "padded": [0, 0, 0, 0],
@@ -102,7 +106,7 @@ def flip_bit(hex_hash: str, rng: random.Random) -> str:
     return "%016x" % (int(hex_hash, 16) ^ (1 << rng.randrange(64)))
 
 
-def make_manifests(folder: Path, rows: int, shards: int = 64) -> None:
+def make_manifests(folder: Path, rows: int, shards: int = 64, trims: bool = True) -> None:
     """64 clean shards (every 50th row an exact copy, every 20th a repost of the row 7
     before at half the size: face and source hashes 1 bit off), dedup.tsv (the near copies dropped) and 64
     normalize shards (the clean rows plus upscale/normalize details). Written line by line:
@@ -123,7 +127,9 @@ def make_manifests(folder: Path, rows: int, shards: int = 64) -> None:
     rng = random.Random(0)
     recent: list[dict] = []
     for i in range(rows):
-        d = clean_details(i, rng)
+        d = clean_details(i, rng, trims)
+        if not trims:
+            del d["phash_trims"], d["source"]["phash_trims"]
         if i % 50 == 49 and len(recent) >= 7:
             d = {**recent[-7], "box": d["box"]}
         elif i % 20 == 19 and len(recent) >= 7:
@@ -150,11 +156,11 @@ def make_manifests(folder: Path, rows: int, shards: int = 64) -> None:
         f.close()
 
 
-def run_child(repo: Path, what: str, folder: Path, rows: int) -> dict:
+def run_child(repo: Path, what: str, folder: Path, rows: int, trims: bool = True) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{repo}:{REPO}"}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", CHILD, what, str(folder), str(rows),
-                           str(REPO / "config.yaml")], env=env, capture_output=True, text=True,
+                           str(REPO / "config.yaml"), "on" if trims else "off"], env=env, capture_output=True, text=True,
                           cwd=repo)  # python -c puts the working folder first on sys.path
     if proc.returncode:
         raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
@@ -169,25 +175,28 @@ def main(argv=None) -> None:
     ap.add_argument("--old-repo", help="a checkout whose pipeline/ to measure as 'before'")
     ap.add_argument("--only", nargs="+", default=["read", "export", "dedup"])
     ap.add_argument("--keep", action="store_true", help="keep the manifests (and reuse them)")
+    ap.add_argument("--trims", choices=["on", "off"], default="on",
+                    help="clean.near_duplicates.trims of the rows and the dedup run (default on)")
     a = ap.parse_args(argv)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}; "
           f"load average {os.getloadavg()[0]:.1f}")
     for rows in a.rows:
-        folder = Path(a.workdir) / str(rows)
+        folder = Path(a.workdir) / f"{rows}-trims-{a.trims}"
         if not (a.keep and (folder / "dedup.tsv").exists()):
             shutil.rmtree(folder, ignore_errors=True)
             # in a child: this process stays small, so the measuring children start small
-            subprocess.run([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[3:]; "
+            subprocess.run([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[4:]; "
                             "from bench_gathers import make_manifests; from pathlib import Path; "
-                            "make_manifests(Path(sys.argv[1]), int(sys.argv[2]))",
-                            str(folder), str(rows), str(REPO / "bench"), str(REPO)], check=True)
+                            "make_manifests(Path(sys.argv[1]), int(sys.argv[2]), trims=sys.argv[3] == 'on')",
+                            str(folder), str(rows), a.trims, str(REPO / "bench"), str(REPO)], check=True)
         mib = sum(p.stat().st_size for p in folder.glob("normalize/*/manifest.tsv")) / 2**20
         print(f"rows {rows}: normalize manifests {mib:.0f} MiB")
         for label, repo in [("before", a.old_repo), ("after", str(REPO))]:
             if not repo:
                 continue
             for what in a.only:
-                print(f"  {label:6s} {what:6s} {run_child(Path(repo), what, folder, rows)}", flush=True)
+                print(f"  {label:6s} {what:6s} {run_child(Path(repo), what, folder, rows, a.trims == 'on')}",
+                      flush=True)
                 out = {"export": "export.tsv", "dedup": "dedup_out.tsv"}.get(what)
                 if out:  # kept to check both code paths wrote the same bytes
                     (folder / out).rename(folder / f"{what}-{label}.tsv")
