@@ -54,6 +54,7 @@ def main() -> None:
         return result
     if not a.no_dedup:
         cfg = yaml.safe_load((REPO / "config.yaml").read_text())["clean"]
+        cfg["near_duplicates"]["trims"] = "trims-off" not in str(a.folder)
         paths = sorted(map(str, a.folder.glob("clean/*/manifest.tsv")))
         cols = phase("dedup pass one (columns)", lambda: clean.read_dedup_columns(paths, cfg["near_duplicates"]))
         searches = {}
