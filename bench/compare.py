@@ -328,6 +328,9 @@ def main(argv=None) -> None:
                     help="literal mode: faceprep's upscale method")
     ap.add_argument("--format", choices=["png", "jpg"], default="png",
                     help="literal mode: faceprep's dataset image format (the seed writes PNG)")
+    ap.add_argument("--no-tfrecords", action="store_true",
+                    help="faceprep without TFRecords (export.tfrecords: false): for a machine "
+                         "without TensorFlow (bench/device.py)")
     ap.add_argument("--floor", action="store_true",
                     help="also measure the work both must do (decode + cascade + 512 px PNG "
                          "per face) in one process on one thread: the bound on any ratio")
@@ -375,6 +378,8 @@ def main(argv=None) -> None:
             settings = {"crop": {"method": "animeface", "min_face": args.min_face},
                         "upscale": {"method": args.upscale},
                         "normalize": {"resolution": 512, "format": args.format}}
+        if args.no_tfrecords:
+            settings["export"] = {**settings.get("export", {}), "tfrecords": False}
         runs["faceprep"] = run_faceprep(raw, args.workdir / "faceprep", settings, shards,
                                         args.cores, target)
     for name, run in runs.items():
