@@ -30,7 +30,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from pipeline.manifest import Row, atomic_write_bytes, atomic_write_text, kept, load_config_arg, read_manifest
+from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, face_region, kept, load_config_arg,
+                               read_manifest)
 
 SCORE_COLUMNS = ["id", "score", "std", "source", "crop_box", "path"]
 SIGNAL_PREFIX = "signal:"
@@ -49,9 +50,6 @@ SIGNALS = {
     # minibatch-stddev): junk is far from every face, whatever its logit
     "knn": {"label": "distance to the nearest dataset images in D's features", "worse": "high"},
 }
-# Where crop records the region it cut, first match wins: "crop" (left, top, right,
-# bottom) for box crops, "quad" (4 corners) for FFHQ alignment, "box" (the detection).
-CROP_BOX_KEYS = ("crop_box", "crop", "quad", "box")
 
 
 # ---------------------------------------------------------------- batch plan
@@ -235,12 +233,10 @@ def _rounded(value):
 
 
 def crop_box(details: dict) -> list | None:
-    """The source region an image was cut from, or None for a whole image."""
-    for key in CROP_BOX_KEYS:
-        box = details.get(key)
-        if isinstance(box, (list, tuple)) and box:
-            return _rounded(box)
-    return None
+    """The source region an image was cut from (manifest.face_region: the page shows the
+    same), or None for a whole image."""
+    region = face_region(details)
+    return None if region is None else _rounded(region)
 
 
 @dataclass(frozen=True)

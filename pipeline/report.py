@@ -51,7 +51,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.export import read_rejects
-from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, dumps_details, kept,
+from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, dumps_details, face_region, kept,
                                load_config_arg, read_manifest)
 from pipeline.rank import Score, read_scores
 
@@ -394,21 +394,12 @@ def _num(v) -> float | int:
 
 
 def face_geometry(details: dict):
-    """The region a face was cut from, in upright source pixels: [l, t, r, b] or 4 [x, y]."""
-    if isinstance(details.get("quad"), list) and details["quad"]:
-        q = details["quad"]
-        flat = [v for p in q for v in (p if isinstance(p, list) else [p])]
-        if len(flat) == 8:
-            return [[_num(flat[i]), _num(flat[i + 1])] for i in range(0, 8, 2)]
-    for key in ("crop", "crop_box"):
-        box = details.get(key)
-        if isinstance(box, list) and len(box) == 4:
-            return [_num(v) for v in box]
-    box = details.get("box")  # the detector's x, y, w, h
-    if isinstance(box, list) and len(box) == 4:
-        x, y, w, h = (float(v) for v in box)
-        return [_num(x), _num(y), _num(x + w), _num(y + h)]
-    return None
+    """The region a face was cut from (manifest.face_region, as scores.tsv has it), in
+    upright source pixels to 0.1 px: [l, t, r, b] or 4 [x, y] corners."""
+    region = face_region(details)
+    if region is None:
+        return None
+    return [[_num(x), _num(y)] for x, y in region] if isinstance(region[0], list) else [_num(v) for v in region]
 
 
 def small_face_boxes(details: dict) -> list:

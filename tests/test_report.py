@@ -391,3 +391,26 @@ def test_images_are_made_in_parallel_and_reused(tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "thumbs").iterdir()}
     again = make_images(tmp_path / "thumbs", wanted, threads=2, index_path=tmp_path / "cache" / "thumbs.json")
     assert again == sizes and before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "thumbs").iterdir()}
+
+
+def test_scores_tsv_and_the_page_show_the_same_region_of_a_dlib_ffhq_face(tmp_path):
+    """A real dlib/FFHQ face records both ``quad`` (the rotated region it was cut from) and
+    ``crop`` (that quad's bounding box): scores.tsv and the page must both give the quad."""
+    from test_crop import cfg as crop_cfg, ingest_rows, run_crop
+    from pipeline.manifest import face_region
+    from pipeline.rank import Score, format_scores, read_scores, crop_box
+    from pipeline.report import face_geometry
+    rows = run_crop(tmp_path / "0", ingest_rows(["photo_Tom_Cruise_avp_2014_4.jpg"]),
+                    crop_cfg(method="dlib", min_face=30, dlib_detector="hog", dlib_upsample=1))
+    face = next(r for r in rows if r.kept)
+    assert face.details["align"] == "ffhq" and len(face.details["crop"]) == 4  # both recorded
+    quad = face.details["quad"]
+    assert face_region(face.details) == quad
+    (tmp_path / "scores.tsv").write_text(format_scores([Score(face.id, 0.0, 0.0, face.source,
+                                                              crop_box(face.details), face.path)]))
+    (score,) = read_scores(tmp_path / "scores.tsv")
+    page = face_geometry(face.details)
+    assert np.allclose(score.crop_box, quad, atol=0.01) and np.allclose(page, quad, atol=0.051)
+    # a box crop: [l, t, r, b] both ways; a bare detection [x, y, w, h] becomes [l, t, r, b] both ways
+    assert crop_box({"crop": [1, 2, 30, 40], "box": [5, 5, 9, 9]}) == face_geometry({"crop": [1, 2, 30, 40]}) == [1, 2, 30, 40]
+    assert crop_box({"box": [5, 6, 10, 20]}) == face_geometry({"box": [5, 6, 10, 20]}) == [5, 6, 15, 26]
