@@ -138,7 +138,8 @@ def test_rank_rows_sorted_worst_first_with_crop_boxes(tmp_path):
     scores = rank_rows(rows, per_shuffle)
     assert [s.id for s in scores] == ["s1-f0", "s3-f0", "s0-f0", "s2-f0"]  # tie at 2.0: by id
     assert scores[0].score == -2.0 and scores[0].std == 1.0
-    assert scores[0].crop_box == [1, 2, 11, 14] and scores[-1].crop_box is None
+    # a detection box [x, y, w, h] as the region [l, t, r, b] (manifest.face_region)
+    assert scores[0].crop_box == [1, 2, 12, 16] and scores[-1].crop_box is None
     text = format_scores(scores)
     assert text.splitlines()[0].split("\t") == SCORE_COLUMNS
     (tmp_path / "scores.tsv").write_text(text, encoding="utf-8")
@@ -149,10 +150,13 @@ def test_rank_rows_sorted_worst_first_with_crop_boxes(tmp_path):
 
 def test_crop_box_keys():
     assert crop_box({"crop_box": [1.234, 2, 3, 4]}) == [1.23, 2, 3, 4]
-    assert crop_box({"box": [0, 0, 5, 5]}) == [0, 0, 5, 5]
+    assert crop_box({"box": [0, 0, 5, 5]}) == [0, 0, 5, 5]  # x, y, w, h -> l, t, r, b
     # crop.py: "box" is the detection (x, y, w, h), "crop" the square actually cut
     assert crop_box({"box": [10, 10, 5, 5], "crop": [8, 8, 17, 17]}) == [8, 8, 17, 17]
-    assert crop_box({"quad": [[0.123, 1.0], [2, 3.456]], "box": [1, 1, 2, 2]}) == [[0.12, 1.0], [2, 3.46]]
+    # FFHQ: the quad is what was cut, its "crop" only the quad's bounding box
+    quad = [[0.123, 1.0], [2, 3.456], [4, 4], [1, 5]]
+    assert crop_box({"quad": quad, "crop": [0, 1, 4, 5], "box": [1, 1, 2, 2]}) == \
+        [[0.12, 1.0], [2, 3.46], [4, 4], [1, 5]]
     assert crop_box({"faces": 2}) is None
 
 
