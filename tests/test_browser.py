@@ -290,7 +290,8 @@ def js(driver, script, *args):
 
 
 def count(driver, element_id) -> int:
-    return int(driver.find_element("id", element_id).text)
+    """A number on the page, on its tab or not (a hidden tab's text reads '' in Selenium)."""
+    return int(js(driver, "return document.getElementById(arguments[0]).textContent", element_id))
 
 
 def cursor_id(driver) -> str:
@@ -318,6 +319,8 @@ def test_hostile_names_inert_problems_shown_and_drop_galleries(tree, chrome):
     assert any("no-such-image" in p and "match no image" in p for p in problems), problems
     assert any("older than the dataset" in p for p in problems), problems
     # duplicates: the cluster side by side, the kept image first, the distance on the copy
+    chrome.find_element(By.CSS_SELECTOR, "#tabs a[data-tab='drops']").click()
+    assert not chrome.find_element(By.ID, "grid").is_displayed()  # the drops are behind their tab
     cluster = chrome.find_element(By.CSS_SELECTOR, "#drops .cluster")
     cards = cluster.find_elements(By.CSS_SELECTOR, ".card")
     assert [c.get_attribute("data-id") for c in cards] == [tree["check"]["clusters"][0][0],
@@ -410,6 +413,7 @@ def test_filters_and_reject_below_threshold(tree, chrome):
                " e.value = ''; e.dispatchEvent(new Event('input')); }")
     assert shown() == len(scores)
     # reject everything below t: t typed, and t picked on the histogram
+    chrome.find_element("css selector", "#tabs a[data-tab='ranking']").click()
     before = count(chrome, "reject-count")
     t = scores[3].score
     chrome.find_element("id", "threshold").send_keys(f"{t:.6f}")
@@ -426,6 +430,7 @@ def test_filters_and_reject_below_threshold(tree, chrome):
     # each signal has its histogram and its value beside the score
     assert {c.get_attribute("data-signal") for c in chrome.find_elements("css selector", "canvas.hist")} == \
         {"score", "signal: logit", "signal: knn"}
+    chrome.find_element("css selector", "#tabs a[data-tab='review']").click()
     show_grid(chrome)
     first = chrome.find_element("css selector", "#grid .card")
     assert "knn" in first.text and "logit" in first.text

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-from html.parser import HTMLParser
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from pipeline.export import ranked_rows
 from pipeline.imaging import load_rgb
 from pipeline.ingest import ingest_file, shard_of, source_id
 from pipeline.manifest import Row, kept, write_manifest
-from pipeline.rank import format_scores, histogram_png, rank_rows
+from pipeline.rank import format_scores, rank_rows
 from pipeline.report import (build_check, build_ranking, funnel, load_stages, source_preview_name,
                              thumb_name, training_staleness)
 
@@ -93,7 +92,6 @@ def build_results(root: Path, rejects: set[str] = frozenset()) -> dict:
               for k, s in enumerate(rank_rows(dataset, per_shuffle))]
     (R / "rank").mkdir(parents=True)
     (R / "rank" / "scores.tsv").write_text(format_scores(scores), encoding="utf-8")
-    (R / "rank" / "histogram.png").write_bytes(histogram_png([s.score for s in scores]))
     ranked = ranked_rows(dataset, {s.id: s.score for s in scores}, set(rejects), 0.0)
     write_manifest(R / "ranked" / "manifest.tsv", ranked)
 
@@ -144,32 +142,6 @@ def items_of(check: dict) -> dict[str, dict]:
         for k in range(len(cols["id"]))}
 
 
-class Funnel(HTMLParser):
-    """The funnel table of the page: [[cell text...]] per stage row."""
-
-    def __init__(self, page: str):
-        super().__init__()
-        self.rows: list[list[str]] = []
-        self._in_cell = False
-        self.feed(page)
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "tr" and "data-stage" in a:
-            self.rows.append([])
-        elif tag == "td" and self.rows:
-            self.rows[-1].append("")
-            self._in_cell = True
-
-    def handle_endtag(self, tag):
-        if tag == "td":
-            self._in_cell = False
-
-    def handle_data(self, data):
-        if self._in_cell:
-            self.rows[-1][-1] += data
-
-
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
@@ -208,11 +180,18 @@ def test_funnel_counts_match_the_manifests(tree):
     assert rows["export"].kept == len(tree["dataset"]) == rows["normalize"].kept
     assert not rows["export"].dropped
     assert rows["ranked"].kept == len(tree["dataset"])
+    # what the numbers count, adding up: crop takes files, gives faces, drops files
+    assert (rows["ingest"].unit_in, rows["crop"].unit_in, rows["crop"].unit_kept, rows["crop"].unit_dropped,
+            rows["clean"].unit_in) == ("files", "files", "faces", "files", "faces")
+    assert rows["crop"].kept_files + sum(rows["crop"].dropped.values()) == rows["crop"].received
+    assert rows["crop"].kept_files == rows["crop"].kept - 1  # the hostile photo's 2 faces, one file
     # the check page (no ranked manifest yet) shows the stages up to export
-    table = {cells[0]: cells for cells in Funnel(tree["page"]).rows}
+    table = {f["stage"]: f for f in tree["check"]["funnel"]}
     assert list(table) == ["ingest", "crop", "clean", "dedup", "upscale", "normalize", "export"]
-    assert table["ingest"][1:4] == [str(len(RAW_FILES)), str(len(RAW_FILES) - 3), "3"]
-    assert "no_face: 1" in table["crop"][4] and "exact_duplicate: 1" in table["dedup"][4]
+    assert [table["ingest"][k] for k in ("in", "kept")] == [len(RAW_FILES), len(RAW_FILES) - 3]
+    assert table["crop"]["units"] == ["files", "faces", "files"]
+    assert table["crop"]["dropped"] == [["no_face", 1, "no face of at least crop.min_face found"]]
+    assert table["dedup"]["dropped"][0][:2] == ["exact_duplicate", 1]
 
 
 def test_every_image_and_every_drop_is_on_the_page(tree):
