@@ -393,3 +393,32 @@ def test_scores_tsv_and_the_page_show_the_same_region_of_a_dlib_ffhq_face(tmp_pa
     # a box crop: [l, t, r, b] both ways; a bare detection [x, y, w, h] becomes [l, t, r, b] both ways
     assert crop_box({"crop": [1, 2, 30, 40], "box": [5, 5, 9, 9]}) == face_geometry({"crop": [1, 2, 30, 40]}) == [1, 2, 30, 40]
     assert crop_box({"box": [5, 6, 10, 20]}) == face_geometry({"box": [5, 6, 10, 20]}) == [5, 6, 15, 26]
+
+
+def test_a_folder_where_the_detector_finds_no_face_is_a_warning_naming_the_setting(tmp_path, capfd):
+    """dlib on a mix of drawings and photographs (the issue's case): the anime folder gives
+    no face; the console and the top of the page say so and name crop.method: animeface."""
+    import shutil
+    from test_crop import INGEST_CFG, cfg as crop_cfg, run_crop
+    from pipeline.report import coverage, render_index
+    raw = tmp_path / "raw"
+    anime = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png", "anime_tone.png"]
+    photos = ["photo_Tom_Cruise_avp_2014_4.jpg", "photo_2008_002470.jpg", "photo_2009_004587.jpg"]
+    for folder, names in (("anime", anime), ("photos", photos)):
+        (raw / folder).mkdir(parents=True)
+        for n in names:
+            shutil.copyfile(TESTDATA / n, raw / folder / n)
+    rels = [f"anime/{n}" for n in anime] + [f"photos/{n}" for n in photos]
+    ingest_rows = [ingest_file(rel, str(raw), INGEST_CFG, None) for rel in rels]
+    crop_rows = run_crop(tmp_path / "crop" / "0", ingest_rows,
+                         crop_cfg(method="dlib", min_face=30, dlib_detector="hog", dlib_upsample=1))
+    folders, warnings = coverage({"ingest": ingest_rows, "crop": crop_rows})
+    table = {f["folder"]: f for f in folders}
+    assert table["anime"]["files"] == table["anime"]["read"] == 4 and table["anime"]["noFace"] >= 3
+    assert table["photos"]["withFace"] == 3 and table["photos"]["faces"] >= 3
+    # files add up: with a face + without = read
+    assert all(f["withFace"] + f["noFace"] == f["read"] for f in folders)
+    (warning,) = warnings
+    assert warning.startswith("raw folder anime/:") and "crop.method: animeface" in warning
+    page = render_index("t", [], warnings, "characters/t.rejects.txt")
+    assert "crop.method: animeface" in page and 'id="warnings"' in page
