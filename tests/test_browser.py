@@ -497,3 +497,129 @@ def test_review_server_saves_in_place_and_refuses_without_token(tree, chrome, tm
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------- decision first, every score explained
+
+def visible_ids(driver) -> list[str]:
+    return js(driver, "return Array.from(document.querySelectorAll('#grid .card'))"
+                      ".sort((a, b) => a.dataset.pos - b.dataset.pos).map(c => c.dataset.id)")
+
+
+@needs_chromium
+def test_page_opens_on_the_grid_and_every_funnel_number_filters_it(tree, chrome):
+    open_page(chrome, tree["url"])
+    # the worst-ranked image is on the first screen (1280x900), the galleries behind a tab
+    first = chrome.find_element("css selector", "#grid .card")
+    assert first.get_attribute("data-id") == tree["scores"][0].id
+    assert js(chrome, "return arguments[0].getBoundingClientRect().bottom", first) < 900
+    assert not chrome.find_element("id", "drops").is_displayed()
+    # counts say what they count
+    funnel = {th.text: k for k, th in enumerate(chrome.find_elements("css selector", "#funnel tr:first-child th"))}
+    crop_col = [row.find_elements("css selector", "td, th")[funnel["crop"]].text
+                for row in chrome.find_elements("css selector", "#funnel tr")]
+    assert crop_col[1] == "9 files" and crop_col[2].startswith("9 faces") and "from 8 files" in crop_col[2]
+    assert crop_col[3].startswith("1 file")
+    # every number is a link that filters the grid
+    link = lambda value: chrome.find_element("css selector", f"#funnel a[data-filter='{value}']")  # noqa: E731
+    link("crop: no_face").click()
+    assert count(chrome, "shown-count") == 1 and visible_ids(chrome) == [tree["items"][
+        next(i for i, it in tree["items"].items() if it["why"] == "crop: no_face")]["id"]]
+    assert chrome.find_element("id", "shown-units").text == "0 faces, 1 file"
+    link("dropped:ingest").click()
+    assert count(chrome, "shown-count") == 3 and chrome.find_element("id", "shown-units").text == "0 faces, 3 files"
+    link("kept:export").click()
+    assert count(chrome, "shown-count") == len(tree["dataset"])
+    link("reached:clean").click()  # the 9 faces clean received: dataset + their later drops
+    assert count(chrome, "shown-count") == 9
+    link("kept:ingest").click()  # what passed ingest: 9 files, as faces they gave and files without one
+    assert count(chrome, "shown-count") == len(tree["items"]) - 3
+    # the drops tab: galleries and coverage per folder, by link and by tab
+    chrome.find_element("css selector", "#tabs a[data-tab='drops']").click()
+    assert chrome.find_element("id", "folder-table").is_displayed()
+    assert js(chrome, "return location.hash") == "#drops"
+
+
+@needs_chromium
+def test_every_score_explained_sorted_and_filtered_by_any_signal(tree, chrome):
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+    open_page(chrome, tree["url"])
+    rk, scores = tree["ranking"], tree["scores"]
+    n = len(scores)
+    # the percentile of each signal and the signal that pulled the image down, in words
+    # knn here falls with the rank: the first has the largest distance (high is bad), the worst
+    assert rk["worseThan"]["knn"][0] == 100 and rk["worseThan"]["knn"][-1] == 0
+    decided = [rk["decided"][k] for k in range(n)]
+    assert set(decided) <= {-1, 0, 1}
+    cards = chrome.find_elements("css selector", "#grid .card")
+    for c in cards:
+        k = [s.id for s in scores].index(c.get_attribute("data-id"))
+        text = c.find_element("css selector", ".decided").get_attribute("title")
+        d = decided[k]
+        assert text == ("low because: " + rk["signalInfo"][sorted(rk["signals"])[d]]["lowMeans"] if d >= 0
+                        else "no signal stands out")
+    cards[0].find_element("css selector", ".pic").click()
+    info = chrome.find_element("id", "v-info").text
+    assert f"knn 0.0000 (worse than 100% of the dataset)" in info and "high is bad" in info
+    press(chrome, Keys.ESCAPE)
+    # ± only where it means something: the scores here differ between shuffles
+    assert rk["stdMeaningful"] and "\u00b1" in cards[0].text
+    # sort by a signal, worst first (knn: the largest distance first)
+    Select(chrome.find_element("id", "sort")).select_by_value("signal:knn")
+    knn = dict(zip(rk["ids"], rk["signals"]["knn"]))
+    assert visible_ids(chrome) == sorted(knn, key=lambda i: -knn[i])
+    Select(chrome.find_element("id", "sort")).select_by_value("score")
+    assert visible_ids(chrome) == rk["ids"]
+    # filter on a signal's value, and on which signal decided
+    Select(chrome.find_element("id", "filter-signal")).select_by_value("signal:knn")
+    chrome.find_element("id", "score-max").send_keys("-1.5")
+    assert count(chrome, "shown-count") == sum(v <= -1.5 for v in knn.values())
+    js(chrome, "const e = document.getElementById('score-max'); e.value = ''; e.dispatchEvent(new Event('input'))")
+    Select(chrome.find_element("id", "filter-signal")).select_by_value("score")
+    Select(chrome.find_element("id", "decided")).select_by_value("-1")
+    assert count(chrome, "shown-count") == decided.count(-1)
+    Select(chrome.find_element("id", "decided")).select_by_value("")
+    assert count(chrome, "shown-count") == n
+
+
+@needs_chromium
+def test_shift_click_range_reject_all_shown_undo_opaque_viewer_full_captions(tree, chrome):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+    open_page(chrome, tree["url"])
+    show_grid(chrome)
+    preset = count(chrome, "reject-count")
+    ids = visible_ids(chrome)
+    box = lambda k: chrome.find_element("css selector", f"#grid .card[data-pos='{k}'] input.reject")  # noqa: E731
+    box(0).click()
+    ActionChains(chrome).key_down(Keys.SHIFT).click(box(3)).key_up(Keys.SHIFT).perform()
+    ticked = set(js(chrome, "return window.faceprepReview.rejects()"))
+    assert set(ids[:4]) <= ticked and count(chrome, "reject-count") == preset + 4
+    # undo: the range in one step, then the first tick
+    chrome.find_element("id", "undo").click()
+    assert count(chrome, "reject-count") == preset + 1
+    js(chrome, "document.getElementById('grid').focus()")
+    press(chrome, "u")
+    assert count(chrome, "reject-count") == preset and chrome.find_element("id", "undo").get_attribute("disabled")
+    # reject all shown: only what the filter shows
+    Select(chrome.find_element("id", "folder")).select_by_value("broken")
+    chrome.find_element("id", "select-all").click()
+    broken = {i for i, it in tree["items"].items() if it["why"] == "" and it["source"].startswith("broken/")}
+    assert broken <= set(js(chrome, "return window.faceprepReview.rejects()"))
+    chrome.find_element("id", "undo").click()
+    Select(chrome.find_element("id", "folder")).select_by_value("")
+    assert count(chrome, "reject-count") == preset
+    # captions: one line on the card, the full text on hover (title) and in the viewer
+    src = chrome.find_element("css selector", "#grid .card .src")
+    full = src.get_attribute("title")
+    assert full == tree["items"][src.find_element("xpath", "./ancestor::figure").get_attribute("data-id")]["source"]
+    for line in chrome.find_elements("css selector", "#grid .card figcaption > div"):
+        assert line.get_attribute("title") == js(chrome, "return arguments[0].textContent", line)
+    # the viewer is opaque: nothing of the grid shows through
+    chrome.find_element("css selector", "#grid .card .pic").click()
+    bg = js(chrome, "return getComputedStyle(document.getElementById('viewer')).backgroundColor")
+    assert bg.startswith("rgb(") and "rgba" not in bg, bg
+    assert full in chrome.find_element("id", "v-info").text
+    press(chrome, Keys.ESCAPE)
