@@ -623,3 +623,70 @@ def test_shift_click_range_reject_all_shown_undo_opaque_viewer_full_captions(tre
     assert bg.startswith("rgb(") and "rgba" not in bg, bg
     assert full in chrome.find_element("id", "v-info").text
     press(chrome, Keys.ESCAPE)
+
+
+def test_review_server_refuses_unmatched_lines_keeps_every_save_and_logs_nothing(tree, tmp_path, capfd):
+    from pipeline.review import serve
+    rejects = tmp_path / "r.txt"
+    first_id = tree["scores"][0].id
+    rejects.write_text(f"{first_id}\n", encoding="utf-8")
+    server, url, _ = serve(tree["R"].parent, tree["R"].name, str(rejects), keep=2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = url.rsplit("/report/", 1)[0]
+        post = lambda body, q="": urllib.request.urlopen(urllib.request.Request(  # noqa: E731
+            f"{base}/rejects{q}", data=body.encode(), method="POST"), timeout=10)
+        # a line that matches no image is refused and listed; the file stays as it was
+        with pytest.raises(urllib.error.HTTPError) as e:
+            post(f"{first_id}\nabc\n")
+        body = json.loads(e.value.read())
+        assert e.value.code == 409 and body["unmatched"] == ["abc"] and "abc" in body["error"]
+        assert rejects.read_text(encoding="utf-8") == f"{first_id}\n"
+        # confirmed, it is saved; every save keeps the one before, timestamped (the last 2)
+        assert json.loads(post(f"{first_id}\nabc\n", "?confirm=1").read())["count"] == 2
+        second = tree["scores"][1].id
+        post(f"{second}  # a/source.png\n")
+        assert read_rejects(rejects) == {second}
+        history = sorted((tmp_path / "r.txt.history").glob("*.txt"))
+        assert [p.read_text(encoding="utf-8") for p in history] == [f"{first_id}\n", f"{first_id}\nabc\n"]
+        post(f"{first_id}\n")
+        assert len(list((tmp_path / "r.txt.history").glob("*.txt"))) == 2  # --keep 2
+        # no 404 for figures.js before `generate` ran
+        assert not (tree["R"] / "report" / "figures.js").exists()
+        assert urllib.request.urlopen(f"{base}/report/figures.js", timeout=10).read() == b"window.FACEPREP_FIGURES = [];\n"
+        urllib.request.urlopen(f"{base}/report/index.html", timeout=10).read()
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capfd.readouterr().err
+    assert "GET" not in err and "POST" not in err  # access log off by default
+
+
+@needs_chromium
+def test_page_saves_each_id_with_its_source_and_confirms_unmatched_lines(tree, chrome, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from pipeline.review import serve
+    rejects = tmp_path / "p.txt"
+    rejects.write_text("stale-line\n", encoding="utf-8")
+    server, url, _ = serve(tree["R"].parent, tree["R"].name, str(rejects))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        open_page(chrome, url)
+        WebDriverWait(chrome, 10).until(lambda d: "1 lines that match no image" in d.find_element("id", "unmatched-count").text)
+        show_grid(chrome)
+        chrome.find_element("css selector", "#grid .card[data-pos='0'] input.reject").click()
+        chrome.find_element("id", "save").click()
+        WebDriverWait(chrome, 10).until(lambda d: "NOT saved" in d.find_element("id", "save-status").text)
+        assert "stale-line" in chrome.find_element("id", "save-status").text
+        assert rejects.read_text(encoding="utf-8") == "stale-line\n"
+        chrome.find_element("id", "save-anyway").click()
+        WebDriverWait(chrome, 10).until(lambda d: d.find_element("id", "save-status").text.startswith("saved"))
+        first = tree["scores"][0]
+        assert f"{first.id}  # {first.source}\n" in rejects.read_text(encoding="utf-8")
+        assert read_rejects(rejects) == {first.id, "stale-line"}
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -176,8 +176,13 @@
     }
     undoStack.length = 0;
   }
+  // each id with its source as a comment (on one line: a name may hold any character)
+  const sourceComment = (id) => {
+    const i = idIndex.get(id);
+    return i === undefined ? '' : '  # ' + C.sources[I.src[i]].replace(/[\r\n]+/g, ' ');
+  };
   function rejectsText() {
-    return C.header.map((l) => '# ' + l).join('\n') + '\n' + Array.from(rejects).sort().map((id) => id + '\n').join('');
+    return C.header.map((l) => '# ' + l).join('\n') + '\n' + Array.from(rejects).sort().map((id) => id + sourceComment(id) + '\n').join('');
   }
   // one user action: set ``on`` for every dataset image of ``list``; undo puts them back
   function setMany(list, on) {
@@ -236,19 +241,26 @@
   if (served) {
     const save = $('save');
     save.hidden = false;
-    save.addEventListener('click', async () => {
+    // lines that match no image are listed first; "save anyway" confirms them
+    const anyway = el('button', {type: 'button', id: 'save-anyway', hidden: ''}, 'save anyway');
+    save.after(anyway);
+    async function doSave(confirmed) {
       const text = rejectsText();
       $('save-status').textContent = 'saving...';
+      anyway.hidden = true;
       try {
-        const r = await fetch('../rejects', {method: 'POST', body: text, headers: {'Content-Type': 'text/plain; charset=utf-8'}});
+        const r = await fetch('../rejects' + (confirmed ? '?confirm=1' : ''), {method: 'POST', body: text, headers: {'Content-Type': 'text/plain; charset=utf-8'}});
         const body = await r.json();
+        if (r.status === 409 && body.unmatched) { anyway.hidden = false; throw new Error(body.error); }
         if (!r.ok) throw new Error(body.error || r.statusText);
         saved = text;
-        $('save-status').textContent = 'saved ' + body.count + ' lines to ' + body.path + (body.backup ? ' (previous kept as ' + body.backup + ')' : '');
+        $('save-status').textContent = 'saved ' + body.count + ' lines to ' + body.path + (body.backup ? ' (previous kept in its .history folder)' : '');
       } catch (e) {
         $('save-status').textContent = 'NOT saved: ' + e.message;
       }
-    });
+    }
+    save.addEventListener('click', () => doSave(false));
+    anyway.addEventListener('click', () => doSave(true));
     // the file on disk wins over what was baked into the page (it may have been saved since)
     fetch('../rejects').then((r) => r.ok ? r.json() : null).then((body) => {
       if (!body) return;
