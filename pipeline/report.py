@@ -575,6 +575,87 @@ def collect_items(stages: dict[str, list[Row]]) -> tuple[list[Item], list[list]]
     return items, [[k, v] for k, v in sorted(clusters.items())]
 
 
+# ---------------------------------------------------------------- near misses
+
+NEAR = 6  # images shown on each side of a threshold
+
+
+def _count(n: int, unit: str) -> str:
+    return f"{n} {unit if n != 1 else unit.rstrip('s')}"
+
+
+def _near(setting: str, threshold, measure: str, kept_vals: list, dropped_vals: list, low_is_bad: bool,
+          unit: str = "faces") -> dict | None:
+    """One threshold's near misses: kept images closest to it, dropped ones just past it
+    ([id, value, kept]), and what moving it to the nearest dropped value changes."""
+    if threshold is None or not (kept_vals or dropped_vals):
+        return None
+    inside = sorted(kept_vals, key=lambda x: (x[1] if low_is_bad else -x[1], x[0]))[:NEAR]
+    past = sorted(dropped_vals, key=lambda x: (-x[1] if low_is_bad else x[1], x[0]))[:NEAR]
+    advice = []
+    if past:
+        v = past[0][1]
+        n = sum(1 for _, x in dropped_vals if (x >= v if low_is_bad else x <= v))
+        advice.append(f"{'lowering' if low_is_bad else 'raising'} {setting} to {v} adds {_count(n, unit)}")
+    if inside:
+        v = inside[0][1]
+        n = sum(1 for _, x in kept_vals if (x <= v if low_is_bad else x >= v))
+        beyond = f"just above {v}" if low_is_bad else f"just below {v}"
+        advice.append(f"{'raising' if low_is_bad else 'lowering'} it {beyond} drops {_count(n, 'faces')}")
+    return {"setting": setting, "value": threshold, "measure": measure, "advice": "; ".join(advice),
+            "items": [[i, v, True] for i, v in inside] + [[i, v, False] for i, v in past]}
+
+
+def near_misses(stages: dict[str, list[Row]], thresholds: dict) -> list[dict]:
+    """For every threshold that drops images (crop.min_face, clean.min_side, the quality
+    floors, monochrome, the near-duplicate radius): the kept images closest to it and the
+    dropped ones just past it, with their values. The score cut is the page's (ranking.js)."""
+    out = []
+    crop, clean = stages.get("crop", []), stages.get("clean", [])
+    # crop.min_face: a face is kept when the shorter side of its detection box reaches it
+    faces = [(r.id, min(int(r.details["box"][2]), int(r.details["box"][3]))) for r in crop
+             if r.kept and isinstance(r.details.get("box"), list) and len(r.details["box"]) == 4]
+    small = [(r.id, b) for r in crop if r.reason == "no_face"
+             for b in [max((min(int(f[2]), int(f[3])) for f in r.details.get("small_faces") or [] if len(f) == 4),
+                           default=None)] if b is not None]
+    out.append(_near("crop.min_face", thresholds.get("min_face"), "face side px", faces, small, True, "files"))
+    out.append(_near("clean.min_side", thresholds.get("min_side"), "short side px",
+                     [(r.id, min(r.width, r.height)) for r in clean if r.kept and r.width and r.height],
+                     [(r.id, r.details["side"]) for r in clean if r.reason == "too_small" and "side" in r.details], True))
+    quality = thresholds.get("quality") or {}
+    for key, measure, reason, low_is_bad in (("min_sharpness", "sharpness", "blurry", True),
+                                             ("min_brightness", "brightness", "too_dark", True),
+                                             ("max_brightness", "brightness", "too_bright", False),
+                                             ("min_contrast", "contrast", "low_information", True)):
+        kept_vals = [(r.id, r.details[measure]) for r in clean if r.kept and measure in r.details]
+        dropped = [(r.id, r.details[measure]) for r in clean if r.reason == reason and measure in r.details]
+        out.append(_near(f"clean.quality.{key}", quality.get(key), measure, kept_vals, dropped, low_is_bad))
+    mono = thresholds.get("monochrome") or {}
+    if mono.get("method") in ("chroma", "both"):
+        out.append(_near("clean.monochrome.min_colorful_fraction", mono.get("min_colorful_fraction"),
+                         "colourful fraction",
+                         [(r.id, r.details["colorful_fraction"]) for r in clean if r.kept and "colorful_fraction" in r.details],
+                         [(r.id, r.details["colorful_fraction"]) for r in clean
+                          if r.reason == "monochrome" and "colorful_fraction" in r.details], True))
+    if mono.get("method") in ("colors", "both"):
+        out.append(_near("clean.monochrome.max_colors", mono.get("max_colors"), "unique colours",
+                         [(r.id, r.details["unique_colors"]) for r in clean if r.kept and "unique_colors" in r.details],
+                         [(r.id, r.details["unique_colors"]) for r in clean
+                          if r.reason == "monochrome" and "unique_colors" in r.details], False))
+    # the radius: dropped copies at the largest distances (kept pairs' distances are not recorded)
+    near = [(r.id, int(r.details["distance"])) for r in stages.get("dedup", [])
+            if r.reason == "near_duplicate" and "distance" in r.details]
+    radius = thresholds.get("radius")
+    if near and radius is not None:
+        near.sort(key=lambda x: (-x[1], x[0]))
+        d = near[0][1]
+        n = sum(1 for _, x in near if x == d)
+        out.append({"setting": "clean.near_duplicates.radius", "value": radius, "measure": "Hamming distance",
+                    "advice": f"lowering clean.near_duplicates.radius to {d - 1} keeps {_count(n, 'faces')}",
+                    "items": [[i, v, False] for i, v in near[:NEAR]]})
+    return [nm for nm in out if nm]
+
+
 # ---------------------------------------------------------------- page
 
 def script_json(value) -> str:
@@ -636,7 +717,7 @@ class FullPaths:
 def check_data(name: str, items: list[Item], clusters: list, thumbs: dict, previews: dict,
                page_dir: Path, preset: list[str], problems: list[str], fingerprint: str,
                rejects_path: str, funnel_rows: list[FunnelRow] = (), folders: list[dict] = (),
-               warnings: list[str] = ()) -> dict:
+               warnings: list[str] = (), near: list[dict] = ()) -> dict:
     """The page's data, in columns (a 100,000-image dataset stays a few MB)."""
     sources, source_index = [], {}
     preview_list, preview_index = [], {}
@@ -674,6 +755,7 @@ def check_data(name: str, items: list[Item], clusters: list, thumbs: dict, previ
             "items": cols, "clusters": clusters,
             "preset": preset, "problems": problems, "warnings": list(warnings),
             "funnel": funnel_data(list(funnel_rows)), "folders": list(folders),
+            "nearMisses": list(near),
             "header": [f"faceprep rejects for {one_line}",
                        "one dataset image id a line (ids as in rank/scores.tsv); '#' starts a comment",
                        f"save as {' '.join(rejects_path.split())} and rerun ranked_dataset"]}
@@ -718,7 +800,8 @@ def build_check(*, name: str, stage_manifests: list[str], dataset: str, dedup: s
     fingerprint = dataset_fingerprint(dataset) if Path(dataset).exists() else ""
     shown_path = rejects_shown or rejects or f"characters/{name}.rejects.txt"
     data = check_data(name, items, clusters, thumbs, previews, out_dir, preset, problems,
-                      fingerprint, shown_path, funnel(stages), folders, warnings)
+                      fingerprint, shown_path, funnel(stages), folders, warnings,
+                      near_misses(stages, cfg.get("thresholds") or {}))
     copy_assets(out_dir)
     atomic_write_text(out_dir / "check.js", data_script("FACEPREP_CHECK", data))
     # where `python -m pipeline.review` saves (an absolute path: the server may run elsewhere)

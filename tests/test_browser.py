@@ -268,7 +268,8 @@ def tree(tmp_path_factory):
     np.savez(net, w=np.zeros(1))
     export = tree["R"] / "export" / "manifest.tsv"
     os.utime(net, ns=(export.stat().st_mtime_ns - 10**9,) * 2)
-    tree.update(make_report(tree, tree["rejects"], net))
+    # crop.min_face as the tree's no-face file records it: its near misses on the page
+    tree.update(make_report(tree, tree["rejects"], net, cfg={"thumb": 24, "thresholds": {"min_face": 250}}))
     tree["items"] = items_of(tree["check"])
     tree["url"] = (tree["R"] / "report" / "index.html").resolve().as_uri()
     return tree
@@ -690,3 +691,18 @@ def test_page_saves_each_id_with_its_source_and_confirms_unmatched_lines(tree, c
     finally:
         server.shutdown()
         server.server_close()
+
+
+@needs_chromium
+def test_near_misses_tab_shows_each_threshold_with_values(tree, chrome):
+    open_page(chrome, tree["url"])
+    chrome.find_element("css selector", "#tabs a[data-tab='near']").click()
+    sec = chrome.find_element("css selector", "#near section[data-setting='crop.min_face']")
+    assert "crop.min_face = 250" in sec.text
+    assert "lowering crop.min_face to 60 adds 1 file" in sec.find_element("css selector", ".advice").text
+    card = sec.find_element("css selector", ".card.near-dropped")
+    assert "dropped, face side px 60" in card.text
+    card.find_element("css selector", ".pic").click()  # openable like every card
+    assert chrome.find_element("id", "viewer").is_displayed()
+    from selenium.webdriver.common.keys import Keys
+    press(chrome, Keys.ESCAPE)

@@ -422,3 +422,38 @@ def test_a_folder_where_the_detector_finds_no_face_is_a_warning_naming_the_setti
     assert warning.startswith("raw folder anime/:") and "crop.method: animeface" in warning
     page = render_index("t", [], warnings, "characters/t.rejects.txt")
     assert "crop.method: animeface" in page and 'id="warnings"' in page
+
+
+def test_near_misses_for_each_threshold_with_values_and_what_moving_it_changes():
+    """Real clean decisions on real faces: the sharpness floor set at the median drops half;
+    the page lists the kept faces just above it and the dropped ones just below, and says
+    what lowering it to the nearest dropped value adds."""
+    import yaml
+    from pipeline.clean import clean_row
+    from pipeline.crop import pass_through
+    from pipeline.report import near_misses
+    names = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png",
+             "photo_Tom_Cruise_avp_2014_4.jpg", "photo_2008_002470.jpg", "photo_dogs.jpg",
+             "noface_city.jpg", "anime_miku_small_noisy.jpg"]
+    ingest = [ingest_file(n, str(TESTDATA), {"extensions": ["jpg", "png"], "max_pixels": 40_000_000}, None)
+              for n in names]
+    faces = [pass_through(r) for r in ingest]
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())["clean"]
+    measured = sorted(clean_row(f, cfg).details["sharpness"] for f in faces)
+    floor = measured[len(measured) // 2]
+    cfg["quality"]["min_sharpness"] = floor
+    clean = [clean_row(f, cfg) for f in faces]
+    assert {r.reason for r in clean if not r.kept} == {"blurry"}
+    (nm,) = [n for n in near_misses({"crop": faces, "clean": clean}, {"quality": cfg["quality"]})
+             if n["setting"] == "clean.quality.min_sharpness"]
+    kept_side = [v for _, v, k in nm["items"] if k]
+    dropped_side = [v for _, v, k in nm["items"] if not k]
+    assert kept_side == sorted(v for v in measured if v >= floor)[:6]  # closest above first
+    assert dropped_side == sorted((v for v in measured if v < floor), reverse=True)[:6]  # closest below first
+    assert nm["value"] == floor
+    assert nm["advice"].startswith(f"lowering clean.quality.min_sharpness to {dropped_side[0]} adds 1 face")
+    assert f"raising it just above {kept_side[0]} drops 1 face" in nm["advice"]
+    # crop.min_face: a file whose faces were all too small, with the largest of them
+    noface = Row(id="n", source="n.jpg", details={"min_face": 250, "small_faces": [[0, 0, 154, 160], [5, 5, 90, 90]]})
+    (mf,) = near_misses({"crop": [noface.drop("no_face")]}, {"min_face": 250})
+    assert mf["items"] == [["n", 154, False]] and mf["advice"] == "lowering crop.min_face to 154 adds 1 file"

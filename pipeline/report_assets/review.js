@@ -524,17 +524,32 @@
     const root = $('near');
     root.textContent = '';
     root.append(el('p', {text: 'Images closest to each threshold: the kept ones just inside it and the dropped ones just past it, with the value.'}));
-    const near = C.nearMisses || [];
+    const near = (C.nearMisses || []).slice();
+    // the score cut (rank.drop_bottom_fraction): the kept images just above it, the dropped just below
+    if (K) {
+      const cut = order.filter((i) => status[i] === 'ranked: bottom_fraction');
+      if (cut.length) {
+        const inside = order.filter((i) => rankPos[i] > 0 && !status[i]).slice(0, 6);
+        const past = cut.slice(-6).reverse();
+        const n = K.ids.length;
+        near.push({setting: 'rank.drop_bottom_fraction', value: +(cut.length / n).toFixed(4), measure: 'score',
+          advice: 'lowering rank.drop_bottom_fraction to ' + ((cut.length - 1) / n).toFixed(4) + ' adds 1 face (each 1/' + n + ' is one face)',
+          items: [...inside.map((i) => [I.id[i], score[i].toFixed(4), true]), ...past.map((i) => [I.id[i], score[i].toFixed(4), false])]});
+      }
+    }
     if (!near.length) root.append(el('p', {text: 'No threshold dropped or nearly dropped anything.'}));
     for (const nm of near) {
       const sec = el('section', {class: 'near-section', 'data-setting': nm.setting});
       sec.append(el('h3', {text: nm.setting + ' = ' + nm.value + (nm.unit ? ' ' + nm.unit : '')}));
       if (nm.advice) sec.append(el('p', {class: 'advice', text: nm.advice}));
       const g = el('div', {class: 'gallery'});
+      const list = nm.items.map(([id]) => idIndex.get(id)).filter((i) => i !== undefined);
       for (const [id, value, kept] of nm.items) {
         const i = idIndex.get(id);
         if (i === undefined) continue;
-        g.append(card(i, (kept ? 'kept, ' : 'dropped, ') + nm.measure + ' ' + value, false));
+        const c = card(i, (kept ? 'kept, ' : 'dropped, ') + nm.measure + ' ' + value, false, list);
+        c.classList.add(kept ? 'near-kept' : 'near-dropped');
+        g.append(c);
       }
       sec.append(g);
       root.append(sec);
