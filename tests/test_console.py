@@ -123,3 +123,18 @@ def test_gather_summaries_count_without_building_rows(tmp_path):
     text = manifests_summary("crop", both)
     assert text == stage_summary("crop", [r for p in both for r in read_manifest(p)])
     assert text == "crop: 4 kept, 8 dropped (no_face 4, unspecified 3, too_small 1)"
+
+
+def test_a_rerun_whose_cascade_cannot_be_found_stops_with_the_model_message(workdir, monkeypatch):
+    """The issue's case: a finished `dataset` run (dedup checkpoint complete) with the cascade
+    from $FACEPREP_ANIMEFACE_CASCADE, then a crop.margin edit in a shell without it: crop
+    must rerun, so the run stops with the model message (it said "Nothing to be done")."""
+    from pipeline import crop
+    copy_testdata(workdir / "raw", {"anime_miku_noisy.jpg", "anime_miku_CC_BY-NC.jpg"})
+    anime = {"crop": {"method": "animeface", "min_face": 48}}
+    run_snakemake(workdir, "dataset", overrides=anime)
+    monkeypatch.delenv("FACEPREP_ANIMEFACE_CASCADE")
+    proc = run_snakemake(workdir, "dataset", overrides={"crop": {**anime["crop"], "margin": 0.4}}, check=False)
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    assert "Nothing to be done" not in proc.stdout + proc.stderr
+    assert "make models" in last_line(proc) and crop.CASCADE_SHA256 in last_line(proc)
