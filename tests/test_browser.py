@@ -706,3 +706,26 @@ def test_near_misses_tab_shows_each_threshold_with_values(tree, chrome):
     assert chrome.find_element("id", "viewer").is_displayed()
     from selenium.webdriver.common.keys import Keys
     press(chrome, Keys.ESCAPE)
+
+
+@needs_chromium
+def test_a_jump_through_the_grid_fills_every_card_once_it_settles(tmp_path_factory, chrome):
+    """A scrollbar drag draws light cards (score and source) and fills them when the view
+    stops: after a jump, no card stays light and every thumbnail loads."""
+    from selenium.webdriver.support.ui import WebDriverWait
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_report import synthetic
+    built = synthetic(tmp_path_factory.mktemp("big"), 3000, 300)
+    open_page(chrome, (built["report"] / "index.html").resolve().as_uri())
+    js(chrome, "window.scrollTo(0, 4000)")
+    js(chrome, "return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    js(chrome, "window.scrollTo(0, document.body.scrollHeight / 2)")  # a jump
+    js(chrome, "return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    WebDriverWait(chrome, 5).until(lambda d: js(d, "return document.querySelectorAll('#grid .card').length > 0 && "
+                                                   "!document.querySelector('#grid .card[data-light]')"))
+    WebDriverWait(chrome, 10).until(lambda d: js(d, "return [...document.querySelectorAll('#grid .card img')]"
+                                                    ".every(i => i.complete && i.naturalWidth > 0)"))
+    cards = js(chrome, "return [...document.querySelectorAll('#grid .card')].map(c => "
+                       "[+c.dataset.pos, c.querySelector('.id').textContent, c.dataset.id])")
+    assert all(text == cid for _, text, cid in cards) and min(p for p, _, _ in cards) > 1000

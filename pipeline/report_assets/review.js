@@ -298,7 +298,8 @@
   // a caption line: one line on a grid card (the full text on hover and in the viewer)
   const line = (cls, text) => el('div', {class: cls, text, title: text});
   let lastClicked = -1;  // grid position of the last reject box clicked (shift-click ranges)
-  function card(i, label, eager, list, pos) {
+  // a gallery card (drops, clusters, near misses); the grid's are gridCard below
+  function card(i, label, eager, list) {
     const c = el('figure', {class: 'card', 'data-id': I.id[i], 'data-idx': i});
     const t = thumbOf(i);
     if (t) {
@@ -319,14 +320,7 @@
     if (isData(i)) {  // first, so a long caption never hides it
       const box = el('input', {type: 'checkbox', class: 'reject', 'data-id': I.id[i]});
       box.checked = rejects.has(I.id[i]);
-      box.addEventListener('click', (ev) => {
-        const on = box.checked;
-        if (ev.shiftKey && pos !== undefined && lastClicked >= 0 && lastClicked !== pos) {
-          const [a, b] = lastClicked < pos ? [lastClicked, pos] : [pos, lastClicked];
-          setMany(filtered.slice(a, b + 1), on);
-        } else toggle(i, on);
-        if (pos !== undefined) lastClicked = pos;
-      });
+      box.addEventListener('change', () => toggle(i, box.checked));
       cap.append(el('label', {class: 'reject-label'}, box, ' reject'));
       if (box.checked) c.classList.add('rejected');
     }
@@ -636,37 +630,113 @@
   [fMin, fMax].forEach((e) => e.addEventListener('input', applyFilters));
 
   // ------------------------------------------------------------ the virtualized grid
+  // Only the rows in view (and one either side) have cards. Cards are kept in a pool and
+  // refilled in place (no new elements, no listeners: the grid listens for them all), and
+  // while the view jumps (a scrollbar drag) their thumbnails wait until it settles, so a
+  // frame costs text updates only (bench/bench_report.py, bench/RESULTS.md).
   const grid = $('grid');
-  const CW = 168, CH = 270;  // a card and its gap
-  let cursor = 0, cols = 1, lastRange = '';
-  const alive = new Map();  // grid position -> its card; cards that stay visible are kept
+  const CW = 168, CH = 285;  // a card and its gap
+  let cursor = 0, cols = 1, lastRange = '', lastTop = null, settle = 0;
+  const alive = new Map();  // grid position -> its card
+  const pool = [];
+  const LINES = ['score', 'decided', 'src', 'reason', 'signal', 'note', 'id'];
+  function gridCard() {
+    const img = el('img', {alt: ''});
+    const pic = el('div', {class: 'pic'}, img);
+    const nopic = el('div', {class: 'nopic', text: 'not decodable'});
+    const box = el('input', {type: 'checkbox', class: 'reject'});
+    const lab = el('label', {class: 'reject-label'}, box, ' reject');
+    const cap = el('figcaption', {}, lab);
+    const lines = {};
+    for (const k of LINES) { lines[k] = el('div', {class: k}); cap.append(lines[k]); }
+    const c = el('figure', {class: 'card'}, pic, nopic, cap);
+    c._parts = {img, pic, nopic, box, lab, lines};
+    return c;
+  }
+  function setLine(e, text) { e.textContent = text; e.title = text; e.hidden = !text; }
+  // ``light``: a jump frame: the thumbnail and every line but the score and source wait
+  function fillGridCard(c, i, pos, light) {
+    const deferImage = light;
+    const {img, pic, nopic, box, lab, lines} = c._parts;
+    c.dataset.id = I.id[i]; c.dataset.idx = i; c.dataset.pos = pos;
+    c.style.transform = 'translate(' + ((pos % cols) * CW) + 'px,' + (Math.floor(pos / cols) * CH) + 'px)';
+    const t = thumbOf(i);
+    pic.hidden = !t; nopic.hidden = !!t;
+    img.alt = C.sources[I.src[i]];
+    if (t && deferImage) { img.removeAttribute('src'); img.dataset.src = t; }
+    else if (t) { if (img.getAttribute('src') !== t) img.src = t; delete img.dataset.src; }
+    const old = pic.querySelector('svg');
+    if (old) old.remove();
+    const p = I.prev[i], g = I.geom[i];
+    if (t && p >= 0 && g && g.length && Array.isArray(g[0]) && g[0].length === 4) {  // small faces over their source
+      const svg = document.createElementNS(SVG, 'svg');
+      overlay(svg, i, C.previews[p][1], C.previews[p][2]);
+      pic.append(svg);
+    }
+    const data = isData(i);
+    lab.hidden = !data;
+    box.dataset.id = I.id[i];
+    box.checked = data && rejects.has(I.id[i]);
+    c.classList.toggle('rejected', box.checked);
+    setLine(lines.score, rankPos[i] > 0 ? scoreText(i) : '');
+    setLine(lines.src, C.sources[I.src[i]]);
+    if (light) {
+      for (const k of ['decided', 'reason', 'signal', 'note', 'id']) setLine(lines[k], '');
+      c.dataset.light = '1';
+      return;
+    }
+    delete c.dataset.light;
+    setLine(lines.decided, decidedText(i));
+    lines.decided.className = 'decided' + (decided[i] >= 0 ? ' low' : '');
+    setLine(lines.reason, C.reasons[I.reason[i]] || status[i]);
+    setLine(lines.signal, rankPos[i] > 0 && signalNames.length ? signalNames.filter((n) => !isNaN(signals[n][i]))
+      .map((n) => n + ' ' + signals[n][i].toFixed(2) + (worseThan[n][i] >= 0 ? ' (' + worseThan[n][i] + '%)' : '')).join(' \u00b7 ') : '');
+    setLine(lines.note, I.note[i]);
+    setLine(lines.id, I.id[i]);
+  }
+  function loadDeferred() {
+    for (const [k, c] of alive) if (c.dataset.light) fillGridCard(c, filtered[k], k, false);
+  }
+  const gridStats = {renders: 0, ms: 0};  // for bench/bench_report.py: script time per frame
   function renderGrid(force) {
+    const t0 = performance.now();
+    renderGridNow(force);
+    gridStats.renders++; gridStats.ms += performance.now() - t0;
+  }
+  function renderGridNow(force) {
     if (grid.offsetParent === null) return;  // its tab is hidden
     cols = Math.max(1, Math.floor(grid.clientWidth / CW));
     const rows = Math.ceil(filtered.length / cols);
     grid.style.height = (rows * CH) + 'px';
     const top = grid.getBoundingClientRect().top;
-    const first = Math.max(0, Math.floor(-top / CH) - 2);
-    const last = Math.min(rows, Math.ceil((window.innerHeight - top) / CH) + 2);
+    // a jump of more than a screen (a scrollbar drag): only the rows in view, and their
+    // thumbnails and most lines wait until the view settles
+    const jumped = !force && lastTop !== null && Math.abs(top - lastTop) > window.innerHeight;
+    const extra = jumped ? 0 : 1;
+    const first = Math.max(0, Math.floor(-top / CH) - extra);
+    const last = Math.min(rows, Math.ceil((window.innerHeight - top) / CH) + extra);
     const key = first + ':' + last + ':' + cols + ':' + cursor;
     if (!force && key === lastRange) return;
     lastRange = key;
-    if (force) { for (const c of alive.values()) c.remove(); alive.clear(); }
+    lastTop = top;
+    if (force) { for (const c of alive.values()) { c.remove(); pool.push(c); } alive.clear(); }
     const lo = first * cols, hi = Math.min(filtered.length, last * cols);
-    for (const [k, c] of alive) if (k < lo || k >= hi) { c.remove(); alive.delete(k); }
+    for (const [k, c] of alive) if (k < lo || k >= hi) { c.remove(); pool.push(c); alive.delete(k); }
     const frag = document.createDocumentFragment();
     for (let k = lo; k < hi; k++) {
       let cd = alive.get(k);
       if (!cd) {
-        cd = card(filtered[k], '', true, undefined, k);
-        cd.style.transform = 'translate(' + ((k % cols) * CW) + 'px,' + (Math.floor(k / cols) * CH) + 'px)';
-        cd.dataset.pos = k;
+        cd = pool.pop() || gridCard();
+        fillGridCard(cd, filtered[k], k, jumped);
         alive.set(k, cd);
         frag.append(cd);
       }
       cd.classList.toggle('cursor', k === cursor);
     }
     grid.append(frag);
+    clearTimeout(settle);
+    if (jumped) settle = setTimeout(loadDeferred, 120);
+    else loadDeferred();
   }
   let pending = false;
   const onScroll = () => { if (!pending) { pending = true; requestAnimationFrame(() => { pending = false; renderGrid(false); }); } };
@@ -680,9 +750,20 @@
     renderGrid(false);
     if (viewing >= 0 && viewList === filtered) showViewer(filtered[cursor]);
   }
+  // one listener for every grid card: open, reject (shift-click: the range from the last box clicked)
   grid.addEventListener('click', (ev) => {
     const c = ev.target.closest('.card');
-    if (c && c.dataset.pos !== undefined) cursor = parseInt(c.dataset.pos, 10);
+    if (!c || c.dataset.pos === undefined) return;
+    const pos = parseInt(c.dataset.pos, 10), i = +c.dataset.idx;
+    cursor = pos;
+    if (ev.target.matches('input.reject')) {
+      const on = ev.target.checked;
+      if (ev.shiftKey && lastClicked >= 0 && lastClicked !== pos) {
+        const [a, b] = lastClicked < pos ? [lastClicked, pos] : [pos, lastClicked];
+        setMany(filtered.slice(a, b + 1), on);
+      } else toggle(i, on);
+      lastClicked = pos;
+    } else if (ev.target.closest('.pic')) openItem(i);
   });
 
   // ------------------------------------------------------------ the full-size viewer
@@ -771,5 +852,5 @@
   changed();
   applyFilters();
   window.faceprepReview = {ready: true, startedAt, readyAt: performance.now(), shown: () => filtered.length,
-                          rejects: () => Array.from(rejects).sort(), showTab};
+                          rejects: () => Array.from(rejects).sort(), showTab, gridStats};
 })();
