@@ -44,11 +44,11 @@ METHODS = ("combined", "mean_logit")
 SIGNALS = {
     # "low_means": the page's words for an image this signal pulls down
     "logit": {"label": "D logit (mean over shuffles)", "worse": "low",
-              "low_means": "the Discriminator thinks it is unlike the data"},
+              "low_means": "the D finds it unlike the data"},
     # logit(image) - logit(image upside down): faces score far better upright; symmetric
     # junk (noise, flat colour) scores the same both ways; an upside-down face scores worse
     "upright": {"label": "D logit upright minus upside down", "worse": "low",
-                "low_means": "looks upside down (or not like a face either way up)"},
+                "low_means": "looks upside down, or no face either way"},
     # mean distance to the knn_k nearest dataset images in D's features (before
     # minibatch-stddev): junk is far from every face, whatever its logit
     "knn": {"label": "distance to the nearest dataset images in D's features", "worse": "high",

@@ -44,8 +44,9 @@ rule report:
         data=f"{R}/report/check.js",
     params:
         # the keys the page reads: the thumbnail size, and the thresholds its near misses show
+        # (each only where its stage reads it: crop.min_face means nothing to crop.method none)
         cfg=json.dumps({"thumb": config["report"]["thumb"], "thresholds": {
-            "min_face": config["crop"]["min_face"], "min_side": config["clean"]["min_side"],
+            "min_face": crop_keys(config["crop"]).get("min_face"), "min_side": config["clean"]["min_side"],
             "quality": config["clean"].get("quality") or {}, "monochrome": config["clean"]["monochrome"],
             "radius": config["clean"]["near_duplicates"]["radius"]}}, sort_keys=True),
         name=config["name"],

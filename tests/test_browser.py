@@ -558,7 +558,7 @@ def test_every_score_explained_sorted_and_filtered_by_any_signal(tree, chrome):
         k = [s.id for s in scores].index(c.get_attribute("data-id"))
         text = c.find_element("css selector", ".decided").get_attribute("title")
         d = decided[k]
-        assert text == ("low because: " + rk["signalInfo"][sorted(rk["signals"])[d]]["lowMeans"] if d >= 0
+        assert text == ("low: " + rk["signalInfo"][sorted(rk["signals"])[d]]["lowMeans"] if d >= 0
                         else "no signal stands out")
     cards[0].find_element("css selector", ".pic").click()
     info = chrome.find_element("id", "v-info").text

@@ -91,7 +91,7 @@
   const decidedText = (i) => {
     if (rankPos[i] <= 0 || !signalNames.length) return '';
     const d = decided[i];
-    return d >= 0 ? 'low because: ' + signalWords(signalNames[d]) : 'no signal stands out';
+    return d >= 0 ? 'low: ' + signalWords(signalNames[d]) : 'no signal stands out';
   };
   const pctText = (n, i) => worseThan[n][i] >= 0 ? ' (worse than ' + worseThan[n][i] + '% of the dataset)' : '';
   const scoreText = (i) => '#' + rankPos[i] + ' score ' + score[i].toFixed(3) + (stdShown ? ' \u00b1 ' + stdev[i].toFixed(3) : '');
@@ -654,7 +654,7 @@
     return c;
   }
   function setLine(e, text) { e.textContent = text; e.title = text; e.hidden = !text; }
-  // ``light``: a jump frame: the thumbnail and every line but the score and source wait
+  // ``light``: a jump frame: the thumbnail and every line but the rank and score wait
   function fillGridCard(c, i, pos, light) {
     const deferImage = light;
     const {img, pic, nopic, box, lab, lines} = c._parts;
@@ -679,13 +679,13 @@
     box.checked = data && rejects.has(I.id[i]);
     c.classList.toggle('rejected', box.checked);
     setLine(lines.score, rankPos[i] > 0 ? scoreText(i) : '');
-    setLine(lines.src, C.sources[I.src[i]]);
     if (light) {
-      for (const k of ['decided', 'reason', 'signal', 'note', 'id']) setLine(lines[k], '');
+      for (const k of ['decided', 'src', 'reason', 'signal', 'note', 'id']) setLine(lines[k], '');
       c.dataset.light = '1';
       return;
     }
     delete c.dataset.light;
+    setLine(lines.src, C.sources[I.src[i]]);
     setLine(lines.decided, decidedText(i));
     lines.decided.className = 'decided' + (decided[i] >= 0 ? ' low' : '');
     setLine(lines.reason, C.reasons[I.reason[i]] || status[i]);
@@ -710,7 +710,7 @@
     grid.style.height = (rows * CH) + 'px';
     const top = grid.getBoundingClientRect().top;
     // a jump of more than a screen (a scrollbar drag): only the rows in view, and their
-    // thumbnails and most lines wait until the view settles
+    // thumbnails and all lines but the score wait until the view settles
     const jumped = !force && lastTop !== null && Math.abs(top - lastTop) > window.innerHeight;
     const extra = jumped ? 0 : 1;
     const first = Math.max(0, Math.floor(-top / CH) - extra);
