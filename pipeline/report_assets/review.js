@@ -846,6 +846,7 @@
     ev.preventDefault();
   });
 
+  if (!K) document.querySelector("#tabs a[data-tab='review']").textContent = 'Review (not ranked yet)';
   buildFunnel();
   lazyTabs.drops = () => { buildFolders(); buildDrops(); };
   lazyTabs.near = buildNear;
