@@ -38,8 +38,11 @@ onerror:
         sys.exit(1)  # snakemake prints nothing after this, so the reason stays the last line
 
 
+_RUN_STARTED = __import__("time").time()  # the console's last lines: what this run made
+
+
 onsuccess:
     from pipeline.console import outcome
 
-    for _line in outcome(R):
+    for _line in outcome(R, since=_RUN_STARTED):
         print(f"faceprep: {_line}", file=sys.stderr)

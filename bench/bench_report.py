@@ -30,8 +30,9 @@ from pathlib import Path
 from common import TESTDATA, machine
 
 from pipeline.manifest import atomic_write_text
-from pipeline.report import (FunnelRow, Item, check_data, copy_assets, data_script, make_images,
-                             render_index, source_preview_name, thumb_name)
+from pipeline.rank import Score
+from pipeline.report import (FunnelRow, Item, check_data, copy_assets, data_script, explain_scores, make_images,
+                             render_index, signal_info, source_preview_name, thumb_name)
 
 
 def synthetic(out: Path, n_images: int, n_drops: int, seed: int = 1) -> dict:
@@ -90,21 +91,28 @@ def synthetic(out: Path, n_images: int, n_drops: int, seed: int = 1) -> dict:
     thumbs = {thumb_name(it.id): (0, 0) for it in items if it.image}
 
     t0 = time.perf_counter()
+    funnel_rows = [FunnelRow("ingest", n_images + n_drops, n_images + n_drops - n_drops // 6,
+                             Counter({"truncated": n_drops // 6}), "files", "files", "files")]
     data = check_data("bench", items, [[k, v] for k, v in sorted(clusters.items())], thumbs, previews, report,
-                      [], [], "fp-now", "characters/bench.rejects.txt")
+                      [], [], "fp-now", "characters/bench.rejects.txt", funnel_rows)
     atomic_write_text(report / "check.js", data_script("FACEPREP_CHECK", data))
     order = sorted(range(n_images), key=lambda _: rng.random())
     scores = sorted(rng.gauss(0, 1) for _ in range(n_images))
-    ranking = {"datasetFingerprint": "fp-now", "ids": [items[i].id for i in order],
-               "score": [round(s, 6) for s in scores], "std": [round(abs(rng.gauss(0, .1)), 6) for _ in order],
-               "signals": {"logit": [round(s + rng.gauss(0, .3), 6) for s in scores],
-                           "knn": [round(rng.random(), 6) for _ in order]},
+    # the three signals of rank.method combined; percentiles and "pulled down by" as the page gets them
+    rows = [Score(items[i].id, s, abs(rng.gauss(0, .1)), items[i].source, None, "",
+                  {"logit": s + rng.gauss(0, .3), "knn": rng.random(), "upright": rng.gauss(2, 1)})
+            for i, s in zip(order, scores)]
+    names = ["knn", "logit", "upright"]
+    worse_than, decided = explain_scores(rows, names)
+    ranking = {"datasetFingerprint": "fp-now", "ids": [r.id for r in rows],
+               "score": [round(r.score, 6) for r in rows], "std": [round(r.std, 6) for r in rows],
+               "stdMeaningful": True,
+               "signals": {n: [round(r.signals[n], 6) for r in rows] for n in names},
+               "signalInfo": {n: signal_info(n) for n in names}, "worseThan": worse_than, "decided": decided,
                "status": {}, "samples": None, "problems": []}
     atomic_write_text(report / "ranking.js", data_script("FACEPREP_RANKING", ranking))
-    funnel_rows = [FunnelRow("ingest", n_images + n_drops, n_images + n_drops - n_drops // 6,
-                             Counter({"truncated": n_drops // 6}))]
     copy_assets(report)
-    atomic_write_text(report / "index.html", render_index("bench", funnel_rows, [], "characters/bench.rejects.txt"))
+    atomic_write_text(report / "index.html", render_index("bench", [], [], "characters/bench.rejects.txt"))
     py_s = time.perf_counter() - t0
     return {"report": report, "thumb_ms": thumb_ms, "link_s": link_s, "python_s": py_s}
 
@@ -118,11 +126,13 @@ const top = grid.getBoundingClientRect().top + window.scrollY;
 const end = top + grid.offsetHeight - window.innerHeight;
 const start = mode === 'wheel' ? (top + end) / 2 : top;
 const steps = 240, times = [], cards = [];
+const stats = window.faceprepReview.gridStats, before = {renders: stats.renders, ms: stats.ms};
 let k = 0, last = performance.now();
 function step(now) {
   times.push(now - last); last = now;
   cards.push(grid.children.length);
-  if (k > steps) { done({times: times.slice(2), cards: Math.max(...cards), height: grid.offsetHeight}); return; }
+  if (k > steps) { done({times: times.slice(2), cards: Math.max(...cards), height: grid.offsetHeight,
+                         renderMs: (stats.ms - before.ms) / Math.max(1, stats.renders - before.renders)}); return; }
   window.scrollTo(0, mode === 'wheel' ? start + 120 * k : top + (end - top) * k / steps);
   k++;
   requestAnimationFrame(step);
@@ -132,7 +142,7 @@ requestAnimationFrame(() => requestAnimationFrame(step));
 """
 
 
-def browse(report: Path, runs: int) -> dict:
+def browse(report: Path, runs: int, screenshot: str | None = None) -> dict:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
@@ -154,12 +164,19 @@ def browse(report: Path, runs: int) -> dict:
             out["wall_ms"].append((time.perf_counter() - t0) * 1000)
             out["open_ms"].append(driver.execute_script("return window.faceprepReview.readyAt"))
         out["shown"] = driver.execute_script("return window.faceprepReview.shown()")
+        if screenshot:  # the first screen, as a user sees it on opening
+            driver.execute_script("window.scrollTo(0, 0)")
+            driver.execute_async_script("const done = arguments[0]; const imgs = [...document.querySelectorAll('#grid img')];"
+                                        "Promise.all(imgs.map(i => i.complete ? 0 : new Promise(r => { i.onload = i.onerror = r; })))"
+                                        ".then(() => requestAnimationFrame(() => done()));")
+            driver.save_screenshot(screenshot)
         for mode in ("wheel", "jump"):
             scroll = driver.execute_async_script(SCROLL, mode)
             t = sorted(scroll["times"])
-            out[mode] = {"frame_median_ms": statistics.median(t), "frame_p95_ms": t[int(len(t) * 0.95)],
+            out[mode] = {"fps": round(1000 * len(t) / sum(t), 1), "frame_median_ms": statistics.median(t), "frame_p95_ms": t[int(len(t) * 0.95)],
                          "frame_max_ms": t[-1], "frames_over_50ms": sum(v > 50 for v in t),
-                         "frames": len(t), "max_cards_in_dom": scroll["cards"]}
+                         "frames": len(t), "max_cards_in_dom": scroll["cards"],
+                         "render_script_ms_per_frame": round(scroll["renderMs"], 2)}
             out["grid_height_px"] = scroll["height"]
         t0 = time.perf_counter()
         driver.execute_script("const f = document.getElementById('folder'); f.value = 'set07';"
@@ -177,11 +194,12 @@ def main() -> None:
     p.add_argument("--drops", type=int, default=10_000)
     p.add_argument("--out", default="/tmp/fp-report-bench")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--screenshot", help="save the first screen (1280x900) as this PNG")
     a = p.parse_args()
     built = synthetic(Path(a.out), a.images, a.drops)
     report = built["report"]
     weight = {f: (report / f).stat().st_size for f in ("index.html", "review.css", "review.js", "check.js", "ranking.js")}
-    res = browse(report, a.runs)
+    res = browse(report, a.runs, a.screenshot)
     load = os.getloadavg()
     print(json.dumps({"machine": machine(), "loadavg": load, "images": a.images, "drops": a.drops,
                       "page_bytes": weight, "page_total_mb": round(sum(weight.values()) / 2**20, 2),

@@ -188,12 +188,22 @@ def failure_report(snakemake_logs, workdir: str | Path = ".", lines: int = 15) -
 
 # ---------------------------------------------------------------- the end of a run
 
-def outcome(results: str | Path) -> list[str]:
-    """What a finished run left in ``results`` (R): the dataset, the ranked dataset and
-    its drops by reason, the report, for the console's last lines."""
+def outcome(results: str | Path, since: float | None = None) -> list[str]:
+    """The console's last lines: what a finished run made in ``results`` (R), a line per
+    target with its paths (the dataset and the ranked dataset with their drops by reason,
+    the report, the model files, the generated figures). With ``since`` (the run's start,
+    seconds since the epoch) only what this run wrote; when it wrote nothing, everything
+    there is (a run with nothing to do still says where the results are)."""
     from pipeline.manifest import read_manifest
     R = Path(results)
-    lines = []
+    made: list[tuple[float, str]] = []  # (mtime, line)
+
+    def when(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return -1.0
+
     for folder, what in (("export", "dataset"), ("ranked", "ranked dataset")):
         manifest = R / folder / "manifest.tsv"
         if manifest.is_file():
@@ -204,10 +214,22 @@ def outcome(results: str | Path) -> list[str]:
             kept = sum(r.kept for r in rows)
             dropped = Counter(r.reason for r in rows if not r.kept)
             why = f" ({', '.join(f'{k} {v}' for k, v in sorted(dropped.items()))} dropped)" if dropped else ""
-            lines.append(f"{what}: {kept} images{why} -> {R / folder}/")
-    if (R / "report" / "index.html").is_file():
-        lines.append(f"report: {R / 'report' / 'index.html'}")
-    return lines
+            made.append((when(manifest), f"{what}: {kept} images{why} -> {R / folder}/"))
+    report = R / "report" / "index.html"
+    if report.is_file():
+        newest = max(when(report), when(R / "report" / "ranking.js"))
+        made.append((newest, f"report: {report}"))
+    models = sorted((R / "model").glob("*.pkl")) + sorted((R / "model").glob("*.npz"))
+    if models:
+        made.append((max(map(when, models)), "export_model: " + ", ".join(str(m) for m in models)))
+    index = R / "generate" / "generate.json"
+    if index.is_file():
+        figures = sorted(p for p in (R / "generate").iterdir() if p.is_file() and p.name != "generate.json")
+        seeds = sorted((R / "generate" / "seeds").glob("*.png"))
+        shown = ", ".join(p.name for p in figures) + (f", seeds/ ({len(seeds)} PNGs)" if seeds else "")
+        made.append((when(index), f"generate: {R / 'generate'}/ ({shown}); linked from the report page"))
+    fresh = [line for t, line in made if since is None or t >= since]
+    return fresh or [line for _, line in made]
 
 
 # ---------------------------------------------------------------- CLI

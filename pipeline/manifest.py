@@ -436,6 +436,33 @@ def kept(rows: Iterable[Row]) -> Iterator[Row]:
     return (r for r in rows if r.kept)
 
 
+# ---------------------------------------------------------------- a face's region
+
+def face_region(details: dict) -> list | None:
+    """The source region a face was cut from, in upright source pixels, or None (a whole
+    image): the one reading of crop's details that scores.tsv and the page both use.
+
+    FFHQ alignment cuts the rotated ``quad`` (4 [x, y] corners; its ``crop`` is only the
+    quad's bounding box), so ``quad`` comes first; box crops record ``crop`` (or the older
+    ``crop_box``) as [left, top, right, bottom]; last, the detector's ``box`` [x, y, w, h]
+    is turned into [left, top, right, bottom].
+    """
+    quad = details.get("quad")
+    if isinstance(quad, (list, tuple)) and quad:
+        flat = [v for p in quad for v in (p if isinstance(p, (list, tuple)) else [p])]
+        if len(flat) == 8:
+            return [[flat[i], flat[i + 1]] for i in range(0, 8, 2)]
+    for key in ("crop_box", "crop"):
+        box = details.get(key)
+        if isinstance(box, (list, tuple)) and len(box) == 4:
+            return list(box)
+    box = details.get("box")
+    if isinstance(box, (list, tuple)) and len(box) == 4:
+        x, y, w, h = box
+        return [x, y, x + w, y + h]
+    return None
+
+
 # ---------------------------------------------------------------- atomic writes
 
 def _atomic_write(path: str | os.PathLike, write) -> None:

@@ -13,7 +13,9 @@ logit of the image upside down), and ranks by ``combine`` of the three; every si
 written as a ``signal:<name>`` column (SIGNALS says what each means).
 
     python -m pipeline.rank --manifest R/export/manifest.tsv --network R/finetune/network-final.npz \
-        --output R/rank/scores.tsv --histogram R/rank/histogram.png --config JSON
+        --output R/rank/scores.tsv --config JSON
+
+The score histograms are the review page's (review.js draws them from ranking.js).
 """
 from __future__ import annotations
 
@@ -27,10 +29,9 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from pipeline.manifest import Row, atomic_write_bytes, atomic_write_text, kept, load_config_arg, read_manifest
+from pipeline.manifest import Row, atomic_write_text, face_region, kept, load_config_arg, read_manifest
 
 SCORE_COLUMNS = ["id", "score", "std", "source", "crop_box", "path"]
 SIGNAL_PREFIX = "signal:"
@@ -41,17 +42,18 @@ SCORING_KEYS = ("method", "group_size", "shuffles", "mirror", "seed", "batch", "
 METHODS = ("combined", "mean_logit")
 # What each signal:<name> column means and which end is bad, for the report's "why low".
 SIGNALS = {
-    "logit": {"label": "D logit (mean over shuffles)", "worse": "low"},
+    # "low_means": the page's words for an image this signal pulls down
+    "logit": {"label": "D logit (mean over shuffles)", "worse": "low",
+              "low_means": "the D finds it unlike the data"},
     # logit(image) - logit(image upside down): faces score far better upright; symmetric
     # junk (noise, flat colour) scores the same both ways; an upside-down face scores worse
-    "upright": {"label": "D logit upright minus upside down", "worse": "low"},
+    "upright": {"label": "D logit upright minus upside down", "worse": "low",
+                "low_means": "looks upside down, or no face either way"},
     # mean distance to the knn_k nearest dataset images in D's features (before
     # minibatch-stddev): junk is far from every face, whatever its logit
-    "knn": {"label": "distance to the nearest dataset images in D's features", "worse": "high"},
+    "knn": {"label": "distance to the nearest dataset images in D's features", "worse": "high",
+            "low_means": "far from every other face"},
 }
-# Where crop records the region it cut, first match wins: "crop" (left, top, right,
-# bottom) for box crops, "quad" (4 corners) for FFHQ alignment, "box" (the detection).
-CROP_BOX_KEYS = ("crop_box", "crop", "quad", "box")
 
 
 # ---------------------------------------------------------------- batch plan
@@ -235,12 +237,10 @@ def _rounded(value):
 
 
 def crop_box(details: dict) -> list | None:
-    """The source region an image was cut from, or None for a whole image."""
-    for key in CROP_BOX_KEYS:
-        box = details.get(key)
-        if isinstance(box, (list, tuple)) and box:
-            return _rounded(box)
-    return None
+    """The source region an image was cut from (manifest.face_region: the page shows the
+    same), or None for a whole image."""
+    region = face_region(details)
+    return None if region is None else _rounded(region)
 
 
 @dataclass(frozen=True)
@@ -293,10 +293,17 @@ def combine(signals: dict[str, np.ndarray], ref: dict[str, np.ndarray] | None = 
     test).
     ``ref`` gives the signals the z-scores are taken against (default: ``signals``).
     """
+    parts = contributions(signals, ref)
+    return parts["knn"] + sum(v for name, v in parts.items() if name != "knn")
+
+
+def contributions(signals: dict[str, np.ndarray], ref: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Each signal's part of ``combine`` (the score is their sum; the most negative part
+    is what pulled an image down, which the page says in words)."""
     ref = ref or signals
     z = {name: robust_z(signals[name], ref[name]) * (-1 if SIGNALS[name]["worse"] == "high" else 1)
          for name in signals}
-    return z["knn"] + sum(np.minimum(v + GATE_Z, 0) for name, v in z.items() if name != "knn")
+    return {name: v if name == "knn" else np.minimum(v + GATE_Z, 0) for name, v in z.items()}
 
 
 def score_dataset(D, rows: list[Row], cfg: dict, resolution: int | None = None,
@@ -355,45 +362,6 @@ def read_scores(path: str | os.PathLike) -> list[Score]:
                 for r in csv.DictReader(f, delimiter="\t")]
 
 
-# ---------------------------------------------------------------- histogram
-
-SCORE_LABELS = {"mean_logit": "Discriminator score (left = worst)",
-                "combined": "combined score (left = worst)"}
-
-
-def histogram_png(values, width: int = 640, height: int = 320, bins: int | None = None,
-                  label: str = "Discriminator score (left = worst)") -> bytes:
-    """A bar chart of the distribution of ``values`` (a score or one signal) as PNG bytes (PIL only)."""
-    values = np.asarray(values, dtype=np.float64)
-    bins = bins or int(np.clip(np.sqrt(len(values)) * 2, 5, 60))
-    counts, edges = np.histogram(values, bins=bins)
-    im = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(im)
-    font = ImageFont.load_default()
-    left, right, top, bottom = 48, 16, 28, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
-    draw.text((left, 6), f"{label}, n={len(values)}", fill="black", font=font)
-    peak = max(int(counts.max()), 1)
-    bar_w = plot_w / len(counts)
-    for i, c in enumerate(counts):
-        x0 = left + i * bar_w
-        y0 = top + plot_h * (1 - c / peak)
-        draw.rectangle([x0 + 1, y0, x0 + bar_w - 1, top + plot_h], fill=(70, 110, 180))
-    draw.line([left, top + plot_h, left + plot_w, top + plot_h], fill="black")
-    draw.line([left, top, left, top + plot_h], fill="black")
-    draw.text((4, top - 4), str(peak), fill="black", font=font)
-    draw.text((4, top + plot_h - 10), "0", fill="black", font=font)
-    for x, value in ((left, edges[0]), (left + plot_w / 2, (edges[0] + edges[-1]) / 2),
-                     (left + plot_w, edges[-1])):
-        label = f"{value:.3g}"
-        tw = draw.textlength(label, font=font)
-        draw.line([x, top + plot_h, x, top + plot_h + 4], fill="black")
-        draw.text((min(max(x - tw / 2, 0), width - tw), top + plot_h + 8), label, fill="black", font=font)
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 # ---------------------------------------------------------------- CLI
 
 def configure_devices() -> str:
@@ -412,7 +380,6 @@ def main(argv=None) -> None:
     p.add_argument("--manifest", required=True, help="R/export/manifest.tsv (the dataset)")
     p.add_argument("--network", required=True, help="gan.checkpoint .npz with the D")
     p.add_argument("--output", required=True, help="scores.tsv to write")
-    p.add_argument("--histogram", required=True, help="histogram.png to write")
     p.add_argument("--config", required=True, help="the rank block as JSON")
     a = p.parse_args(argv)
     cfg = load_config_arg(a.config)
@@ -436,7 +403,6 @@ def main(argv=None) -> None:
           f"{' + mirror' if cfg['mirror'] else ''}, group size {cfg['group_size']}", flush=True)
     stats: dict = {}
     scores = score_dataset(D, rows, cfg, resolution, stats=stats)
-    atomic_write_bytes(a.histogram, histogram_png([s.score for s in scores], label=SCORE_LABELS[cfg["method"]]))
     atomic_write_text(a.output, format_scores(scores))  # last: its presence means done
     print(f"rank: {stats['images_per_second']:.1f} images/s "
           f"({stats['d_evaluations_per_second']:.1f} D evaluations/s, {stats['seconds']:.1f} s, "

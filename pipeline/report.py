@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import html
 import inspect
 import io
 import json
@@ -51,7 +50,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipeline.export import read_rejects
-from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, dumps_details, kept,
+from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, dumps_details, face_region, kept,
                                load_config_arg, read_manifest)
 from pipeline.rank import Score, read_scores
 
@@ -63,10 +62,6 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
 ASSETS = Path(__file__).with_name("report_assets")
 PREVIEW_SIDE = 1024  # upright source previews: enough to see a small face box
 DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate", "source_duplicate")
-
-
-def esc(value) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def warn(message: str) -> None:
@@ -82,6 +77,12 @@ class FunnelRow:
     received: int
     kept: int
     dropped: Counter = field(default_factory=Counter)
+    # what the numbers count: ingest counts files, crop takes files and gives faces (its
+    # drops are files without a face), every later stage counts faces
+    unit_in: str = "faces"
+    unit_kept: str = "faces"
+    unit_dropped: str = "faces"
+    kept_files: int | None = None  # crop: the files its faces came from (+ dropped = in)
 
 
 def funnel(stages: dict[str, list[Row]]) -> list[FunnelRow]:
@@ -109,8 +110,108 @@ def funnel(stages: dict[str, list[Row]]) -> list[FunnelRow]:
             unlisted = received - len(rows)
             if unlisted > 0:
                 dropped["duplicate"] += unlisted
-        out.append(FunnelRow(stage, received, kept_count[stage], dropped))
+        row = FunnelRow(stage, received, kept_count[stage], dropped)
+        if stage == "ingest":
+            row.unit_in = row.unit_kept = row.unit_dropped = "files"
+        elif stage == "crop":
+            row.unit_in = row.unit_dropped = "files"
+            row.kept_files = len({r.parent_id or r.id for r in rows if r.kept})
+        out.append(row)
     return out
+
+
+def funnel_data(rows: list[FunnelRow]) -> list[dict]:
+    """The funnel for the page: each stage's counts, what they count, drop reasons by count
+    with their words (reason_text)."""
+    return [{"stage": f.stage, "in": f.received, "kept": f.kept, "keptFiles": f.kept_files,
+             "units": [f.unit_in, f.unit_kept, f.unit_dropped],
+             "dropped": [[r, n, reason_text(f.stage, r)] for r, n in by_count(f.dropped)]}
+            for f in rows]
+
+
+def by_count(counts: Counter) -> list[tuple[str, int]]:
+    """Reasons, most frequent first (ties by name)."""
+    return sorted(counts.items(), key=lambda x: (-x[1], x[0]))
+
+
+# ---------------------------------------------------------------- drop reasons in words
+
+# The page's words for a drop reason. Kept in this one function so that the stages'
+# own declarations of their reasons can replace the table without touching its callers.
+REASON_TEXT = {
+    "no_face": "no face of at least crop.min_face found",
+    "exact_duplicate": "an exact copy of an image kept",
+    "near_duplicate": "within the near-duplicate radius of an image kept",
+    "source_duplicate": "cut from a source that duplicates another",
+    "monochrome": "monochrome (clean.monochrome)",
+    "too_small": "shorter side below clean.min_side",
+    "file_too_small": "source file below clean.min_file_bytes",
+    "rejected": "in the rejects file",
+    "bottom_fraction": "in the worst rank.drop_bottom_fraction",
+    "duplicate": "not exported (a duplicate)",
+}
+
+
+def reason_text(stage: str, reason: str) -> str:
+    """A drop reason in words for the page ("" when there are none beyond its name)."""
+    return REASON_TEXT.get(reason, "")
+
+
+# ---------------------------------------------------------------- coverage per raw folder
+
+COVERAGE_MIN_FILES = 3      # a folder smaller than this says little
+COVERAGE_WARN_FRACTION = 0.5  # more than this share of a folder's readable files gave no face
+
+
+def folder_of(source: str) -> str:
+    """The raw sub-folder of a source ("." for the top of raw_dir)."""
+    return source.rsplit("/", 1)[0] if "/" in source else "."
+
+
+def coverage(stages: dict[str, list[Row]]) -> tuple[list[dict], list[str]]:
+    """Per raw sub-folder: files in, files read, files with a face, faces out; and a warning
+    (naming the setting to try) for each folder where most files read gave no face."""
+    table: dict[str, dict] = {}
+    for r in stages.get("ingest", []):
+        t = table.setdefault(folder_of(r.source), {"folder": folder_of(r.source), "files": 0, "read": 0,
+                                                    "withFace": 0, "noFace": 0, "faces": 0, "small": []})
+        t["files"] += 1
+        t["read"] += r.kept
+    crop = stages.get("crop", [])
+    method = next((r.details.get("method") for r in crop if r.details.get("method")), "")
+    min_face = next((r.details["min_face"] for r in crop if "min_face" in r.details), None)
+    with_face: dict[str, set] = {}
+    for r in crop:
+        t = table.get(folder_of(r.source))
+        if t is None:
+            continue
+        if r.kept:
+            t["faces"] += 1
+            with_face.setdefault(t["folder"], set()).add(r.parent_id or r.id)
+        elif r.reason == "no_face":
+            t["noFace"] += 1
+            t["small"] += [max(int(b[2]), int(b[3])) for b in (r.details.get("small_faces") or []) if len(b) == 4]
+    warnings = []
+    for folder, t in sorted(table.items()):
+        t["withFace"] = len(with_face.get(folder, ()))
+        small = sorted(t.pop("small"))
+        if t["read"] < COVERAGE_MIN_FILES or t["noFace"] <= COVERAGE_WARN_FRACTION * t["read"]:
+            continue
+        where = "the top of raw_dir" if folder == "." else f"raw folder {folder}/"
+        tries = []
+        if small:
+            tries.append(f"{len(small)} faces were found below crop.min_face ({min_face} px), the largest "
+                         f"{small[-1]} px: lowering crop.min_face to {small[-1]} keeps them")
+        if method == "dlib":
+            tries.append("crop.method: dlib finds photographed faces; for drawn (anime) faces try "
+                         "crop.method: animeface")
+        elif method == "animeface":
+            tries.append("crop.method: animeface finds drawn faces; for photographs try crop.method: dlib")
+        if not small and min_face:
+            tries.append(f"or lower crop.min_face (now {min_face} px)")
+        warnings.append(shown(f"{where}: {t['noFace']} of {t['read']} files gave no face "
+                              f"(crop.method {method or '?'}): " + "; ".join(tries)))
+    return list(table.values()), warnings
 
 
 # ---------------------------------------------------------------- provenance
@@ -394,21 +495,12 @@ def _num(v) -> float | int:
 
 
 def face_geometry(details: dict):
-    """The region a face was cut from, in upright source pixels: [l, t, r, b] or 4 [x, y]."""
-    if isinstance(details.get("quad"), list) and details["quad"]:
-        q = details["quad"]
-        flat = [v for p in q for v in (p if isinstance(p, list) else [p])]
-        if len(flat) == 8:
-            return [[_num(flat[i]), _num(flat[i + 1])] for i in range(0, 8, 2)]
-    for key in ("crop", "crop_box"):
-        box = details.get(key)
-        if isinstance(box, list) and len(box) == 4:
-            return [_num(v) for v in box]
-    box = details.get("box")  # the detector's x, y, w, h
-    if isinstance(box, list) and len(box) == 4:
-        x, y, w, h = (float(v) for v in box)
-        return [_num(x), _num(y), _num(x + w), _num(y + h)]
-    return None
+    """The region a face was cut from (manifest.face_region, as scores.tsv has it), in
+    upright source pixels to 0.1 px: [l, t, r, b] or 4 [x, y] corners."""
+    region = face_region(details)
+    if region is None:
+        return None
+    return [[_num(x), _num(y)] for x, y in region] if isinstance(region[0], list) else [_num(v) for v in region]
 
 
 def small_face_boxes(details: dict) -> list:
@@ -483,6 +575,87 @@ def collect_items(stages: dict[str, list[Row]]) -> tuple[list[Item], list[list]]
     return items, [[k, v] for k, v in sorted(clusters.items())]
 
 
+# ---------------------------------------------------------------- near misses
+
+NEAR = 6  # images shown on each side of a threshold
+
+
+def _count(n: int, unit: str) -> str:
+    return f"{n} {unit if n != 1 else unit.rstrip('s')}"
+
+
+def _near(setting: str, threshold, measure: str, kept_vals: list, dropped_vals: list, low_is_bad: bool,
+          unit: str = "faces") -> dict | None:
+    """One threshold's near misses: kept images closest to it, dropped ones just past it
+    ([id, value, kept]), and what moving it to the nearest dropped value changes."""
+    if threshold is None or not (kept_vals or dropped_vals):
+        return None
+    inside = sorted(kept_vals, key=lambda x: (x[1] if low_is_bad else -x[1], x[0]))[:NEAR]
+    past = sorted(dropped_vals, key=lambda x: (-x[1] if low_is_bad else x[1], x[0]))[:NEAR]
+    advice = []
+    if past:
+        v = past[0][1]
+        n = sum(1 for _, x in dropped_vals if (x >= v if low_is_bad else x <= v))
+        advice.append(f"{'lowering' if low_is_bad else 'raising'} {setting} to {v} adds {_count(n, unit)}")
+    if inside:
+        v = inside[0][1]
+        n = sum(1 for _, x in kept_vals if (x <= v if low_is_bad else x >= v))
+        beyond = f"just above {v}" if low_is_bad else f"just below {v}"
+        advice.append(f"{'raising' if low_is_bad else 'lowering'} it {beyond} drops {_count(n, 'faces')}")
+    return {"setting": setting, "value": threshold, "measure": measure, "advice": "; ".join(advice),
+            "items": [[i, v, True] for i, v in inside] + [[i, v, False] for i, v in past]}
+
+
+def near_misses(stages: dict[str, list[Row]], thresholds: dict) -> list[dict]:
+    """For every threshold that drops images (crop.min_face, clean.min_side, the quality
+    floors, monochrome, the near-duplicate radius): the kept images closest to it and the
+    dropped ones just past it, with their values. The score cut is the page's (ranking.js)."""
+    out = []
+    crop, clean = stages.get("crop", []), stages.get("clean", [])
+    # crop.min_face: a face is kept when the shorter side of its detection box reaches it
+    faces = [(r.id, min(int(r.details["box"][2]), int(r.details["box"][3]))) for r in crop
+             if r.kept and isinstance(r.details.get("box"), list) and len(r.details["box"]) == 4]
+    small = [(r.id, b) for r in crop if r.reason == "no_face"
+             for b in [max((min(int(f[2]), int(f[3])) for f in r.details.get("small_faces") or [] if len(f) == 4),
+                           default=None)] if b is not None]
+    out.append(_near("crop.min_face", thresholds.get("min_face"), "face side px", faces, small, True, "files"))
+    out.append(_near("clean.min_side", thresholds.get("min_side"), "short side px",
+                     [(r.id, min(r.width, r.height)) for r in clean if r.kept and r.width and r.height],
+                     [(r.id, r.details["side"]) for r in clean if r.reason == "too_small" and "side" in r.details], True))
+    quality = thresholds.get("quality") or {}
+    for key, measure, reason, low_is_bad in (("min_sharpness", "sharpness", "blurry", True),
+                                             ("min_brightness", "brightness", "too_dark", True),
+                                             ("max_brightness", "brightness", "too_bright", False),
+                                             ("min_contrast", "contrast", "low_information", True)):
+        kept_vals = [(r.id, r.details[measure]) for r in clean if r.kept and measure in r.details]
+        dropped = [(r.id, r.details[measure]) for r in clean if r.reason == reason and measure in r.details]
+        out.append(_near(f"clean.quality.{key}", quality.get(key), measure, kept_vals, dropped, low_is_bad))
+    mono = thresholds.get("monochrome") or {}
+    if mono.get("method") in ("chroma", "both"):
+        out.append(_near("clean.monochrome.min_colorful_fraction", mono.get("min_colorful_fraction"),
+                         "colourful fraction",
+                         [(r.id, r.details["colorful_fraction"]) for r in clean if r.kept and "colorful_fraction" in r.details],
+                         [(r.id, r.details["colorful_fraction"]) for r in clean
+                          if r.reason == "monochrome" and "colorful_fraction" in r.details], True))
+    if mono.get("method") in ("colors", "both"):
+        out.append(_near("clean.monochrome.max_colors", mono.get("max_colors"), "unique colours",
+                         [(r.id, r.details["unique_colors"]) for r in clean if r.kept and "unique_colors" in r.details],
+                         [(r.id, r.details["unique_colors"]) for r in clean
+                          if r.reason == "monochrome" and "unique_colors" in r.details], False))
+    # the radius: dropped copies at the largest distances (kept pairs' distances are not recorded)
+    near = [(r.id, int(r.details["distance"])) for r in stages.get("dedup", [])
+            if r.reason == "near_duplicate" and "distance" in r.details]
+    radius = thresholds.get("radius")
+    if near and radius is not None:
+        near.sort(key=lambda x: (-x[1], x[0]))
+        d = near[0][1]
+        n = sum(1 for _, x in near if x == d)
+        out.append({"setting": "clean.near_duplicates.radius", "value": radius, "measure": "Hamming distance",
+                    "advice": f"lowering clean.near_duplicates.radius to {d - 1} keeps {_count(n, 'faces')}",
+                    "items": [[i, v, False] for i, v in near[:NEAR]]})
+    return [nm for nm in out if nm]
+
+
 # ---------------------------------------------------------------- page
 
 def script_json(value) -> str:
@@ -498,76 +671,18 @@ def data_script(var: str, value) -> str:
     return f"window.{var} = JSON.parse({json.dumps(script_json(value))});\n"
 
 
-def funnel_html(rows: list[FunnelRow]) -> str:
-    lines = ["<table id='funnel'><tr><th class='reasons'>stage</th><th>in</th><th>kept</th>"
-             "<th>dropped</th><th class='reasons'>drop reasons</th></tr>"]
-    for f in rows:
-        reasons = ", ".join(f"{esc(r)}: {n}" for r, n in sorted(f.dropped.items(), key=lambda x: (-x[1], x[0])))
-        lines.append(f"<tr data-stage='{esc(f.stage)}'><td class='stage'>{esc(f.stage)}</td>"
-                     f"<td>{f.received}</td><td>{f.kept}</td><td>{sum(f.dropped.values())}</td>"
-                     f"<td class='reasons'>{reasons}</td></tr>")
-    lines.append("</table>")
-    return "\n".join(lines)
-
-
 CSP = ("default-src 'none'; img-src 'self' file: data: blob:; style-src 'self' file:; "
        "script-src 'self' file:; connect-src 'self'")
 
 
-def render_index(name: str, funnel_rows: list[FunnelRow], problems: list[str], rejects_path: str) -> str:
-    """The page shell: what needs no script is in the HTML, the rest comes from the data files."""
-    probs = "".join(f"<li>{esc(p)}</li>" for p in problems)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{CSP}">
-<title>faceprep report: {esc(name)}</title>
-<link rel="stylesheet" href="review.css"></head>
-<body>
-<h1>faceprep report: {esc(name)}</h1>
-<ul id="problems" class="problems">{probs}</ul>
-<p id="summary"></p>
-<p>Per-image history: <a href="../provenance.tsv">provenance.tsv</a> (after rank);
-scores: <a href="../rank/scores.tsv">rank/scores.tsv</a>. Keys in the review grid:
-<kbd>&rarr;</kbd>/<kbd>j</kbd> next, <kbd>&larr;</kbd>/<kbd>k</kbd> previous,
-<kbd>x</kbd> toggle reject, <kbd>Enter</kbd> open, <kbd>Esc</kbd> close.</p>
-<h2>Stage funnel</h2>
-{funnel_html(funnel_rows)}
-<h2>What was dropped</h2>
-<div id="drops"><p>Loading&hellip; (this page needs JavaScript and check.js beside it)</p></div>
-<h2>Ranking</h2>
-<div id="ranking"><p id="no-ranking">Rank has not run yet: the scores appear here after
-<code>snakemake ranked_dataset</code>.</p></div>
-<h2>Review</h2>
-<div id="toolbar">
-<label>score &ge; <input id="score-min" type="number" step="any" size="7"></label>
-<label>&le; <input id="score-max" type="number" step="any" size="7"></label>
-<label>folder <select id="folder"></select></label>
-<label>stage / reason <select id="reason"></select></label>
-<span id="shown-count">0</span> shown &middot;
-<b><span id="reject-count">0</span></b> rejects <span id="unmatched-count"></span>
-<button id="download" type="button">download rejects.txt</button>
-<button id="save" type="button" hidden>save rejects</button>
-<span id="save-status" role="status"></span>
-<div class="hint">Save the download as <code>{esc(rejects_path)}</code> and rerun
-<code>snakemake ranked_dataset</code> (or serve this page with <code>python -m pipeline.review {esc(name)}</code>
-and press save).</div>
-</div>
-<div id="grid" tabindex="0" aria-label="review grid"></div>
-<div id="viewer" hidden role="dialog" aria-modal="true">
-<div class="bar"><button id="v-prev" type="button">&larr; previous</button>
-<button id="v-next" type="button">next &rarr;</button>
-<button id="v-reject" type="button">reject</button>
-<button id="v-close" type="button">close (Esc)</button></div>
-<div class="panes"><figure><img id="v-full" alt="full size"><figcaption id="v-info"></figcaption></figure>
-<figure id="v-source-fig"><div class="overlay-wrap"><img id="v-source" alt="source image"><svg id="v-box"></svg></div>
-<figcaption id="v-source-info"></figcaption></figure></div>
-</div>
-<script src="check.js"></script>
-<script src="ranking.js"></script>
-<script src="figures.js"></script>
-<script src="review.js"></script>
-</body></html>
-"""
+def render_index(name: str, problems: list[str], warnings: list[str], rejects_path: str) -> str:
+    """The page shell (report_assets/index.html.j2, autoescaped): its panels' places and the
+    problems and warnings (readable without JavaScript); review.js renders every panel."""
+    import jinja2
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(ASSETS), autoescape=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.get_template("index.html.j2").render(name=name, csp=CSP, problems=problems,
+                                                    warnings=warnings, rejects_path=rejects_path)
 
 
 FULL_EXTS = [".png", ".jpg", ".jpeg", ".webp"]
@@ -601,7 +716,8 @@ class FullPaths:
 
 def check_data(name: str, items: list[Item], clusters: list, thumbs: dict, previews: dict,
                page_dir: Path, preset: list[str], problems: list[str], fingerprint: str,
-               rejects_path: str) -> dict:
+               rejects_path: str, funnel_rows: list[FunnelRow] = (), folders: list[dict] = (),
+               warnings: list[str] = (), near: list[dict] = ()) -> dict:
     """The page's data, in columns (a 100,000-image dataset stays a few MB)."""
     sources, source_index = [], {}
     preview_list, preview_index = [], {}
@@ -637,7 +753,9 @@ def check_data(name: str, items: list[Item], clusters: list, thumbs: dict, previ
             "rejectsPath": rejects_path, "sources": sources, "reasons": reasons,
             "previews": preview_list, "fullDirs": full.dirs, "fullExts": FULL_EXTS,
             "items": cols, "clusters": clusters,
-            "preset": preset, "problems": problems,
+            "preset": preset, "problems": problems, "warnings": list(warnings),
+            "funnel": funnel_data(list(funnel_rows)), "folders": list(folders),
+            "nearMisses": list(near),
             "header": [f"faceprep rejects for {one_line}",
                        "one dataset image id a line (ids as in rank/scores.tsv); '#' starts a comment",
                        f"save as {' '.join(rejects_path.split())} and rerun ranked_dataset"]}
@@ -676,18 +794,20 @@ def build_check(*, name: str, stage_manifests: list[str], dataset: str, dedup: s
         listed = ", ".join(repr(u) for u in unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")
         problems.append(shown(f"{len(unmatched)} line(s) of the rejects file {rejects} match no image "
                               f"of the dataset: {listed}"))
-    for p in problems:
+    folders, warnings = coverage(stages)
+    for p in problems + warnings:
         warn(p)
     fingerprint = dataset_fingerprint(dataset) if Path(dataset).exists() else ""
     shown_path = rejects_shown or rejects or f"characters/{name}.rejects.txt"
     data = check_data(name, items, clusters, thumbs, previews, out_dir, preset, problems,
-                      fingerprint, shown_path)
+                      fingerprint, shown_path, funnel(stages), folders, warnings,
+                      near_misses(stages, cfg.get("thresholds") or {}))
     copy_assets(out_dir)
     atomic_write_text(out_dir / "check.js", data_script("FACEPREP_CHECK", data))
     # where `python -m pipeline.review` saves (an absolute path: the server may run elsewhere)
     atomic_write_text(out_dir / "review.json", json.dumps(
         {"name": name, "rejects": str(Path(rejects).resolve()) if rejects else ""}, indent=1) + "\n")
-    atomic_write_text(output, render_index(name, funnel(stages), problems, shown_path))
+    atomic_write_text(output, render_index(name, problems, warnings, shown_path))
     return problems
 
 
@@ -709,14 +829,56 @@ def build_ranking(*, stage_manifests: list[str], dataset: str, dedup: str | None
         sample = "samples.png"
     for p in problems:
         warn(p)
+    worse_than, decided = explain_scores(scores, names)
     data = {"datasetFingerprint": dataset_fingerprint(dataset), "ids": [s.id for s in scores],
             "score": [round(s.score, 6) for s in scores], "std": [round(s.std, 6) for s in scores],
+            # the std is the score's spread over reshuffled batches: 0 everywhere (one shuffle)
+            # means nothing, and the page then shows no "±"
+            "stdMeaningful": any(s.std > 0 for s in scores),
             "signals": {n: [round(s.signals[n], 6) if n in s.signals else None for s in scores] for n in names},
+            "signalInfo": {n: signal_info(n) for n in names},
+            "worseThan": worse_than, "decided": decided,
             "status": {r.id: r.reason for r in stages.get("ranked", []) if not r.kept},
             "samples": sample, "problems": problems}
     atomic_write_text(output, data_script("FACEPREP_RANKING", data))
     atomic_write_text(provenance_path, format_provenance(provenance(stages, {s.id: s for s in scores})))
     return problems
+
+
+def signal_info(name: str) -> dict:
+    """What a signal means for the page: label, which end is bad, the words for a low one."""
+    from pipeline.rank import SIGNALS
+    info = SIGNALS.get(name, {})
+    return {"label": info.get("label", name), "worse": info.get("worse", "low"),
+            "lowMeans": info.get("low_means", f"low {name}")}
+
+
+def explain_scores(scores: list[Score], names: list[str]) -> tuple[dict[str, list], list[int]]:
+    """Per signal, the percent of ranked images that are better on it than each image (0 =
+    the best, 100 = the worst); and per image the signal that pulled its score down most
+    (an index into ``names``, -1 when none did), from rank.contributions, the very parts
+    the combined score adds up."""
+    import numpy as np
+    from pipeline.rank import SIGNALS, contributions
+    n = len(scores)
+    worse_than: dict[str, list] = {}
+    values = {}
+    for name in names:
+        v = np.array([s.signals.get(name, np.nan) for s in scores], dtype=np.float64)
+        values[name] = v
+        good = -v if SIGNALS.get(name, {}).get("worse") == "high" else v  # higher = better
+        finite = np.sort(good[np.isfinite(good)])
+        better = len(finite) - np.searchsorted(finite, good, side="right")
+        pct = np.round(100 * better / max(len(finite) - 1, 1))
+        worse_than[name] = [int(p) if np.isfinite(g) else None for p, g in zip(pct, good)]
+    decided = [-1] * n
+    if n and names and "knn" in names and all(name in SIGNALS for name in names) \
+            and all(np.isfinite(v).all() for v in values.values()):
+        parts = contributions(values)
+        stacked = np.stack([parts[name] for name in names])
+        low = stacked.argmin(axis=0)
+        decided = [int(k) if stacked[k, i] < 0 else -1 for i, k in enumerate(low)]
+    return worse_than, decided
 
 
 def build_figures(generate_dir: str, output: str) -> list[tuple[str, str]]:

@@ -1,4 +1,13 @@
-from pipeline.crop import model_files, used_models  # noqa: E402
+from pipeline.crop import ModelError, model_files, used_models  # noqa: E402
+
+# The model files crop.method reads, resolved before the DAG is built: an input function
+# that raises does not always stop a rerun (with the dedup checkpoint complete, Snakemake 9
+# answered "Nothing to be done" to a pending crop edit; DESIGN.md).
+try:
+    CROP_MODELS = used_models(config["crop"], config["models"])
+    CROP_MODEL_FILES = model_files(config["crop"], config["models"])
+except ModelError as _e:
+    stop_now(str(_e).removeprefix("faceprep: "))
 
 
 rule crop:
@@ -8,7 +17,7 @@ rule crop:
         # the model files crop.method reads, resolved as the stage resolves them (config ->
         # env var -> default): a changed file reruns crop, and only for the method that
         # reads it; a missing one stops the run before any job, saying how to get it
-        models=lambda wildcards: model_files(config["crop"], config["models"]),
+        models=CROP_MODEL_FILES,
         code=stage_code("crop"),
     output:
         f"{R}/crop/{{shard}}/manifest.tsv",
@@ -16,7 +25,7 @@ rule crop:
         # only the model paths the method reads: moving a model it does not use reruns nothing
         cfg=lambda wildcards: json.dumps(
             {"crop": crop_keys(config["crop"]),
-             "models": used_models(config["crop"], config["models"])},
+             "models": CROP_MODELS},
             sort_keys=True,
         ),
     threads: SHARD_THREADS

@@ -9,7 +9,6 @@ rule rank:
         code=stage_code("rank"),
     output:
         scores=f"{R}/rank/scores.tsv",
-        histogram=f"{R}/rank/histogram.png",
     params:
         # only the keys that change scores: editing drop_bottom_fraction or the
         # rejects path reruns ranked_export, not this (GPU) job
@@ -27,5 +26,5 @@ rule rank:
         bench_path("rank")
     shell:
         "python -m pipeline.rank --manifest {input.manifest:q} --network {input.network:q}"
-        " --output {output.scores:q} --histogram {output.histogram:q}"
+        " --output {output.scores:q}"
         " --config {params.cfg:q} > {log:q} 2>&1"

@@ -43,8 +43,12 @@ rule report:
         html=REPORT_PAGE,
         data=f"{R}/report/check.js",
     params:
-        # the only key the page reads
-        cfg=json.dumps({"thumb": config["report"]["thumb"]}),
+        # the keys the page reads: the thumbnail size, and the thresholds its near misses show
+        # (each only where its stage reads it: crop.min_face means nothing to crop.method none)
+        cfg=json.dumps({"thumb": config["report"]["thumb"], "thresholds": {
+            "min_face": crop_keys(config["crop"]).get("min_face"), "min_side": config["clean"]["min_side"],
+            "quality": config["clean"].get("quality") or {}, "monochrome": config["clean"]["monochrome"],
+            "radius": config["clean"]["near_duplicates"]["radius"]}}, sort_keys=True),
         name=config["name"],
         rejects=REJECTS,
     threads: 4

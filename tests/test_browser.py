@@ -268,7 +268,8 @@ def tree(tmp_path_factory):
     np.savez(net, w=np.zeros(1))
     export = tree["R"] / "export" / "manifest.tsv"
     os.utime(net, ns=(export.stat().st_mtime_ns - 10**9,) * 2)
-    tree.update(make_report(tree, tree["rejects"], net))
+    # crop.min_face as the tree's no-face file records it: its near misses on the page
+    tree.update(make_report(tree, tree["rejects"], net, cfg={"thumb": 24, "thresholds": {"min_face": 250}}))
     tree["items"] = items_of(tree["check"])
     tree["url"] = (tree["R"] / "report" / "index.html").resolve().as_uri()
     return tree
@@ -290,7 +291,8 @@ def js(driver, script, *args):
 
 
 def count(driver, element_id) -> int:
-    return int(driver.find_element("id", element_id).text)
+    """A number on the page, on its tab or not (a hidden tab's text reads '' in Selenium)."""
+    return int(js(driver, "return document.getElementById(arguments[0]).textContent", element_id))
 
 
 def cursor_id(driver) -> str:
@@ -318,6 +320,8 @@ def test_hostile_names_inert_problems_shown_and_drop_galleries(tree, chrome):
     assert any("no-such-image" in p and "match no image" in p for p in problems), problems
     assert any("older than the dataset" in p for p in problems), problems
     # duplicates: the cluster side by side, the kept image first, the distance on the copy
+    chrome.find_element(By.CSS_SELECTOR, "#tabs a[data-tab='drops']").click()
+    assert not chrome.find_element(By.ID, "grid").is_displayed()  # the drops are behind their tab
     cluster = chrome.find_element(By.CSS_SELECTOR, "#drops .cluster")
     cards = cluster.find_elements(By.CSS_SELECTOR, ".card")
     assert [c.get_attribute("data-id") for c in cards] == [tree["check"]["clusters"][0][0],
@@ -410,6 +414,7 @@ def test_filters_and_reject_below_threshold(tree, chrome):
                " e.value = ''; e.dispatchEvent(new Event('input')); }")
     assert shown() == len(scores)
     # reject everything below t: t typed, and t picked on the histogram
+    chrome.find_element("css selector", "#tabs a[data-tab='ranking']").click()
     before = count(chrome, "reject-count")
     t = scores[3].score
     chrome.find_element("id", "threshold").send_keys(f"{t:.6f}")
@@ -426,6 +431,7 @@ def test_filters_and_reject_below_threshold(tree, chrome):
     # each signal has its histogram and its value beside the score
     assert {c.get_attribute("data-signal") for c in chrome.find_elements("css selector", "canvas.hist")} == \
         {"score", "signal: logit", "signal: knn"}
+    chrome.find_element("css selector", "#tabs a[data-tab='review']").click()
     show_grid(chrome)
     first = chrome.find_element("css selector", "#grid .card")
     assert "knn" in first.text and "logit" in first.text
@@ -492,3 +498,234 @@ def test_review_server_saves_in_place_and_refuses_without_token(tree, chrome, tm
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------- decision first, every score explained
+
+def visible_ids(driver) -> list[str]:
+    return js(driver, "return Array.from(document.querySelectorAll('#grid .card'))"
+                      ".sort((a, b) => a.dataset.pos - b.dataset.pos).map(c => c.dataset.id)")
+
+
+@needs_chromium
+def test_page_opens_on_the_grid_and_every_funnel_number_filters_it(tree, chrome):
+    open_page(chrome, tree["url"])
+    # the worst-ranked image is on the first screen (1280x900), the galleries behind a tab
+    first = chrome.find_element("css selector", "#grid .card")
+    assert first.get_attribute("data-id") == tree["scores"][0].id
+    assert js(chrome, "return arguments[0].getBoundingClientRect().bottom", first) < 900
+    assert not chrome.find_element("id", "drops").is_displayed()
+    # counts say what they count
+    funnel = {th.text: k for k, th in enumerate(chrome.find_elements("css selector", "#funnel tr:first-child th"))}
+    crop_col = [row.find_elements("css selector", "td, th")[funnel["crop"]].text
+                for row in chrome.find_elements("css selector", "#funnel tr")]
+    assert crop_col[1] == "9 files" and crop_col[2].startswith("9 faces") and "from 8 files" in crop_col[2]
+    assert crop_col[3].startswith("1 file")
+    # every number is a link that filters the grid
+    link = lambda value: chrome.find_element("css selector", f"#funnel a[data-filter='{value}']")  # noqa: E731
+    link("crop: no_face").click()
+    assert count(chrome, "shown-count") == 1 and visible_ids(chrome) == [tree["items"][
+        next(i for i, it in tree["items"].items() if it["why"] == "crop: no_face")]["id"]]
+    assert chrome.find_element("id", "shown-units").text == "0 faces, 1 file"
+    link("dropped:ingest").click()
+    assert count(chrome, "shown-count") == 3 and chrome.find_element("id", "shown-units").text == "0 faces, 3 files"
+    link("kept:export").click()
+    assert count(chrome, "shown-count") == len(tree["dataset"])
+    link("reached:clean").click()  # the 9 faces clean received: dataset + their later drops
+    assert count(chrome, "shown-count") == 9
+    link("kept:ingest").click()  # what passed ingest: 9 files, as faces they gave and files without one
+    assert count(chrome, "shown-count") == len(tree["items"]) - 3
+    # the drops tab: galleries and coverage per folder, by link and by tab
+    chrome.find_element("css selector", "#tabs a[data-tab='drops']").click()
+    assert chrome.find_element("id", "folder-table").is_displayed()
+    assert js(chrome, "return location.hash") == "#drops"
+
+
+@needs_chromium
+def test_every_score_explained_sorted_and_filtered_by_any_signal(tree, chrome):
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+    open_page(chrome, tree["url"])
+    rk, scores = tree["ranking"], tree["scores"]
+    n = len(scores)
+    # the percentile of each signal and the signal that pulled the image down, in words
+    # knn here falls with the rank: the first has the largest distance (high is bad), the worst
+    assert rk["worseThan"]["knn"][0] == 100 and rk["worseThan"]["knn"][-1] == 0
+    decided = [rk["decided"][k] for k in range(n)]
+    assert set(decided) <= {-1, 0, 1}
+    cards = chrome.find_elements("css selector", "#grid .card")
+    for c in cards:
+        k = [s.id for s in scores].index(c.get_attribute("data-id"))
+        text = c.find_element("css selector", ".decided").get_attribute("title")
+        d = decided[k]
+        assert text == ("low: " + rk["signalInfo"][sorted(rk["signals"])[d]]["lowMeans"] if d >= 0
+                        else "no signal stands out")
+    cards[0].find_element("css selector", ".pic").click()
+    info = chrome.find_element("id", "v-info").text
+    assert f"knn 0.0000 (worse than 100% of the dataset)" in info and "high is bad" in info
+    press(chrome, Keys.ESCAPE)
+    # ± only where it means something: the scores here differ between shuffles
+    assert rk["stdMeaningful"] and "\u00b1" in cards[0].text
+    # sort by a signal, worst first (knn: the largest distance first)
+    Select(chrome.find_element("id", "sort")).select_by_value("signal:knn")
+    knn = dict(zip(rk["ids"], rk["signals"]["knn"]))
+    assert visible_ids(chrome) == sorted(knn, key=lambda i: -knn[i])
+    Select(chrome.find_element("id", "sort")).select_by_value("score")
+    assert visible_ids(chrome) == rk["ids"]
+    # filter on a signal's value, and on which signal decided
+    Select(chrome.find_element("id", "filter-signal")).select_by_value("signal:knn")
+    chrome.find_element("id", "score-max").send_keys("-1.5")
+    assert count(chrome, "shown-count") == sum(v <= -1.5 for v in knn.values())
+    js(chrome, "const e = document.getElementById('score-max'); e.value = ''; e.dispatchEvent(new Event('input'))")
+    Select(chrome.find_element("id", "filter-signal")).select_by_value("score")
+    Select(chrome.find_element("id", "decided")).select_by_value("-1")
+    assert count(chrome, "shown-count") == decided.count(-1)
+    Select(chrome.find_element("id", "decided")).select_by_value("")
+    assert count(chrome, "shown-count") == n
+
+
+@needs_chromium
+def test_shift_click_range_reject_all_shown_undo_opaque_viewer_full_captions(tree, chrome):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+    open_page(chrome, tree["url"])
+    show_grid(chrome)
+    preset = count(chrome, "reject-count")
+    ids = visible_ids(chrome)
+    box = lambda k: chrome.find_element("css selector", f"#grid .card[data-pos='{k}'] input.reject")  # noqa: E731
+    box(0).click()
+    ActionChains(chrome).key_down(Keys.SHIFT).click(box(3)).key_up(Keys.SHIFT).perform()
+    ticked = set(js(chrome, "return window.faceprepReview.rejects()"))
+    assert set(ids[:4]) <= ticked and count(chrome, "reject-count") == preset + 4
+    # undo: the range in one step, then the first tick
+    chrome.find_element("id", "undo").click()
+    assert count(chrome, "reject-count") == preset + 1
+    js(chrome, "document.getElementById('grid').focus()")
+    press(chrome, "u")
+    assert count(chrome, "reject-count") == preset and chrome.find_element("id", "undo").get_attribute("disabled")
+    # reject all shown: only what the filter shows
+    Select(chrome.find_element("id", "folder")).select_by_value("broken")
+    chrome.find_element("id", "select-all").click()
+    broken = {i for i, it in tree["items"].items() if it["why"] == "" and it["source"].startswith("broken/")}
+    assert broken <= set(js(chrome, "return window.faceprepReview.rejects()"))
+    chrome.find_element("id", "undo").click()
+    Select(chrome.find_element("id", "folder")).select_by_value("")
+    assert count(chrome, "reject-count") == preset
+    # captions: one line on the card, the full text on hover (title) and in the viewer
+    src = chrome.find_element("css selector", "#grid .card .src")
+    full = src.get_attribute("title")
+    assert full == tree["items"][src.find_element("xpath", "./ancestor::figure").get_attribute("data-id")]["source"]
+    for line in chrome.find_elements("css selector", "#grid .card figcaption > div"):
+        assert line.get_attribute("title") == js(chrome, "return arguments[0].textContent", line)
+    # the viewer is opaque: nothing of the grid shows through
+    chrome.find_element("css selector", "#grid .card .pic").click()
+    bg = js(chrome, "return getComputedStyle(document.getElementById('viewer')).backgroundColor")
+    assert bg.startswith("rgb(") and "rgba" not in bg, bg
+    assert full in chrome.find_element("id", "v-info").text
+    press(chrome, Keys.ESCAPE)
+
+
+def test_review_server_refuses_unmatched_lines_keeps_every_save_and_logs_nothing(tree, tmp_path, capfd):
+    from pipeline.review import serve
+    rejects = tmp_path / "r.txt"
+    first_id = tree["scores"][0].id
+    rejects.write_text(f"{first_id}\n", encoding="utf-8")
+    server, url, _ = serve(tree["R"].parent, tree["R"].name, str(rejects), keep=2)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = url.rsplit("/report/", 1)[0]
+        post = lambda body, q="": urllib.request.urlopen(urllib.request.Request(  # noqa: E731
+            f"{base}/rejects{q}", data=body.encode(), method="POST"), timeout=10)
+        # a line that matches no image is refused and listed; the file stays as it was
+        with pytest.raises(urllib.error.HTTPError) as e:
+            post(f"{first_id}\nabc\n")
+        body = json.loads(e.value.read())
+        assert e.value.code == 409 and body["unmatched"] == ["abc"] and "abc" in body["error"]
+        assert rejects.read_text(encoding="utf-8") == f"{first_id}\n"
+        # confirmed, it is saved; every save keeps the one before, timestamped (the last 2)
+        assert json.loads(post(f"{first_id}\nabc\n", "?confirm=1").read())["count"] == 2
+        second = tree["scores"][1].id
+        post(f"{second}  # a/source.png\n")
+        assert read_rejects(rejects) == {second}
+        history = sorted((tmp_path / "r.txt.history").glob("*.txt"))
+        assert [p.read_text(encoding="utf-8") for p in history] == [f"{first_id}\n", f"{first_id}\nabc\n"]
+        post(f"{first_id}\n")
+        assert len(list((tmp_path / "r.txt.history").glob("*.txt"))) == 2  # --keep 2
+        # no 404 for figures.js before `generate` ran
+        assert not (tree["R"] / "report" / "figures.js").exists()
+        assert urllib.request.urlopen(f"{base}/report/figures.js", timeout=10).read() == b"window.FACEPREP_FIGURES = [];\n"
+        urllib.request.urlopen(f"{base}/report/index.html", timeout=10).read()
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capfd.readouterr().err
+    assert "GET" not in err and "POST" not in err  # access log off by default
+
+
+@needs_chromium
+def test_page_saves_each_id_with_its_source_and_confirms_unmatched_lines(tree, chrome, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from pipeline.review import serve
+    rejects = tmp_path / "p.txt"
+    rejects.write_text("stale-line\n", encoding="utf-8")
+    server, url, _ = serve(tree["R"].parent, tree["R"].name, str(rejects))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        open_page(chrome, url)
+        WebDriverWait(chrome, 10).until(lambda d: "1 lines that match no image" in d.find_element("id", "unmatched-count").text)
+        show_grid(chrome)
+        chrome.find_element("css selector", "#grid .card[data-pos='0'] input.reject").click()
+        chrome.find_element("id", "save").click()
+        WebDriverWait(chrome, 10).until(lambda d: "NOT saved" in d.find_element("id", "save-status").text)
+        assert "stale-line" in chrome.find_element("id", "save-status").text
+        assert rejects.read_text(encoding="utf-8") == "stale-line\n"
+        chrome.find_element("id", "save-anyway").click()
+        WebDriverWait(chrome, 10).until(lambda d: d.find_element("id", "save-status").text.startswith("saved"))
+        first = tree["scores"][0]
+        assert f"{first.id}  # {first.source}\n" in rejects.read_text(encoding="utf-8")
+        assert read_rejects(rejects) == {first.id, "stale-line"}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@needs_chromium
+def test_near_misses_tab_shows_each_threshold_with_values(tree, chrome):
+    open_page(chrome, tree["url"])
+    chrome.find_element("css selector", "#tabs a[data-tab='near']").click()
+    sec = chrome.find_element("css selector", "#near section[data-setting='crop.min_face']")
+    assert "crop.min_face = 250" in sec.text
+    assert "lowering crop.min_face to 60 adds 1 file" in sec.find_element("css selector", ".advice").text
+    card = sec.find_element("css selector", ".card.near-dropped")
+    assert "dropped, face side px 60" in card.text
+    card.find_element("css selector", ".pic").click()  # openable like every card
+    assert chrome.find_element("id", "viewer").is_displayed()
+    from selenium.webdriver.common.keys import Keys
+    press(chrome, Keys.ESCAPE)
+
+
+@needs_chromium
+def test_a_jump_through_the_grid_fills_every_card_once_it_settles(tmp_path_factory, chrome):
+    """A scrollbar drag draws light cards (score and source) and fills them when the view
+    stops: after a jump, no card stays light and every thumbnail loads."""
+    from selenium.webdriver.support.ui import WebDriverWait
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_report import synthetic
+    built = synthetic(tmp_path_factory.mktemp("big"), 3000, 300)
+    open_page(chrome, (built["report"] / "index.html").resolve().as_uri())
+    js(chrome, "window.scrollTo(0, 4000)")
+    js(chrome, "return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    js(chrome, "window.scrollTo(0, document.body.scrollHeight / 2)")  # a jump
+    js(chrome, "return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    WebDriverWait(chrome, 5).until(lambda d: js(d, "return document.querySelectorAll('#grid .card').length > 0 && "
+                                                   "!document.querySelector('#grid .card[data-light]')"))
+    WebDriverWait(chrome, 10).until(lambda d: js(d, "return [...document.querySelectorAll('#grid .card img')]"
+                                                    ".every(i => i.complete && i.naturalWidth > 0)"))
+    cards = js(chrome, "return [...document.querySelectorAll('#grid .card')].map(c => "
+                       "[+c.dataset.pos, c.querySelector('.id').textContent, c.dataset.id])")
+    assert all(text == cid for _, text, cid in cards) and min(p for p, _, _ in cards) > 1000

@@ -123,3 +123,48 @@ def test_gather_summaries_count_without_building_rows(tmp_path):
     text = manifests_summary("crop", both)
     assert text == stage_summary("crop", [r for p in both for r in read_manifest(p)])
     assert text == "crop: 4 kept, 8 dropped (no_face 4, unspecified 3, too_small 1)"
+
+
+def test_a_rerun_whose_cascade_cannot_be_found_stops_with_the_model_message(workdir, monkeypatch):
+    """The issue's case: a finished `dataset` run (dedup checkpoint complete) with the cascade
+    from $FACEPREP_ANIMEFACE_CASCADE, then a crop.margin edit in a shell without it: crop
+    must rerun, so the run stops with the model message (it said "Nothing to be done")."""
+    from pipeline import crop
+    copy_testdata(workdir / "raw", {"anime_miku_noisy.jpg", "anime_miku_CC_BY-NC.jpg"})
+    anime = {"crop": {"method": "animeface", "min_face": 48}}
+    run_snakemake(workdir, "dataset", overrides=anime)
+    monkeypatch.delenv("FACEPREP_ANIMEFACE_CASCADE")
+    proc = run_snakemake(workdir, "dataset", overrides={"crop": {**anime["crop"], "margin": 0.4}}, check=False)
+    assert proc.returncode != 0, proc.stderr[-2000:]
+    assert "Nothing to be done" not in proc.stdout + proc.stderr
+    assert "make models" in last_line(proc) and crop.CASCADE_SHA256 in last_line(proc)
+
+
+def test_the_console_ends_with_the_paths_each_target_made(tmp_path):
+    """outcome(): a line per target with its paths; with the run's start, only what this run
+    wrote (export_model, generate), else everything there (a run with nothing to do)."""
+    import os
+    from pipeline.console import outcome
+    from pipeline.manifest import Row, write_manifest
+    R = tmp_path / "results" / "t"
+    write_manifest(R / "export" / "manifest.tsv", [Row(id="a", source="a.png"), Row(id="b", source="b.png").drop("x")])
+    (R / "report").mkdir(parents=True)
+    (R / "report" / "index.html").write_text("page")
+    old = time.time() - 100
+    for p in (R / "export" / "manifest.tsv", R / "report" / "index.html"):
+        os.utime(p, (old, old))
+    started = time.time() - 1
+    (R / "model").mkdir()
+    for name in ("t.pkl", "t.npz"):
+        (R / "model" / name).write_bytes(b"x")
+    assert outcome(R, since=started) == [f"export_model: {R / 'model' / 't.pkl'}, {R / 'model' / 't.npz'}"]
+    (R / "generate" / "seeds").mkdir(parents=True)
+    for name in ("truncation.png", "style_mixing.png", "interpolation.mp4", "seeds/seed0001.png", "generate.json"):
+        (R / "generate" / name).write_bytes(b"x")
+    for p in (R / "model" / "t.pkl", R / "model" / "t.npz"):
+        os.utime(p, (old, old))
+    (line,) = outcome(R, since=started)
+    assert line.startswith(f"generate: {R / 'generate'}/ (") and "truncation.png" in line and "seeds/ (1 PNGs)" in line
+    everything = outcome(R, since=time.time() + 10)  # nothing new: where everything is
+    assert [ln.split(":")[0] for ln in everything] == ["dataset", "report", "export_model", "generate"]
+    assert everything[0] == f"dataset: 1 images (x 1 dropped) -> {R / 'export'}/"

@@ -14,7 +14,7 @@ from conftest import REPO, TESTDATA
 from pipeline.imaging import load_rgb
 from pipeline.manifest import Row, write_manifest
 from pipeline.rank import (SCORE_COLUMNS, SCORING_KEYS, collect_scores, crop_box, d_features,
-                           format_scores, histogram_png, knn_distance, plan_batches, rank_rows,
+                           format_scores, knn_distance, plan_batches, rank_rows,
                            read_scores, robust_z, score_dataset, score_paths)
 
 RES = 32
@@ -129,7 +129,7 @@ def test_upside_down_scores_the_same_batches_flipped(images, discriminator):
     np.testing.assert_allclose(per_shuffle[0, plan[0, 0]], logits, rtol=1e-4, atol=1e-5)
 
 
-# ---------------------------------------------------------------- scores.tsv and histogram
+# ---------------------------------------------------------------- scores.tsv
 
 def test_rank_rows_sorted_worst_first_with_crop_boxes(tmp_path):
     rows = [Row(id=f"s{i}-f0", source=f"dir/{i}.jpg", path=f"n/{i}.png",
@@ -138,7 +138,8 @@ def test_rank_rows_sorted_worst_first_with_crop_boxes(tmp_path):
     scores = rank_rows(rows, per_shuffle)
     assert [s.id for s in scores] == ["s1-f0", "s3-f0", "s0-f0", "s2-f0"]  # tie at 2.0: by id
     assert scores[0].score == -2.0 and scores[0].std == 1.0
-    assert scores[0].crop_box == [1, 2, 11, 14] and scores[-1].crop_box is None
+    # a detection box [x, y, w, h] as the region [l, t, r, b] (manifest.face_region)
+    assert scores[0].crop_box == [1, 2, 12, 16] and scores[-1].crop_box is None
     text = format_scores(scores)
     assert text.splitlines()[0].split("\t") == SCORE_COLUMNS
     (tmp_path / "scores.tsv").write_text(text, encoding="utf-8")
@@ -149,27 +150,14 @@ def test_rank_rows_sorted_worst_first_with_crop_boxes(tmp_path):
 
 def test_crop_box_keys():
     assert crop_box({"crop_box": [1.234, 2, 3, 4]}) == [1.23, 2, 3, 4]
-    assert crop_box({"box": [0, 0, 5, 5]}) == [0, 0, 5, 5]
+    assert crop_box({"box": [0, 0, 5, 5]}) == [0, 0, 5, 5]  # x, y, w, h -> l, t, r, b
     # crop.py: "box" is the detection (x, y, w, h), "crop" the square actually cut
     assert crop_box({"box": [10, 10, 5, 5], "crop": [8, 8, 17, 17]}) == [8, 8, 17, 17]
-    assert crop_box({"quad": [[0.123, 1.0], [2, 3.456]], "box": [1, 1, 2, 2]}) == [[0.12, 1.0], [2, 3.46]]
+    # FFHQ: the quad is what was cut, its "crop" only the quad's bounding box
+    quad = [[0.123, 1.0], [2, 3.456], [4, 4], [1, 5]]
+    assert crop_box({"quad": quad, "crop": [0, 1, 4, 5], "box": [1, 1, 2, 2]}) == \
+        [[0.12, 1.0], [2, 3.46], [4, 4], [1, 5]]
     assert crop_box({"faces": 2}) is None
-
-
-def test_histogram_is_a_drawn_png(tmp_path):
-    values = np.random.default_rng(0).normal(size=500)
-    path = tmp_path / "h.png"
-    path.write_bytes(histogram_png(values))
-    with Image.open(path) as im:
-        assert im.format == "PNG" and im.size == (640, 320)
-        arr = np.asarray(im.convert("RGB"))
-    bar_blue = np.all(arr == (70, 110, 180), axis=-1)
-    assert bar_blue.sum() > 1000  # bars were drawn
-    cols = bar_blue.any(axis=0).nonzero()[0]
-    heights = bar_blue.sum(axis=0)
-    # a normal sample: bars near the middle are taller than at the edges
-    mid = (cols[0] + cols[-1]) // 2
-    assert heights[mid - 8:mid + 8].max() > 2 * heights[cols[0]:cols[0] + 8].max()
 
 
 # ---------------------------------------------------------------- the CLI on a real checkpoint
@@ -186,7 +174,6 @@ def test_cli_ranks_dataset_manifest(tmp_path, images, discriminator):
     write_manifest(tmp_path / "manifest.tsv", rows)
     cmd = [sys.executable, "-m", "pipeline.rank", "--manifest", str(tmp_path / "manifest.tsv"),
            "--network", str(tmp_path / "net.npz"), "--output", str(tmp_path / "rank" / "scores.tsv"),
-           "--histogram", str(tmp_path / "rank" / "histogram.png"),
            "--config", json.dumps({**CFG, "method": "combined"})]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -198,8 +185,7 @@ def test_cli_ranks_dataset_manifest(tmp_path, images, discriminator):
     for s in scores:
         assert s.source == by_id[s.id].source and s.path == by_id[s.id].path
         assert s.crop_box == by_id[s.id].details["crop_box"]
-    with Image.open(tmp_path / "rank" / "histogram.png") as im:
-        assert im.format == "PNG"
+    assert not (tmp_path / "rank" / "histogram.png").exists()  # the page draws the one histogram
     # same D, same seed: the CLI's logit signal matches the library call
     per_shuffle, _ = score_paths(D, images, CFG, RES, progress=False)
     logit = {s.id: s.signals["logit"] for s in scores}
@@ -217,7 +203,7 @@ def test_cli_refuses_a_d_of_another_resolution(tmp_path, images):
     # a subprocess: the CLI switches TF to deterministic kernels for its whole process
     proc = subprocess.run([sys.executable, "-m", "pipeline.rank", "--manifest", str(tmp_path / "manifest.tsv"),
                            "--network", str(tmp_path / "net64.npz"), "--output", str(tmp_path / "scores.tsv"),
-                           "--histogram", str(tmp_path / "h.png"), "--config", json.dumps(CFG)],
+                           "--config", json.dumps(CFG)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert re.search(r"32 px but the D .* takes 64 px", proc.stderr), proc.stderr[-2000:]

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-from html.parser import HTMLParser
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from pipeline.export import ranked_rows
 from pipeline.imaging import load_rgb
 from pipeline.ingest import ingest_file, shard_of, source_id
 from pipeline.manifest import Row, kept, write_manifest
-from pipeline.rank import format_scores, histogram_png, rank_rows
+from pipeline.rank import format_scores, rank_rows
 from pipeline.report import (build_check, build_ranking, funnel, load_stages, source_preview_name,
                              thumb_name, training_staleness)
 
@@ -93,7 +92,6 @@ def build_results(root: Path, rejects: set[str] = frozenset()) -> dict:
               for k, s in enumerate(rank_rows(dataset, per_shuffle))]
     (R / "rank").mkdir(parents=True)
     (R / "rank" / "scores.tsv").write_text(format_scores(scores), encoding="utf-8")
-    (R / "rank" / "histogram.png").write_bytes(histogram_png([s.score for s in scores]))
     ranked = ranked_rows(dataset, {s.id: s.score for s in scores}, set(rejects), 0.0)
     write_manifest(R / "ranked" / "manifest.tsv", ranked)
 
@@ -144,32 +142,6 @@ def items_of(check: dict) -> dict[str, dict]:
         for k in range(len(cols["id"]))}
 
 
-class Funnel(HTMLParser):
-    """The funnel table of the page: [[cell text...]] per stage row."""
-
-    def __init__(self, page: str):
-        super().__init__()
-        self.rows: list[list[str]] = []
-        self._in_cell = False
-        self.feed(page)
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "tr" and "data-stage" in a:
-            self.rows.append([])
-        elif tag == "td" and self.rows:
-            self.rows[-1].append("")
-            self._in_cell = True
-
-    def handle_endtag(self, tag):
-        if tag == "td":
-            self._in_cell = False
-
-    def handle_data(self, data):
-        if self._in_cell:
-            self.rows[-1][-1] += data
-
-
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
@@ -208,11 +180,18 @@ def test_funnel_counts_match_the_manifests(tree):
     assert rows["export"].kept == len(tree["dataset"]) == rows["normalize"].kept
     assert not rows["export"].dropped
     assert rows["ranked"].kept == len(tree["dataset"])
+    # what the numbers count, adding up: crop takes files, gives faces, drops files
+    assert (rows["ingest"].unit_in, rows["crop"].unit_in, rows["crop"].unit_kept, rows["crop"].unit_dropped,
+            rows["clean"].unit_in) == ("files", "files", "faces", "files", "faces")
+    assert rows["crop"].kept_files + sum(rows["crop"].dropped.values()) == rows["crop"].received
+    assert rows["crop"].kept_files == rows["crop"].kept - 1  # the hostile photo's 2 faces, one file
     # the check page (no ranked manifest yet) shows the stages up to export
-    table = {cells[0]: cells for cells in Funnel(tree["page"]).rows}
+    table = {f["stage"]: f for f in tree["check"]["funnel"]}
     assert list(table) == ["ingest", "crop", "clean", "dedup", "upscale", "normalize", "export"]
-    assert table["ingest"][1:4] == [str(len(RAW_FILES)), str(len(RAW_FILES) - 3), "3"]
-    assert "no_face: 1" in table["crop"][4] and "exact_duplicate: 1" in table["dedup"][4]
+    assert [table["ingest"][k] for k in ("in", "kept")] == [len(RAW_FILES), len(RAW_FILES) - 3]
+    assert table["crop"]["units"] == ["files", "faces", "files"]
+    assert table["crop"]["dropped"] == [["no_face", 1, "no face of at least crop.min_face found"]]
+    assert table["dedup"]["dropped"][0][:2] == ["exact_duplicate", 1]
 
 
 def test_every_image_and_every_drop_is_on_the_page(tree):
@@ -391,3 +370,90 @@ def test_images_are_made_in_parallel_and_reused(tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "thumbs").iterdir()}
     again = make_images(tmp_path / "thumbs", wanted, threads=2, index_path=tmp_path / "cache" / "thumbs.json")
     assert again == sizes and before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "thumbs").iterdir()}
+
+
+def test_scores_tsv_and_the_page_show_the_same_region_of_a_dlib_ffhq_face(tmp_path):
+    """A real dlib/FFHQ face records both ``quad`` (the rotated region it was cut from) and
+    ``crop`` (that quad's bounding box): scores.tsv and the page must both give the quad."""
+    from test_crop import cfg as crop_cfg, ingest_rows, run_crop
+    from pipeline.manifest import face_region
+    from pipeline.rank import Score, format_scores, read_scores, crop_box
+    from pipeline.report import face_geometry
+    rows = run_crop(tmp_path / "0", ingest_rows(["photo_Tom_Cruise_avp_2014_4.jpg"]),
+                    crop_cfg(method="dlib", min_face=30, dlib_detector="hog", dlib_upsample=1))
+    face = next(r for r in rows if r.kept)
+    assert face.details["align"] == "ffhq" and len(face.details["crop"]) == 4  # both recorded
+    quad = face.details["quad"]
+    assert face_region(face.details) == quad
+    (tmp_path / "scores.tsv").write_text(format_scores([Score(face.id, 0.0, 0.0, face.source,
+                                                              crop_box(face.details), face.path)]))
+    (score,) = read_scores(tmp_path / "scores.tsv")
+    page = face_geometry(face.details)
+    assert np.allclose(score.crop_box, quad, atol=0.01) and np.allclose(page, quad, atol=0.051)
+    # a box crop: [l, t, r, b] both ways; a bare detection [x, y, w, h] becomes [l, t, r, b] both ways
+    assert crop_box({"crop": [1, 2, 30, 40], "box": [5, 5, 9, 9]}) == face_geometry({"crop": [1, 2, 30, 40]}) == [1, 2, 30, 40]
+    assert crop_box({"box": [5, 6, 10, 20]}) == face_geometry({"box": [5, 6, 10, 20]}) == [5, 6, 15, 26]
+
+
+def test_a_folder_where_the_detector_finds_no_face_is_a_warning_naming_the_setting(tmp_path, capfd):
+    """dlib on a mix of drawings and photographs (the issue's case): the anime folder gives
+    no face; the console and the top of the page say so and name crop.method: animeface."""
+    import shutil
+    from test_crop import INGEST_CFG, cfg as crop_cfg, run_crop
+    from pipeline.report import coverage, render_index
+    raw = tmp_path / "raw"
+    anime = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png", "anime_tone.png"]
+    photos = ["photo_Tom_Cruise_avp_2014_4.jpg", "photo_2008_002470.jpg", "photo_2009_004587.jpg"]
+    for folder, names in (("anime", anime), ("photos", photos)):
+        (raw / folder).mkdir(parents=True)
+        for n in names:
+            shutil.copyfile(TESTDATA / n, raw / folder / n)
+    rels = [f"anime/{n}" for n in anime] + [f"photos/{n}" for n in photos]
+    ingest_rows = [ingest_file(rel, str(raw), INGEST_CFG, None) for rel in rels]
+    crop_rows = run_crop(tmp_path / "crop" / "0", ingest_rows,
+                         crop_cfg(method="dlib", min_face=30, dlib_detector="hog", dlib_upsample=1))
+    folders, warnings = coverage({"ingest": ingest_rows, "crop": crop_rows})
+    table = {f["folder"]: f for f in folders}
+    assert table["anime"]["files"] == table["anime"]["read"] == 4 and table["anime"]["noFace"] >= 3
+    assert table["photos"]["withFace"] == 3 and table["photos"]["faces"] >= 3
+    # files add up: with a face + without = read
+    assert all(f["withFace"] + f["noFace"] == f["read"] for f in folders)
+    (warning,) = warnings
+    assert warning.startswith("raw folder anime/:") and "crop.method: animeface" in warning
+    page = render_index("t", [], warnings, "characters/t.rejects.txt")
+    assert "crop.method: animeface" in page and 'id="warnings"' in page
+
+
+def test_near_misses_for_each_threshold_with_values_and_what_moving_it_changes():
+    """Real clean decisions on real faces: the sharpness floor set at the median drops half;
+    the page lists the kept faces just above it and the dropped ones just below, and says
+    what lowering it to the nearest dropped value adds."""
+    import yaml
+    from pipeline.clean import clean_row
+    from pipeline.crop import pass_through
+    from pipeline.report import near_misses
+    names = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png",
+             "photo_Tom_Cruise_avp_2014_4.jpg", "photo_2008_002470.jpg", "photo_dogs.jpg",
+             "noface_city.jpg", "anime_miku_small_noisy.jpg"]
+    ingest = [ingest_file(n, str(TESTDATA), {"extensions": ["jpg", "png"], "max_pixels": 40_000_000}, None)
+              for n in names]
+    faces = [pass_through(r) for r in ingest]
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())["clean"]
+    measured = sorted(clean_row(f, cfg).details["sharpness"] for f in faces)
+    floor = measured[len(measured) // 2]
+    cfg["quality"]["min_sharpness"] = floor
+    clean = [clean_row(f, cfg) for f in faces]
+    assert {r.reason for r in clean if not r.kept} == {"blurry"}
+    (nm,) = [n for n in near_misses({"crop": faces, "clean": clean}, {"quality": cfg["quality"]})
+             if n["setting"] == "clean.quality.min_sharpness"]
+    kept_side = [v for _, v, k in nm["items"] if k]
+    dropped_side = [v for _, v, k in nm["items"] if not k]
+    assert kept_side == sorted(v for v in measured if v >= floor)[:6]  # closest above first
+    assert dropped_side == sorted((v for v in measured if v < floor), reverse=True)[:6]  # closest below first
+    assert nm["value"] == floor
+    assert nm["advice"].startswith(f"lowering clean.quality.min_sharpness to {dropped_side[0]} adds 1 face")
+    assert f"raising it just above {kept_side[0]} drops 1 face" in nm["advice"]
+    # crop.min_face: a file whose faces were all too small, with the largest of them
+    noface = Row(id="n", source="n.jpg", details={"min_face": 250, "small_faces": [[0, 0, 154, 160], [5, 5, 90, 90]]})
+    (mf,) = near_misses({"crop": [noface.drop("no_face")]}, {"min_face": 250})
+    assert mf["items"] == [["n", 154, False]] and mf["advice"] == "lowering crop.min_face to 154 adds 1 file"
