@@ -359,6 +359,7 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=["mean_logit", "combined"])
     p.add_argument("--shuffles", type=int, default=5)
     p.add_argument("--rounds", type=int, default=0, help="also simulate this many cleaning rounds")
+    p.add_argument("--round-methods", nargs="+", default=["combined"], help="methods the rounds rank with")
     p.add_argument("--round-kimg", type=float, default=5)
     p.add_argument("--drop", type=float, default=0.15, help="fraction dropped per round")
     p.add_argument("--train-only", action="store_true")
@@ -375,7 +376,7 @@ def main() -> None:
         report_source(src, nets[src], a.methods, a.shuffles)
     for src in a.sources:
         for seed in a.seeds if a.rounds else []:
-            for method in a.methods:
+            for method in a.round_methods:
                 simulate_rounds(src, seed, a.kimg, a.round_kimg, a.rounds, a.drop, method, a.shuffles)
 
 
