@@ -270,7 +270,7 @@ def main() -> None:
     print(f"networks: {', '.join(data)}\n")
     for title, table in (("combinations", allc), ("single signals", None)):
         res = []
-        names = table or [k for k in next(iter(data.values())) if k != "junk"]
+        names = table or [k for k, v in next(iter(data.values())).items() if k != "junk" and v.dtype.kind == "f"]
         for name in names:
             a, w = [], []
             for S in data.values():

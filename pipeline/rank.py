@@ -353,9 +353,10 @@ def combine_subspace(signals: dict[str, np.ndarray], ref: dict[str, np.ndarray] 
     z-scores, plus min(z + SUBSPACE_GATE_Z, 0) of the logit, upright and upright_subspace
     signals (each turned so that higher is better).
 
-    Chosen on bench/bench_rank_sources.py (3 sources of faces, 10 kinds of junk, 32 px tiny
-    D): mean AUC 0.924 against combined's 0.906 over 8 networks (seed 0, 5-20 kimg), the same
-    junk in the worst 10; see bench/RESULTS.md for the held-out seed.
+    Chosen among ~40 combinations (bench/bench_rank_signals.py) on bench_rank_sources.py's
+    three sources of faces with ten kinds of junk, 32 px tiny D, 10 networks (seed 0, 5-20
+    kimg): mean AUC 0.930 against combined's 0.913, worst 0.900 against 0.871, about the same
+    junk in the worst 10. Not the default: it does not win on every source (bench/RESULTS.md).
     """
     ref = ref or signals
     z = {name: robust_z(signals[name], ref[name]) * (-1 if SIGNALS[name]["worse"] == "high" else 1)
