@@ -8,7 +8,9 @@ For every source of bench_rank_sources.py and every snapshot of its seed-0 run (
 (kNN per layer / scale / normalisation, LOF, PCA residual and T2+Q, whitened kNN, mirror and
 upright consistency in features, pixel-space baselines) and ~40 combinations of them (gated
 sums, rank averages, minima), and prints mean / minimum AUC and junk in the worst 10 over the
-networks. Signals are turned so that low = bad. Combinations were CHOSEN on these networks:
+networks, the rank of each junk kind, and what the features can separate at all (kNN in an
+untrained D's features; a leave-one-out ridge probe that knows the other junk images'
+labels; pixels). Signals are turned so that low = bad. Combinations were CHOSEN on these networks:
 check a winner on other training seeds (bench_rank_sources.py --seeds 1) before believing it.
 """
 import glob
@@ -284,6 +286,70 @@ def main() -> None:
         for m, name, lo, w, wlo, a in sorted(res, reverse=True):
             print(f"| {name} | {m:.3f} | {lo:.3f} | {w:.2f} | {wlo} | {' '.join(f'{x:.2f}' for x in a)} |")
         print()
+    per_kind(data)
+    floor()
+
+
+def per_kind(data: dict) -> None:
+    """Per junk kind: its rank (of the source's images) under kNN, under method subspace's
+    combination, and the best rank any single signal gives it; ranges over the networks."""
+    kinds = {}
+    for label, S in data.items():
+        rows = list(read_manifest(b.OUT / label.split("_")[0] / "data" / "manifest.tsv"))
+        names = [k for k, v in S.items() if k != "junk" and v.dtype.kind == "f"]
+        ranks = {n: np.argsort(np.argsort(S[n], kind="stable"), kind="stable") + 1 for n in names}
+        sub = np.argsort(np.argsort(allc["knn+g8+g1(ugr8,lo,up)"](S), kind="stable"), kind="stable") + 1
+        for i, r in enumerate(rows):
+            if r.details["junk"]:
+                best = min(names, key=lambda n: ranks[n][i])
+                kinds.setdefault(r.details["kind"], []).append((ranks["knn_cur"][i], sub[i], ranks[best][i], best))
+    print("| junk kind | kNN rank (min-max) | subspace method rank | best rank by any one signal (which, most often) |")
+    print("|---|---|---|---|")
+    for kind, v in kinds.items():
+        a, c, d = zip(*[(x[0], x[1], x[2]) for x in v])
+        which = max(set(x[3] for x in v), key=[x[3] for x in v].count)
+        print(f"| {kind} | {min(a)}-{max(a)} | {min(c)}-{max(c)} | {min(d)}-{max(d)} ({which}) |")
+    print()
+
+
+def loo_ridge(f: np.ndarray, y: np.ndarray, alpha: float) -> np.ndarray:
+    """Leave-one-out predictions of a ridge classifier (closed form through the hat matrix)."""
+    zf = std_(f)
+    K = zf @ zf.T
+    H = K @ np.linalg.inv(K + alpha * np.eye(len(zf)))
+    yc = y - y.mean()
+    return (H @ yc - np.diag(H) * yc) / (1 - np.diag(H))
+
+
+def floor() -> None:
+    """What the features can separate at all: kNN in an untrained D's features, and a
+    leave-one-out ridge probe that knows the other junk images' labels."""
+    from gan.networks import Discriminator
+    print("| source | features | kNN AUC, junk in worst 10 | LOO ridge probe AUC, worst 10 | probe's rank of each junk |")
+    print("|---|---|---|---|---|")
+    for src in b.SOURCES:
+        final = b.OUT / src / "runs" / "seed0-kimg20" / "network-final.npz"
+        if not final.is_file():
+            continue
+        rows = list(read_manifest(b.OUT / src / "data" / "manifest.tsv"))
+        junk = np.array([bool(r.details["junk"]) for r in rows])
+        paths = [r.path for r in rows]
+        feats = {"trained D (20 kimg)": rank.feature_paths(load_network(final)[1], paths, b.RES, 64, True)}
+        for seed in range(3):
+            D = Discriminator(b.RES, channel_base=b.GAN["channel_base"], channel_max=b.GAN["channel_max"], seed=seed)
+            feats[f"untrained D, init seed {seed}"] = rank.feature_paths(D, paths, b.RES, 64, True)
+        feats["pixels"] = load_images(rows).reshape(len(rows), -1)
+        y = np.where(junk, -1.0, 1.0)
+        for name, f in feats.items():
+            knn = -rank.knn_distance(f, 5)
+            probes = [(auc(p, junk), worst10(p, junk), i, p) for i, p in
+                      enumerate(loo_ridge(f, y, a * f.shape[1] / 100) for a in (1, 10, 100, 1000))]
+            pa, pw, _, p = max(probes, key=lambda t: (t[0], t[1], -t[2]))
+            order = np.argsort(np.argsort(p, kind="stable"), kind="stable") + 1
+            print(f"| {src} | {name} | {auc(knn, junk):.3f}, {worst10(knn, junk)}/10 | {pa:.3f}, {pw}/10 | "
+                  + ", ".join(f"{r.details['kind']} {order[i]}" for i, r in enumerate(rows) if r.details["junk"]) + " |",
+                  flush=True)
+    print()
 
 
 if __name__ == "__main__":
