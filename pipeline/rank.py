@@ -240,27 +240,37 @@ def knn_distance(features: np.ndarray, k: int, dims: int = 64, chunk: int | None
     return out
 
 
-def subspace_model(features: np.ndarray, dims: int = 8, basis_rows: int = 4096):
+def subspace_model(features: np.ndarray, dims: int = 8, basis_rows: int = 4096, chunk: int = 4096):
     """A distance to the principal subspace of ``features`` [N, F], fitted once, as a function
     of any rows of the same features: inside the top ``dims`` axes the whitened (Mahalanobis)
     norm, off them the residual norm, each divided by its median over the dataset and added
     (the PCA outlier test's T^2 and Q, on one scale). Features are standardised with the
-    dataset's statistics; axes found on at most ``basis_rows`` evenly spread rows.
+    dataset's statistics; axes found on at most ``basis_rows`` evenly spread rows; rows are
+    standardised ``chunk`` at a time in float32 (no second copy of a 20k x 12k matrix).
     """
-    f = np.asarray(features, dtype=np.float64)
+    f = np.asarray(features)
     n = len(f)
     mean, std = f.mean(axis=0), f.std(axis=0) + 1e-8
-    z = (f - mean) / std
     dims = max(1, min(dims, n - 1, f.shape[1]))
-    axes = principal_axes(z[np.linspace(0, n - 1, min(n, basis_rows)).astype(int)], dims)
-    spread = (z @ axes).std(axis=0) + 1e-8
+    basis = ((f[np.linspace(0, n - 1, min(n, basis_rows)).astype(int)] - mean) / std).astype(np.float32)
+    axes = principal_axes(basis, dims)
+
+    def project(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(coordinates on the axes [M, dims], squared norm [M]) of standardised rows."""
+        proj, sq = [], []
+        for start in range(0, len(rows), chunk):
+            q = ((np.asarray(rows[start:start + chunk]) - mean) / std).astype(np.float32)
+            proj.append((q @ axes).astype(np.float64))
+            sq.append((q.astype(np.float64) ** 2).sum(axis=1))
+        return np.concatenate(proj), np.concatenate(sq)
+
+    proj0, _ = project(f)
+    spread = proj0.std(axis=0) + 1e-8
 
     def parts(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        q = (np.asarray(rows, dtype=np.float64) - mean) / std
-        proj = q @ axes
-        inside = np.sqrt(((proj / spread) ** 2).sum(axis=1))
-        off = np.sqrt(np.maximum((q * q).sum(axis=1) - (proj * proj).sum(axis=1), 0))
-        return inside, off
+        proj, sq = project(rows)
+        return (np.sqrt(((proj / spread) ** 2).sum(axis=1)),
+                np.sqrt(np.maximum(sq - (proj * proj).sum(axis=1), 0)))
 
     inside0, off0 = parts(f)
     scale_in, scale_off = np.median(inside0) or 1.0, np.median(off0) or 1.0
