@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, TESTDATA, machine  # noqa: E402
+from common import REPO, TESTDATA, machine, spearman  # noqa: E402
 
 from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.manifest import Row, read_manifest, write_manifest  # noqa: E402
@@ -300,6 +300,12 @@ def report_source(source: str, nets: dict, methods: list[str], shuffles: int) ->
             for name, v in signals.items():
                 print(f"|   signal {name} | {seed} | {auc(v, junk):.3f} | {in_worst(v, junk, 10)}/{nj} | | "
                       f"{kind_ranks(v, rows)} |")
+    seeds = list(nets)
+    if len(seeds) >= 2:   # does the ranking depend on the training run?
+        print(f"\n| method | Spearman(seed {seeds[0]}, seed {seeds[1]}), all | faces only |\n|---|---|---|")
+        for method in methods:
+            x, y = out[(method, seeds[0])], out[(method, seeds[1])]
+            print(f"| {method} | {spearman(x, y):.3f} | {spearman(x[~junk], y[~junk]):.3f} |")
     return out
 
 
