@@ -348,6 +348,8 @@ def simulate_rounds(source: str, seed: int, kimg: float, round_kimg: float, roun
         print(f"| {k} | {len(rows)} | {nj} | {auc(s, junk) if nj else float('nan'):.3f} | "
               f"{in_worst(s, junk, 10)} | {in_worst(s, junk, nj)}/{nj} | {n_drop} ({int(junk[worst].sum())}) | "
               f"{compare} |", flush=True)
+        print(f"|   | junk in the set: {', '.join(r.details['kind'] for r in rows if r.details['junk']) or 'none'}; "
+              f"dropped: {', '.join(rows[i].details['kind'] for i in worst) or 'none'} | | | | | | |", flush=True)
         if k == rounds:
             break
         keep = np.sort(np.argsort(s, kind="stable")[n_drop:])
