@@ -21,7 +21,9 @@ collage of 4 faces, heavy JPEG (q 4) of a face, the wrong character (a cat: skim
 for anime a recoloured Miku, hair and eyes no longer teal), an upside-down face, a flat colour.
 Faces that junk is made from are HELD OUT of the real set, so no junk has a clean twin among
 the faces: photo: the 7 faces of photo_2008_007676.jpg; lfw: LFW faces 60-99; anime:
-anime_miku_small.png (the third Miku picture).
+anime_miku_small.png (the third Miku picture). One known leak, kept so that the figures in
+bench/RESULTS.md stay reproducible: photo's upside-down junk is a second framing of Tom
+Cruise, whose 1.8x framing is a real face (the 10 kinds need 8 held-out faces, photo has 7).
 """
 from __future__ import annotations
 
