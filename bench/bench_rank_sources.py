@@ -2,8 +2,8 @@
 cleaning round help?  Per source: AUC, junk in the worst 10, per signal and per junk kind.
 
     python bench/bench_rank_sources.py                     # build, train (cached), score
-    python bench/bench_rank_sources.py --sources photo --methods combined consensus
-    python bench/bench_rank_sources.py --rounds 2          # + the cleaning-round simulation
+    python bench/bench_rank_sources.py --sources photo --methods combined subspace --seeds 0 1
+    python bench/bench_rank_sources.py --rounds 2 --round-methods combined subspace   # + cleaning rounds
 
 Three sources of real faces, each ranked on its own (a dataset is one character), each with
 the same 10 kinds of planted junk, at 32 px (a tiny StyleGAN2 trained from scratch on 2 CPU
