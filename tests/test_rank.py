@@ -8,14 +8,15 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from conftest import REPO, TESTDATA
 from pipeline.imaging import load_rgb
 from pipeline.manifest import Row, write_manifest
-from pipeline.rank import (SCORE_COLUMNS, SCORING_KEYS, collect_scores, crop_box, d_features,
-                           format_scores, knn_distance, plan_batches, rank_rows,
-                           read_scores, robust_z, score_dataset, score_paths)
+from pipeline.rank import (SCORE_COLUMNS, SCORING_KEYS, SUBSPACE_GATE_Z, collect_scores, crop_box,
+                           d_features, feature_paths, format_scores, knn_distance,
+                           plan_batches, rank_rows, read_scores, robust_z, score_dataset, score_paths,
+                           subspace_model)
 
 RES = 32
 FILES = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png", "anime_tone.png",
@@ -332,3 +333,65 @@ def test_rule_passes_every_scoring_key():
     config = yaml.safe_load((REPO / "config.yaml").read_text())["rank"]
     assert {k: config[k] for k in ("method", "knn_k")} == \
         {k: schema["properties"]["rank"]["properties"][k]["default"] for k in ("method", "knn_k")}
+
+
+# ---------------------------------------------------------------- subspace method: signals
+
+def test_subspace_distance_is_pca_t2_plus_q_on_real_d_features(tmp_path, discriminator):
+    """subspace_model on D's features of real faces + junk equals the PCA outlier test written
+    out with a full SVD: whitened norm inside the top axes + residual norm, each over its median."""
+    rows, junk = _planted_junk_rows(tmp_path, RES)
+    f = feature_paths(discriminator, [r.path for r in rows], RES, 64, True)
+    dims = 4
+    got = subspace_model(f, dims=dims)(f)
+    z = (f - f.mean(0)) / (f.std(0) + 1e-8)
+    _, _, vt = np.linalg.svd(z, full_matrices=False)
+    proj = z @ vt[:dims].T
+    inside = np.sqrt(((proj / proj.std(0)) ** 2).sum(1))
+    off = np.linalg.norm(z - proj @ vt[:dims], axis=1)
+    np.testing.assert_allclose(got, inside / np.median(inside) + off / np.median(off), rtol=1e-3)
+    # on these features every planted junk image lies farther off than the median face
+    ids = [r.id for r in rows]
+    faces = [v for i, v in zip(ids, got) if i not in junk]
+    assert min(v for i, v in zip(ids, got) if i in junk) > np.median(faces)
+    # rows that were not in the fit are measured against the dataset's subspace
+    assert np.allclose(subspace_model(f, dims=dims)(f[:3]), got[:3])
+
+
+def test_upside_down_features_are_the_flipped_images_features(tmp_path, images, discriminator):
+    """feature_paths(upside_down=True) = the features of the images turned over on disk."""
+    flipped = []
+    for i, p in enumerate(images[:5]):
+        out = tmp_path / f"{i}.png"
+        ImageOps.flip(Image.open(p)).save(out)
+        flipped.append(str(out))
+    np.testing.assert_allclose(feature_paths(discriminator, images[:5], RES, 4, True, upside_down=True),
+                               feature_paths(discriminator, flipped, RES, 4, True), rtol=1e-5, atol=1e-5)
+
+
+def test_subspace_method_ranks_planted_junk_low(tmp_path, discriminator):
+    """43 real faces + 5 planted junk, the module's untrained D (as the combined test): the
+    five signals are written, the score is combine_subspace of them (recomputed here), and
+    the junk ranks in the bottom 8 of 48."""
+    rows, junk = _planted_junk_rows(tmp_path, RES)
+    cfg = {**CFG, "method": "subspace", "shuffles": 2, "knn_k": 5}
+    scores = score_dataset(discriminator, rows, cfg, RES, progress=False)
+    assert [s.score for s in scores] == sorted(s.score for s in scores)
+    names = {"logit", "upright", "knn", "subspace", "upright_subspace"}
+    assert all(set(s.signals) == names for s in scores)
+    ids = [s.id for s in scores]
+    assert max(ids.index(j) for j in junk) < 8, ids[:10]
+    signals = {n: np.array([s.signals[n] for s in scores]) for n in names}
+    z = {n: robust_z(v) for n, v in signals.items()}
+    gate = SUBSPACE_GATE_Z
+    expected = (-z["knn"] - z["subspace"] + np.minimum(z["logit"] + gate, 0) + np.minimum(z["upright"] + gate, 0)
+                + np.minimum(z["upright_subspace"] + gate, 0))
+    np.testing.assert_allclose([s.score for s in scores], expected, atol=2e-9)
+    # a flat image is the same upside down: its upright test is 0 exactly
+    by_id = {s.id: s for s in scores}
+    assert abs(by_id["junk-flat"].signals["upright_subspace"]) < 1e-9
+    # the signals shared with combined are combined's own
+    plain = {s.id: s for s in score_dataset(discriminator, rows, {**cfg, "method": "combined"}, RES, progress=False)}
+    for s in scores:
+        for n in ("logit", "upright", "knn"):
+            assert s.signals[n] == plain[s.id].signals[n]
