@@ -15,6 +15,7 @@ the shards they land in. Exact and near duplicates across shards are the dedup g
 from __future__ import annotations
 
 import argparse
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import imagehash
@@ -23,7 +24,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from pipeline.imaging import load_rgb, pixel_digest
-from pipeline.manifest import Row, load_config_arg, read_manifest, write_manifest
+from pipeline.manifest import Drop, Row, declare, load_config_arg, read_manifest, write_manifest
 
 # Colour measures and perceptual hashes are computed on a copy no larger than this:
 # it averages away JPEG chroma noise and makes the cost per image independent of size.
@@ -33,6 +34,43 @@ MEASURE_SIDE = 256
 LUMA_BINS = 16
 
 HASHERS = {"phash": imagehash.phash, "dhash": imagehash.dhash, "whash": imagehash.whash}
+
+# Every reason this stage drops an image for: the page's text, the details its rows carry,
+# what to change when it dropped every face (pipeline/survivors.py).
+_SIZE = ("file_bytes",)  # every face measured carries its source file's size
+DROPS = declare(
+    Drop("too_small", "short side below clean.min_side", ("side", "min_side"), note=("side",),
+         hint="lower clean.min_side (now {min_side})"),
+    Drop("file_too_small", "source file below clean.min_file_bytes", ("file_bytes", "min_file_bytes"),
+         note=("file_bytes",), hint="lower clean.min_file_bytes (now {min_file_bytes})"),
+    Drop("decode_error", "the face could not be read", ("error",), note=("error",)),
+    Drop("too_dark", "mean luma below clean.quality.min_brightness", ("brightness",), note=_SIZE),
+    Drop("too_bright", "mean luma above clean.quality.max_brightness", ("brightness",), note=_SIZE),
+    Drop("low_information", "luma spread below clean.quality.min_contrast", ("contrast",), note=_SIZE),
+    Drop("blurry", "Laplacian variance below clean.quality.min_sharpness", ("sharpness",), note=_SIZE),
+    Drop("monochrome", "gray, sepia or screentone (clean.monochrome)",
+         ("colorful_fraction", "unique_colors", "monochrome_by"), note=(*_SIZE, "colorful_fraction"),
+         hint="set clean.monochrome.method: none if the art is meant to be monochrome"),
+)
+
+
+def resolved(config: dict) -> dict:
+    """The clean block with near_duplicates.flips resolved (auto = finetune.mirror): only a
+    change that changes flips reruns clean."""
+    clean = json.loads(json.dumps(config["clean"]))
+    if clean["near_duplicates"]["flips"] == "auto":
+        clean["near_duplicates"]["flips"] = bool(config["finetune"]["mirror"])
+    return clean
+
+
+def config_keys(config: dict) -> dict:
+    """Exactly the config this stage reads (its rule's param): the clean block but the
+    dedup decisions (exact_duplicates, the Hamming radius). A new filter's keys in the
+    clean block are part of it without a change here."""
+    clean = resolved(config)
+    clean.pop("exact_duplicates")
+    clean["near_duplicates"].pop("radius")
+    return clean
 
 
 # ---------------------------------------------------------------- per-image measures
@@ -187,6 +225,28 @@ def judge_quality(measures: dict, cfg: dict) -> str:
     return ""
 
 
+# The per-face filters, in order, after the size floors and the decode: each records what
+# it measured in ``details`` and returns the reason it drops the face for ("" keeps it),
+# one declared in DROPS. Adding one: the function, its Drop, its keys in the clean block of
+# schemas/config.schema.yaml and config.yaml (docs/DEVELOPING.md "Adding a drop filter").
+
+def quality_filter(im: Image.Image, small: Image.Image, details: dict, cfg: dict) -> str:
+    details.update(quality_measures(small))
+    return judge_quality(details, cfg.get("quality") or {})
+
+
+def monochrome_filter(im: Image.Image, small: Image.Image, details: dict, cfg: dict) -> str:
+    if cfg["monochrome"]["method"] == "none":
+        return ""
+    monochrome, measures = judge_monochrome(im, small, cfg["monochrome"])
+    details.update(measures)
+    return "monochrome" if monochrome else ""
+
+
+# quality first: a face darkened to near black is too_dark before it is monochrome
+FILTERS = [quality_filter, monochrome_filter]
+
+
 def source_sizes(ingest_rows: list[Row]) -> dict[str, int]:
     """Source file size by source id, from the ingest manifest (crop rows may not carry it)."""
     return {r.id: r.details["bytes"] for r in ingest_rows if "bytes" in r.details}
@@ -223,16 +283,10 @@ def clean_row(row: Row, cfg: dict, sizes: dict[str, int] | None = None,
     details: dict = {"file_bytes": source_bytes}  # dedup prefers the larger source file
     if source_bytes is None and cfg["min_file_bytes"]:
         details["file_bytes_unknown"] = True  # no ingest size upstream: floor not applied
-    # quality first: a face darkened to near black is too_dark before it is monochrome
-    details.update(quality_measures(small))
-    reason = judge_quality(details, cfg.get("quality") or {})
-    if reason:
-        return row.drop(reason, **size, details=details)
-    if cfg["monochrome"]["method"] != "none":
-        monochrome, measures = judge_monochrome(im, small, cfg["monochrome"])
-        details.update(measures)
-        if monochrome:
-            return row.drop("monochrome", **size, details=details)
+    for check in FILTERS:
+        reason = check(im, small, details, cfg)
+        if reason:
+            return row.drop(reason, **size, details=details)
     details["pixel_sha256"] = pixel_digest(im)
     near = cfg["near_duplicates"]
     details.update(perceptual_hashes(small, near, CROP_TRIMS if near.get("trims", True) else ()))

@@ -22,9 +22,24 @@ from array import array
 import numpy as np
 
 from pipeline import hamming
-from pipeline.clean import flips_on
-from pipeline.manifest import (ENCODING, ERRORS, HEADER_BYTES, atomic_write_with, line_row,
-                               load_config_arg, manifest_lines_of, row_line)
+from pipeline.clean import flips_on, resolved
+from pipeline.manifest import (ENCODING, ERRORS, HEADER_BYTES, Drop, atomic_write_with, declare,
+                               line_row, load_config_arg, manifest_lines_of, row_line)
+
+_LINK = ("duplicate_of", "distance", "mirrored")
+DROPS = declare(
+    Drop("exact_duplicate", "the same decoded pixels as the image kept", _LINK),
+    Drop("source_duplicate", "its source picture matches the kept face's source, same place",
+         (*_LINK, "duplicate_source")),
+    Drop("near_duplicate", "the face crop matches the kept one within the Hamming radius", _LINK),
+)
+
+
+def config_keys(config: dict) -> dict:
+    """Exactly the config the gather reads (its rule's param): the duplicate settings of
+    the clean block, flips resolved as the clean shards hashed them."""
+    clean = resolved(config)
+    return {k: clean[k] for k in ("exact_duplicates", "near_duplicates")}
 
 
 def assign_keepers(n: int, priority: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,7 +17,9 @@ import os
 import re
 import shutil
 import sys
+import string
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -430,6 +432,40 @@ def iter_manifests(paths: Iterable[str | os.PathLike]) -> Iterator[Row]:
 
 def read_manifests(paths: Iterable[str | os.PathLike]) -> list[Row]:
     return list(iter_manifests(paths))
+
+
+# ---------------------------------------------------------------- drop reasons
+
+@dataclass(frozen=True)
+class Drop:
+    """A drop reason a stage can give, declared once in the stage's module (``DROPS``):
+    what the review page says about it (``text``), the details keys its rows carry
+    (``details``; the page's note shows the ``note`` ones) and, for a stage that can drop
+    every image, what to change (``hint``: ``{key}`` fields are filled from the drop
+    rows' details, e.g. the setting the stage recorded)."""
+    reason: str
+    text: str
+    details: tuple[str, ...] = ()
+    note: tuple[str, ...] = ()
+    hint: str = ""
+
+    def hint_for(self, rows: Iterable[Row]) -> str:
+        """``hint`` with each ``{key}`` the value of the first of ``rows`` recording it."""
+        rows = list(rows)
+        fields = {f for _, f, _, _ in string.Formatter().parse(self.hint) if f}
+        return self.hint.format(**{f: next((r.details[f] for r in rows if f in r.details), "?")
+                                   for f in fields})
+
+
+def declare(*drops: Drop) -> dict[str, Drop]:
+    """A stage's ``DROPS``: its drop reasons by name."""
+    return {d.reason: d for d in drops}
+
+
+def by_count(counts: dict[str, int]) -> list[tuple[str, int]]:
+    """Drop reasons and their counts, most frequent first, then by name (every summary:
+    console, survivors, the report's funnel)."""
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
 def kept(rows: Iterable[Row]) -> Iterator[Row]:

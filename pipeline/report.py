@@ -50,8 +50,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline import clean as clean_stage, dedup as dedup_stage
 from pipeline.export import read_rejects
-from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, dumps_details, kept,
+from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, by_count, dumps_details, kept,
                                load_config_arg, read_manifest)
 from pipeline.rank import Score, read_scores
 
@@ -62,7 +63,9 @@ PROVENANCE_COLUMNS = ["id", "source", "parent_id", "last_stage", "action", "reas
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
 ASSETS = Path(__file__).with_name("report_assets")
 PREVIEW_SIDE = 1024  # upright source previews: enough to see a small face box
-DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate", "source_duplicate")
+# the drop reasons stages declare (their modules' DROPS): the note shows their ``note`` keys
+DECLARED_DROPS = {"clean": clean_stage.DROPS, "dedup": dedup_stage.DROPS}
+DUPLICATE_REASONS = tuple(dedup_stage.DROPS)
 
 
 def esc(value) -> str:
@@ -421,7 +424,7 @@ def small_face_boxes(details: dict) -> list:
     return out
 
 
-def drop_note(row: Row) -> str:
+def drop_note(row: Row, stage: str = "") -> str:
     """One line about why a row was dropped (the details a user needs)."""
     d = row.details
     if row.reason in DUPLICATE_REASONS:
@@ -433,7 +436,9 @@ def drop_note(row: Row) -> str:
         if n:
             parts.append(f"{n} face(s) found below min_face")
         return "; ".join(p for p in parts if p)
-    keys = ("error", "side", "bytes", "file_bytes", "colors", "colorful_fraction", "max_pixels", "extension")
+    declared = DECLARED_DROPS.get(stage, {}).get(row.reason)
+    keys = declared.note if declared else (
+        "error", "side", "bytes", "file_bytes", "colors", "colorful_fraction", "max_pixels", "extension")
     return ", ".join(f"{k} {d[k]}" for k in keys if k in d)
 
 
@@ -465,7 +470,7 @@ def collect_items(stages: dict[str, list[Row]]) -> tuple[list[Item], list[list]]
             reason = f"{stage}: {r.reason or 'unspecified'}"
             # error texts name the file: show it as the user knows it (and keep the page
             # the same in every workdir)
-            note = drop_note(r).replace(r.path, r.source) if r.path else drop_note(r)
+            note = drop_note(r, stage).replace(r.path, r.source) if r.path else drop_note(r, stage)
             if stage == "ingest":
                 items.append(Item(r.id, r.source, reason, "", None, "", note))
             elif r.reason == "no_face" or (stage == "crop" and r.parent_id in ("", r.id)):
@@ -502,7 +507,7 @@ def funnel_html(rows: list[FunnelRow]) -> str:
     lines = ["<table id='funnel'><tr><th class='reasons'>stage</th><th>in</th><th>kept</th>"
              "<th>dropped</th><th class='reasons'>drop reasons</th></tr>"]
     for f in rows:
-        reasons = ", ".join(f"{esc(r)}: {n}" for r, n in sorted(f.dropped.items(), key=lambda x: (-x[1], x[0])))
+        reasons = ", ".join(f"{esc(r)}: {n}" for r, n in by_count(f.dropped))
         lines.append(f"<tr data-stage='{esc(f.stage)}'><td class='stage'>{esc(f.stage)}</td>"
                      f"<td>{f.received}</td><td>{f.kept}</td><td>{sum(f.dropped.values())}</td>"
                      f"<td class='reasons'>{reasons}</td></tr>")

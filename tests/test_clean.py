@@ -619,3 +619,48 @@ def test_editing_the_search_reruns_only_the_gather(tmp_path):
             f.write("\n# edited\n")
         assert snakemake("-n") == rules, module
         snakemake()
+
+
+def test_a_drop_filter_is_a_function_its_declaration_and_a_schema_key(ingested, monkeypatch):
+    """docs/DEVELOPING.md "Adding a drop filter", step by step, with a toy filter (mostly
+    red faces): the console summary, the stop line's hint, the page's note and the rule's
+    param pick it up from the declaration alone."""
+    from pipeline import clean, console, report, survivors
+    from pipeline.manifest import Drop
+
+    # 1. the function: measures into details, returns its reason or ""
+    def red_filter(im, small, details, cfg):
+        rgb = np.asarray(small, dtype=np.int16)
+        details["red_fraction"] = round(float(np.mean((rgb[..., 0] > rgb[..., 1] + 40)
+                                                      & (rgb[..., 0] > rgb[..., 2] + 40))), 4)
+        limit = cfg.get("max_red_fraction")
+        if limit is None or details["red_fraction"] <= limit:
+            return ""
+        details["max_red_fraction"] = limit
+        return "too_red"
+    monkeypatch.setattr(clean, "FILTERS", [*clean.FILTERS, red_filter])
+    # 2. its declaration
+    monkeypatch.setitem(clean.DROPS, "too_red", Drop(
+        "too_red", "mostly red (clean.max_red_fraction)", ("red_fraction", "max_red_fraction"),
+        note=("red_fraction",), hint="raise clean.max_red_fraction (now {max_red_fraction})"))
+    # 3. the schema: the key is unknown until declared there, then it is a param of clean
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    config = copy.deepcopy(DEFAULTS)
+    config["clean"]["max_red_fraction"] = 0.0
+    assert "max_red_fraction" in console.config_error(config, schema)
+    schema["properties"]["clean"]["properties"]["max_red_fraction"] = {"type": ["number", "null"],
+                                                                       "default": None}
+    assert console.config_error(config, schema) is None
+    assert clean.config_keys(config)["max_red_fraction"] == 0.0
+
+    cfg = clean.config_keys(config)
+    rows = [clean_row(r, cfg) for r in ingested if r.kept and r.source in (NOISY, "photo_dogs.jpg")]
+    assert [r.reason for r in rows] == ["too_red", "too_red"]
+    assert all(r.details["red_fraction"] > 0 for r in rows)
+    assert console.stage_summary("clean", rows) == "clean: 0 kept, 2 dropped (too_red 2)"
+    assert survivors.why_nothing_left({"ingest": ingested, "crop": ingested, "clean": rows}) == (
+        "clean kept 0 of 2 faces (too_red 2): raise clean.max_red_fraction (now 0.0)")
+    assert report.drop_note(rows[0], "clean") == f"red_fraction {rows[0].details['red_fraction']}"
+    # off (null, the schema default): the faces are kept and only measured
+    assert all(clean_row(r, {**cfg, "max_red_fraction": None}).kept
+               for r in ingested if r.source in (NOISY, "photo_dogs.jpg"))
