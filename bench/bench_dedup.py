@@ -27,6 +27,7 @@ from dedup_reference import dedup, near_duplicate_clusters  # noqa: E402
 from pipeline.dedup import main as dedup_cli  # noqa: E402
 from pipeline.hamming import choose_blocks, hamming, near_pairs  # noqa: E402
 from pipeline.manifest import Row, write_manifest  # noqa: E402
+from util.config import defaults  # noqa: E402
 
 
 def planted_hashes(n: int, pairs: int, radius: int, seed: int):
@@ -90,9 +91,8 @@ def main(argv=None) -> None:
         rows = [Row(id=f"{k:016x}", source=f"{k}.png", path=f"{k}.png", width=512, height=512,
                     details={"bytes": 1000, "pixel_sha256": f"{k:064x}", "phash": f"{w:016x}"})
                 for k, w in enumerate(words[:, 0].tolist())]
-        cfg = {"exact_duplicates": True,
-               "near_duplicates": {"method": "phash", "hash_size": 8, "radius": a.radius,
-                                   "flips": False}}
+        cfg = defaults("clean")
+        cfg["near_duplicates"].update(method="phash", hash_size=8, radius=a.radius, flips=False)
         out, seconds = timed(dedup, rows, cfg)
         dropped = sum(r.reason == "near_duplicate" for r in out)
         print(f"dedup() on {len(rows):,} rows: {seconds:.2f} s, {dropped:,} near duplicates dropped")

@@ -97,7 +97,7 @@ def snapshot_workflow(dest: Path) -> Path:
     as code changes (pipeline/*.py are inputs of their rules)."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    for name in ("Snakefile", "config.yaml", "environment.yml", "rules", "pipeline", "gan", "schemas",
+    for name in ("Snakefile", "config.yaml", "environment.yml", "rules", "pipeline", "gan", "util", "schemas",
                  "profiles"):
         src = REPO / name
         if src.is_dir():

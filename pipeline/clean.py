@@ -193,7 +193,7 @@ def source_measures(path: str, cfg: dict) -> dict:
     small.thumbnail((MEASURE_SIDE, MEASURE_SIDE))
     out = {"width": im.width, "height": im.height, "format": fmt, "quality": quality}
     near = cfg["near_duplicates"]
-    out.update(perceptual_hashes(small, near, SOURCE_TRIMS if near.get("trims", True) else ()))
+    out.update(perceptual_hashes(small, near, SOURCE_TRIMS if near["trims"] else ()))
     return out
 
 
@@ -232,7 +232,7 @@ def judge_quality(measures: dict, cfg: dict) -> str:
 
 def quality_filter(im: Image.Image, small: Image.Image, details: dict, cfg: dict) -> str:
     details.update(quality_measures(small))
-    return judge_quality(details, cfg.get("quality") or {})
+    return judge_quality(details, cfg["quality"])
 
 
 def monochrome_filter(im: Image.Image, small: Image.Image, details: dict, cfg: dict) -> str:
@@ -289,7 +289,7 @@ def clean_row(row: Row, cfg: dict, sizes: dict[str, int] | None = None,
             return row.drop(reason, **size, details=details)
     details["pixel_sha256"] = pixel_digest(im)
     near = cfg["near_duplicates"]
-    details.update(perceptual_hashes(small, near, CROP_TRIMS if near.get("trims", True) else ()))
+    details.update(perceptual_hashes(small, near, CROP_TRIMS if near["trims"] else ()))
     source = (sources or {}).get(row.parent_id or row.id)
     if source:
         details["source"] = source
@@ -301,7 +301,7 @@ def shard_sources(rows: list[Row], ingest_rows: list[Row], cfg: dict, threads: i
     (each decoded once per shard); empty when source-level dedup is off. A source that
     cannot be read any more is left out (its faces are deduplicated by their crops)."""
     near = cfg["near_duplicates"]
-    if near["method"] == "none" or not near.get("sources", True):
+    if near["method"] == "none" or not near["sources"]:
         return {}
     wanted = {r.parent_id or r.id for r in rows if r.kept}
     paths = {r.id: r.path for r in ingest_rows if r.kept and r.id in wanted}

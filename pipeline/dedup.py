@@ -223,7 +223,7 @@ def dedup_verdicts(cols: DedupColumns, cfg: dict) -> dict[int, tuple[str, dict]]
     if near["method"] != "none" and len(alive) > 1:
         nbits = near["hash_size"] ** 2
         kinds, pairs = [], []
-        if near.get("sources", True):
+        if near["sources"]:
             a, b, d, m = source_face_pairs(cols, alive, near)
             pairs.append((a, b, d, m))
             kinds.append(np.zeros(len(a), dtype=np.int8))  # 0: source level

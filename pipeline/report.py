@@ -55,6 +55,7 @@ from pipeline.export import read_rejects
 from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, by_count, dumps_details, kept,
                                load_config_arg, read_manifest)
 from pipeline.rank import Score, read_scores
+from util.config import default_rejects
 
 # Stages in data-flow order; dedup (a gather over clean) decides before upscale.
 FUNNEL = ("ingest", "crop", "clean", "dedup", "upscale", "normalize", "augment", "export", "ranked")
@@ -684,7 +685,7 @@ def build_check(*, name: str, stage_manifests: list[str], dataset: str, dedup: s
     for p in problems:
         warn(p)
     fingerprint = dataset_fingerprint(dataset) if Path(dataset).exists() else ""
-    shown_path = rejects_shown or rejects or f"characters/{name}.rejects.txt"
+    shown_path = rejects_shown or rejects or default_rejects(name)
     data = check_data(name, items, clusters, thumbs, previews, out_dir, preset, problems,
                       fingerprint, shown_path)
     copy_assets(out_dir)

@@ -27,6 +27,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from pipeline.manifest import atomic_write_bytes, atomic_write_text
+from util.config import default_rejects
 from pipeline.report import read_rejects_checked
 
 MAX_SAVE_BYTES = 64 * 1024 * 1024  # a rejects file for millions of ids still fits
@@ -39,7 +40,7 @@ def rejects_path_of(results: Path, name: str, override: str | None) -> Path:
         recorded = json.loads((results / "report" / "review.json").read_text(encoding="utf-8")).get("rejects")
     except (OSError, ValueError):
         recorded = ""
-    return Path(recorded) if recorded else Path(f"characters/{name}.rejects.txt").resolve()
+    return Path(recorded) if recorded else Path(default_rejects(name)).resolve()
 
 
 def save_rejects(path: Path, text: str) -> Path | None:

@@ -18,6 +18,7 @@ sys.path.insert(0, str(BASE))
 from pipeline.console import auto_shards, config_error  # noqa: E402
 from pipeline.ingest import config_path_problem, list_raw_dir, write_shard_listings  # noqa: E402
 from pipeline.normalize import encode_keys  # noqa: E402  (augment's output keys)
+from util.config import default_rejects  # noqa: E402
 
 
 def stop_now(message):
@@ -50,7 +51,7 @@ CONDA_ENV = str(BASE / "environment.yml")
 R = f"{config['results_dir']}/{config['name']}"
 
 # The review page's rejects file (optional).
-REJECTS = config["rank"]["rejects"] or f"characters/{config['name']}.rejects.txt"
+REJECTS = config["rank"]["rejects"] or default_rejects(config["name"])
 
 # Paths that cannot work together stop the run here with one line (issue 16).
 _path_problem = config_path_problem(config, REJECTS)
