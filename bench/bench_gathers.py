@@ -67,12 +67,17 @@ elif what == "export":
             write_manifest(folder / "export.tsv", [r.keep(details={"index": i, "tfrecord_position": positions[i]})
                                                    for i, r in enumerate(dataset)])
 elif what == "dedup":
-    from pipeline import dedup
     import yaml
     cfg = yaml.safe_load(open(sys.argv[4]).read())["clean"]
     cfg["near_duplicates"]["trims"] = sys.argv[5] == "on"
-    dedup.main(["--output", str(folder / "dedup_out.tsv"), "--config", json.dumps(cfg),
-                *map(str, sorted(folder.glob("clean/*/manifest.tsv")))])
+    args = ["--output", str(folder / "dedup_out.tsv"), "--config", json.dumps(cfg),
+            *map(str, sorted(folder.glob("clean/*/manifest.tsv")))]
+    try:
+        from pipeline import dedup
+        dedup.main(args)
+    except ImportError:  # an --old-repo from before the split (issue 25): clean's subcommand
+        from pipeline import clean
+        clean.main(["dedup", *args])
 t1 = resource.getrusage(resource.RUSAGE_SELF)
 peak = hwm_kib()
 print("RESULT", json.dumps({"cpu_s": round(t1.ru_utime + t1.ru_stime - t0.ru_utime - t0.ru_stime, 2),
