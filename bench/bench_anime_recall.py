@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, TESTDATA, machine  # noqa: E402
 from conftest import testdata_rows  # noqa: E402
 
+import crop_evaluation  # noqa: E402  (tests/: detector evaluation)
 from pipeline import crop  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
 
@@ -107,7 +108,7 @@ def evaluate(images, cfg) -> dict:
     start = time.perf_counter()
     for pixels, truth in images:
         found = [f.box for f in detector.detect(pixels) if min(f.box[2:]) >= cfg["min_face"]]
-        t, f, n = crop.match_boxes(found, truth, 0.4)
+        t, f, n = crop_evaluation.match_boxes(found, truth, 0.4)
         tp, fp, fn = tp + t, fp + f, fn + n
     return {"tp": tp, "fp": fp, "fn": fn, "precision": tp / max(tp + fp, 1),
             "recall": tp / max(tp + fn, 1), "seconds": time.perf_counter() - start}
@@ -126,7 +127,7 @@ def testdata_counts(cfg) -> dict:
             continue  # the broken files ingest drops
         found = [f for f in detector.detect(pixels) if min(f.box[2:]) >= cfg["min_face"]]
         pairs.append((len(found), int(r["expected_faces"])))
-    return crop.count_metrics(pairs)
+    return crop_evaluation.count_metrics(pairs)
 
 
 def main() -> None:

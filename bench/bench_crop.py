@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, SHARED, TESTDATA, machine  # noqa: E402
 from conftest import voc_boxes  # noqa: E402
 
+import crop_evaluation  # noqa: E402  (tests/: detector evaluation)
 from pipeline import crop, ingest  # noqa: E402
 from pipeline.manifest import Row, read_manifest, write_manifest  # noqa: E402
 
@@ -99,7 +100,7 @@ def detection_metrics(rows: list[Row], expected: dict[str, dict], truth: dict | 
         found.setdefault(r.source, [])
         if r.kept:
             found[r.source].append(r)
-    m = crop.count_metrics([(len(v), int(expected[k]["expected_faces"])) for k, v in found.items()])
+    m = crop_evaluation.count_metrics([(len(v), int(expected[k]["expected_faces"])) for k, v in found.items()])
     def ratio(v):
         return "n/a" if v is None else f"{v:.3f}"
 
@@ -108,7 +109,7 @@ def detection_metrics(rows: list[Row], expected: dict[str, dict], truth: dict | 
     if truth:
         tp = fp = fn = 0
         for name, boxes in truth.items():
-            t, f, n = crop.match_boxes([r.details["box"] for r in found.get(name, [])], boxes)
+            t, f, n = crop_evaluation.match_boxes([r.details["box"] for r in found.get(name, [])], boxes)
             tp, fp, fn = tp + t, fp + f, fn + n
         text += (f"; VOC boxes IoU>=0.5: precision {tp / max(tp + fp, 1):.3f}, "
                  f"recall {tp / max(tp + fn, 1):.3f} ({tp}/{tp + fn})")

@@ -3,7 +3,7 @@
     python bench/bench_dedup.py                     # 1,000,000 hashes, radius 4
     python bench/bench_dedup.py --n 200000 --flips --rows
 
-Reports seconds for the pair search (pipeline.clean.near_pairs), for the clustering the
+Reports seconds for the pair search (pipeline.hamming.near_pairs), for the clustering the
 dedup gather does (search + connected components), optionally for ``dedup()`` on
 manifest rows and for the whole gather CLI over 64 shard manifests (--rows) and with mirrored hashes (--flips), and the recall of the planted
 pairs (every planted pair lies within the radius, so the target is 1.0).
@@ -21,11 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.clean import (choose_blocks, dedup, hamming, near_duplicate_clusters,  # noqa: E402
-                            near_pairs)
-from pipeline.clean import main as clean_cli  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402,F401  (pipeline/ and tests/ on the path)
+from dedup_reference import dedup, near_duplicate_clusters  # noqa: E402
+from pipeline.dedup import main as dedup_cli  # noqa: E402
+from pipeline.hamming import choose_blocks, hamming, near_pairs  # noqa: E402
 from pipeline.manifest import Row, write_manifest  # noqa: E402
+from util.config import defaults  # noqa: E402
 
 
 def planted_hashes(n: int, pairs: int, radius: int, seed: int):
@@ -66,7 +68,7 @@ def main(argv=None) -> None:
     words, originals, copies = planted_hashes(a.n, a.pairs, a.radius, a.seed)
     assert (hamming(words[originals], words[copies]) <= a.radius).all()
     print(f"{a.n:,} hashes, {a.pairs:,} planted pairs at distance 1..{a.radius}, "
-          f"{choose_blocks(a.n, 64, a.radius)} blocks")
+          f"{choose_blocks(a.n, a.n, 64, a.radius)} blocks")
 
     (i, j, d), seconds = timed(near_pairs, words, 64, a.radius)
     found = set(zip(i.tolist(), j.tolist()))
@@ -89,9 +91,8 @@ def main(argv=None) -> None:
         rows = [Row(id=f"{k:016x}", source=f"{k}.png", path=f"{k}.png", width=512, height=512,
                     details={"bytes": 1000, "pixel_sha256": f"{k:064x}", "phash": f"{w:016x}"})
                 for k, w in enumerate(words[:, 0].tolist())]
-        cfg = {"exact_duplicates": True,
-               "near_duplicates": {"method": "phash", "hash_size": 8, "radius": a.radius,
-                                   "flips": False}}
+        cfg = defaults("clean")
+        cfg["near_duplicates"].update(method="phash", hash_size=8, radius=a.radius, flips=False)
         out, seconds = timed(dedup, rows, cfg)
         dropped = sum(r.reason == "near_duplicate" for r in out)
         print(f"dedup() on {len(rows):,} rows: {seconds:.2f} s, {dropped:,} near duplicates dropped")
@@ -100,9 +101,9 @@ def main(argv=None) -> None:
             manifests = [f"{tmp}/{s:02d}.tsv" for s in range(64)]
             for s, path in enumerate(manifests):
                 write_manifest(path, rows[s::64])
-            _, seconds = timed(clean_cli, ["dedup", "--output", f"{tmp}/dedup.tsv",
+            _, seconds = timed(dedup_cli, ["--output", f"{tmp}/dedup.tsv",
                                            "--config", json.dumps(cfg), *manifests])
-            print(f"python -m pipeline.clean dedup over 64 manifests: {seconds:.2f} s")
+            print(f"python -m pipeline.dedup over 64 manifests: {seconds:.2f} s")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 Each row carries what the clean shard step now writes: a 64-bit pHash, its mirror hash, 24
 trimmed-window hashes, and a ``source`` block (width, height, quality, whole-picture hash,
 mirror, 48 trims); every 20th row is a copy of an earlier one (canonical hashes with 1-3
-bits flipped, a smaller source). Runs ``python -m pipeline.clean dedup`` over 64 shard
+bits flipped, a smaller source). Runs ``python -m pipeline.dedup`` over 64 shard
 manifests as the rule does and reports wall time, peak memory and manifest bytes per row.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> None:
             manifests.append(str(path))
         size = sum(os.path.getsize(m) for m in manifests)
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pipeline.clean", "dedup", "--output", f"{tmp}/dedup.tsv",
+        subprocess.run([sys.executable, "-m", "pipeline.dedup", "--output", f"{tmp}/dedup.tsv",
                         "--config", json.dumps(cfg), *manifests], check=True,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
         wall = time.perf_counter() - start

@@ -71,11 +71,11 @@ def main() -> None:
     import tensorflow as tf
 
     from gan.dataset import make_dataset
-    from gan.train import resolve_config
+    from util.config import with_defaults
     from gan.training_loop import Trainer, build_networks, setup_devices
 
     mixed = {"auto": "auto", "true": True, "false": False}[a.mixed_precision]
-    cfg = resolve_config({"channel_base": a.channel_base, "channel_max": a.channel_max,
+    cfg = with_defaults("finetune", {"channel_base": a.channel_base, "channel_max": a.channel_max,
                           "latent_dim": a.latent, "mapping_layers": a.mapping, "batch": a.batch,
                           "mixed_precision": mixed, "xla": a.xla, "ada_target": a.ada_target})
     strategy, use_mixed = setup_devices(cfg)

@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("folder", type=Path)
     ap.add_argument("--no-dedup", action="store_true")
     a = ap.parse_args()
-    from pipeline import clean, export
+    from pipeline import dedup, export, hamming
     from pipeline.manifest import dropped_ids
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}; load average "
           f"{os.getloadavg()[0]:.1f}; `python bench/bench_gather_phases.py {a.folder}`")
@@ -56,21 +56,21 @@ def main() -> None:
         cfg = yaml.safe_load((REPO / "config.yaml").read_text())["clean"]
         cfg["near_duplicates"]["trims"] = "trims-off" not in str(a.folder)
         paths = sorted(map(str, a.folder.glob("clean/*/manifest.tsv")))
-        cols = phase("dedup pass one (columns)", lambda: clean.read_dedup_columns(paths, cfg["near_duplicates"]))
+        cols = phase("dedup pass one (columns)", lambda: dedup.read_dedup_columns(paths, cfg["near_duplicates"]))
         searches = {}
-        original = clean._duplicate_pairs
+        original = hamming.duplicate_pairs
 
         def timed(*args, **kw):
             t0 = cpu()
             result = original(*args, **kw)
             searches[f"search {len(searches) + 1}"] = round(cpu() - t0, 2)
             return result
-        clean._duplicate_pairs = timed
-        verdict = phase("dedup verdicts (searches)", lambda: clean.dedup_verdicts(cols, cfg))
-        clean._duplicate_pairs = original
+        hamming.duplicate_pairs = timed
+        verdict = phase("dedup verdicts (searches)", lambda: dedup.dedup_verdicts(cols, cfg))
+        hamming.duplicate_pairs = original
         print(f"    searches (sources, faces): {searches}")
         del cols
-        phase("dedup pass two (write)", lambda: clean.write_dedup(paths, verdict, str(a.folder / "dedup_phases.tsv")))
+        phase("dedup pass two (write)", lambda: dedup.write_dedup(paths, verdict, str(a.folder / "dedup_phases.tsv")))
         del verdict
     norm = sorted(a.folder.glob("normalize/*/manifest.tsv"))
     dup = phase("export dedup.tsv drop ids", lambda: dropped_ids(a.folder / "dedup.tsv"))

@@ -11,7 +11,7 @@ getrusage: the machine is shared, wall time is not a fair figure) and peak RSS:
   read       read_manifests over the 64 normalize shards; memory per row held
   export     export's gather without pixels: dataset_rows (normalize shards minus dedup
              drops, sorted) and the export manifest with index + tfrecord_position
-  dedup      `pipeline.clean dedup` over the 64 clean shards (hashes, exact + near search)
+  dedup      `pipeline.dedup` over the 64 clean shards (hashes, exact + near search)
 --old-repo runs the same children with another checkout's pipeline/ first on the path
 (e.g. `git archive <commit> pipeline | tar -x -C /tmp/fp_old`), for before/after figures.
 """
@@ -67,12 +67,17 @@ elif what == "export":
             write_manifest(folder / "export.tsv", [r.keep(details={"index": i, "tfrecord_position": positions[i]})
                                                    for i, r in enumerate(dataset)])
 elif what == "dedup":
-    from pipeline import clean
     import yaml
     cfg = yaml.safe_load(open(sys.argv[4]).read())["clean"]
     cfg["near_duplicates"]["trims"] = sys.argv[5] == "on"
-    clean.main(["dedup", "--output", str(folder / "dedup_out.tsv"), "--config", json.dumps(cfg),
-                *map(str, sorted(folder.glob("clean/*/manifest.tsv")))])
+    args = ["--output", str(folder / "dedup_out.tsv"), "--config", json.dumps(cfg),
+            *map(str, sorted(folder.glob("clean/*/manifest.tsv")))]
+    try:
+        from pipeline import dedup
+        dedup.main(args)
+    except ImportError:  # an --old-repo from before the split (issue 25): clean's subcommand
+        from pipeline import clean
+        clean.main(["dedup", *args])
 t1 = resource.getrusage(resource.RUSAGE_SELF)
 peak = hwm_kib()
 print("RESULT", json.dumps({"cpu_s": round(t1.ru_utime + t1.ru_stime - t0.ru_utime - t0.ru_stime, 2),

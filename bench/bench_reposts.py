@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, TESTDATA, machine, module_at  # noqa: E402
 import conftest  # noqa: E402,F401  (points FACEPREP_ANIMEFACE_CASCADE at ../shared/models)
 
+from dedup_reference import dedup  # noqa: E402
 from pipeline import clean, crop, ingest  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.manifest import ShardDir  # noqa: E402
@@ -213,7 +214,7 @@ def main() -> None:
                             "min_face": 48 if method == "animeface" else 30}
                 work = Path(tmp) / f"{label[:5]}-{method}"
                 outs.append((part, crop_cfg, work))
-            for name, fn, cfg in (("after", clean.dedup, clean_cfg),) + (
+            for name, fn, cfg in (("after", dedup, clean_cfg),) + (
                     (("before", None, None),) if a.before else ()):
                 rows, seconds = [], [0.0, 0.0, 0.0]
                 for part, crop_cfg, work in outs:

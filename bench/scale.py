@@ -15,7 +15,7 @@ What it measures (each a fresh subprocess, wall time and peak RSS from /usr/bin/
                     otherwise every planned output is created empty and recorded with
                     `snakemake --touch` (the workflow's stages are not run), which measures
                     Snakemake's own cost: listing 100k files, DAG, mtime checks.
-  dedup_gather      `python -m pipeline.clean dedup` over 64 synthetic clean manifests.
+  dedup_gather      `python -m pipeline.dedup` over 64 synthetic clean manifests.
 The workflow runs from a snapshot copy (<workdir>/workflow), so edits to the tree during a
 long run are not taken for code changes.
 Goal from the design: dry run and no-op under 15 s each at 100k images.
@@ -97,7 +97,7 @@ def snapshot_workflow(dest: Path) -> Path:
     as code changes (pipeline/*.py are inputs of their rules)."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    for name in ("Snakefile", "config.yaml", "environment.yml", "rules", "pipeline", "gan", "schemas",
+    for name in ("Snakefile", "config.yaml", "environment.yml", "rules", "pipeline", "gan", "util", "schemas",
                  "profiles"):
         src = REPO / name
         if src.is_dir():
@@ -232,7 +232,7 @@ def bench_dedup(workdir: Path, rows: int) -> dict:
     # the clean block as the rule passes it (config.yaml defaults)
     cfg = json.dumps(yaml.safe_load((REPO / "config.yaml").read_text())["clean"])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = timed([sys.executable, "-m", "pipeline.clean", "dedup", "--output",
+    res = timed([sys.executable, "-m", "pipeline.dedup", "--output",
                  str(folder / "dedup.tsv"), "--config", cfg, *map(str, manifests)], workdir, env)
     from pipeline.manifest import read_manifest
     verdicts = read_manifest(folder / "dedup.tsv")

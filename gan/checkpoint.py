@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from gan.networks import Discriminator, Generator
-from pipeline.manifest import atomic_write_with
+from util.files import atomic_write_with
 
 FORMAT = "faceprep-stylegan2"
 VERSION = 1

@@ -23,33 +23,17 @@ Images are generated with constant noise (``noise_mode: const``) so reruns give 
 from __future__ import annotations
 
 import argparse
-import functools
 import importlib.util
 import json
 import os
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from pipeline.manifest import atomic_write_text, atomic_write_with, load_config_arg
+from util.config import load_config_arg, with_defaults
+from util.files import atomic_write_text, atomic_write_with
 
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 MIN_VIDEO_SIZE = 256   # small networks are scaled up (nearest) so the video is watchable
-
-
-@functools.cache
-def generate_defaults() -> dict:
-    """The `generate` defaults from the config schema (the one place they are written)."""
-    props = yaml.safe_load(SCHEMA.read_text())["properties"]["generate"]["properties"]
-    return {k: v["default"] for k, v in props.items() if "default" in v}
-
-
-def resolve_config(cfg: dict) -> dict:
-    unknown = set(cfg) - set(generate_defaults())
-    if unknown:
-        raise ValueError(f"unknown generate keys: {sorted(unknown)}")
-    return {**generate_defaults(), **cfg}
 
 
 def video_format() -> tuple[str, str]:
@@ -200,7 +184,7 @@ def write_video(path: Path, frames, fps: int, size: int, fmt: str) -> None:
 def generate(network: str | os.PathLike, outdir: str | os.PathLike, cfg: dict,
              video: str | None = None) -> dict:
     """Write every figure of the module docstring into ``outdir``; returns the index."""
-    cfg = resolve_config(cfg)
+    cfg = with_defaults("generate", cfg)
     outdir = Path(outdir)
     import tensorflow as tf
     for gpu in tf.config.list_physical_devices("GPU"):   # share a GPU instead of taking it all

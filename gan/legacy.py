@@ -46,7 +46,7 @@ import re
 import numpy as np
 
 from gan.networks import Discriminator, Generator
-from pipeline.manifest import atomic_write_bytes
+from util.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.manifest import ShardDir, atomic_write_text, kept, read_manifest
+from pipeline.manifest import kept, read_manifest  # dataset_fingerprint reads the export manifest
+from util.files import AtomicDir, atomic_write_text, file_sha256
 
 RUNS = "runs"
 LATEST = "latest"
@@ -36,14 +37,6 @@ SCRATCH_ARCH_KEYS = ("latent_dim", "mapping_layers", "channel_base", "channel_ma
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def dataset_fingerprint(manifest: str | os.PathLike) -> dict:
@@ -218,7 +211,7 @@ def publish(run: Run, finetune_dir: str | os.PathLike, output: str | os.PathLike
     os.replace(tmp, output)
     src = run.dir / "samples"
     if src.is_dir():
-        with ShardDir(finetune_dir / "samples") as out:
+        with AtomicDir(finetune_dir / "samples") as out:
             for p in sorted(src.glob("*.png")):
                 shutil.copyfile(p, out.tmp / p.name)
     atomic_write_text(finetune_dir / RUNS / LATEST, run.id + "\n")

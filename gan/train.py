@@ -14,30 +14,9 @@ snapshot of that run; new data starts a new run that trains `kimg` on it.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
-from pathlib import Path
 
-import yaml
-
-from pipeline.manifest import load_config_arg
-
-SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
-
-
-@functools.cache
-def finetune_defaults() -> dict:
-    """The `finetune` defaults from the config schema (the one place they are written)."""
-    schema = yaml.safe_load(SCHEMA.read_text())
-    props = schema["properties"]["finetune"]["properties"]
-    return {k: v["default"] for k, v in props.items() if "default" in v}
-
-
-def resolve_config(cfg: dict) -> dict:
-    unknown = set(cfg) - set(finetune_defaults())
-    if unknown:
-        raise ValueError(f"unknown finetune keys: {sorted(unknown)}")
-    return {**finetune_defaults(), **cfg}
+from util.config import load_config_arg, with_defaults
 
 
 def main(argv=None) -> None:
@@ -48,7 +27,7 @@ def main(argv=None) -> None:
     p.add_argument("--output", required=True, help="final network (.npz, gan.checkpoint format)")
     p.add_argument("--manifest", help="the export manifest.tsv (dataset fingerprint: ids + image bytes)")
     a = p.parse_args(argv)
-    cfg = resolve_config(load_config_arg(a.config))
+    cfg = with_defaults("finetune", load_config_arg(a.config))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # keep TF's C++ INFO/WARNING out of the log
     from gan import runs
     from gan.dataset import dataset_info

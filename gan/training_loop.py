@@ -31,7 +31,7 @@ from PIL import Image
 from gan import augment as augment_lib
 from gan import loss as loss_lib
 from gan.dataset import dataset_info, make_dataset, to_uint8
-from pipeline.manifest import atomic_write_with
+from util.files import atomic_write_with, file_sha256
 
 SNAPSHOT_FILE = re.compile(r"^network-snapshot-(\d{9})\.npz$")
 STYLE_MIXING_PROB = 0.9        # StyleGAN2 config-e/f
@@ -151,13 +151,9 @@ def verify_sha256(path: str, expected: str | None) -> None:
     """Refuse a downloaded model whose sha256 differs from the one the config names."""
     if not expected:
         return
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    if h.hexdigest() != expected.lower():
-        raise SystemExit(f"finetune: {path} has sha256 {h.hexdigest()}, but "
+    digest = file_sha256(path)
+    if digest != expected.lower():
+        raise SystemExit(f"finetune: {path} has sha256 {digest}, but "
                          f"finetune.pretrained_sha256 says {expected}: re-download it")
 
 

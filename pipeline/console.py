@@ -128,7 +128,8 @@ def manifests_summary(stage: str, paths) -> str:
 def summary_text(stage: str, kept: int, dropped: Counter) -> str:
     text = f"{stage}: {kept} kept"
     if dropped:
-        reasons = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items(), key=lambda kv: (-kv[1], kv[0])))
+        from pipeline.manifest import by_count
+        reasons = ", ".join(f"{k} {v}" for k, v in by_count(dropped))
         text += f", {sum(dropped.values())} dropped ({reasons})"
     return text
 

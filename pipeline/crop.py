@@ -637,50 +637,12 @@ def crop_shard(rows: list[Row], crop: dict, models: dict, out: ShardDir, threads
                 for r in rs]
 
 
-# ---------------------------------------------------------------- evaluation (tests, bench)
-
-def count_metrics(pairs) -> dict:
-    """Precision/recall from (faces found, faces expected) per image: an image with 3
-    found and 2 expected counts 2 true and 1 false positive. None where undefined
-    (nothing found, or nothing to find)."""
-    tp = sum(min(found, expected) for found, expected in pairs)
-    fp = sum(max(found - expected, 0) for found, expected in pairs)
-    fn = sum(max(expected - found, 0) for found, expected in pairs)
-    return {"tp": tp, "fp": fp, "fn": fn,
-            "precision": tp / (tp + fp) if tp + fp else None,
-            "recall": tp / (tp + fn) if tp + fn else None}
-
-
-def flat_border_strips(im: Image.Image, depth: int = 4, max_std: float = 1.0) -> list[str]:
-    """Edges ("left", "top", "right", "bottom") whose outer ``depth`` pixel rows are one
-    flat colour (every channel's standard deviation <= ``max_std``): padding bars. Real
-    content, even a plain background, carries JPEG or paper noise above that."""
-    a = np.asarray(im.convert("RGB"), dtype=np.float32)
-    strips = {"left": a[:, :depth], "top": a[:depth], "right": a[:, -depth:], "bottom": a[-depth:]}
-    return [edge for edge, strip in strips.items()
-            if strip.reshape(-1, 3).std(axis=0).max() <= max_std]
-
-
 def iou(a, b) -> float:
     """Intersection over union of two (x, y, width, height) boxes."""
     iw = max(0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     ih = max(0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
     inter = iw * ih
     return inter / (a[2] * a[3] + b[2] * b[3] - inter)
-
-
-def match_boxes(found, truth, min_iou: float = 0.5) -> tuple[int, int, int]:
-    """(true positives, false positives, false negatives): each true box matched at most
-    once, best overlaps first, as in PASCAL VOC scoring."""
-    pairs = sorted(((iou(f, t), i, j) for i, f in enumerate(found) for j, t in enumerate(truth)),
-                   reverse=True)
-    used_found, used_truth = set(), set()
-    for overlap, i, j in pairs:
-        if overlap >= min_iou and i not in used_found and j not in used_truth:
-            used_found.add(i)
-            used_truth.add(j)
-    tp = len(used_found)
-    return tp, len(found) - tp, len(truth) - tp
 
 
 def main(argv=None) -> None:

@@ -15,19 +15,20 @@ import itertools
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
-from pathlib import Path
+import string
+from dataclasses import dataclass
 from typing import Iterable, Iterator
+
+from util.config import load_config_arg  # noqa: F401  (every stage CLI's --config)
+from util.files import (ENCODING, ERRORS, AtomicDir, atomic_write_bytes,  # noqa: F401
+                        atomic_write_text, atomic_write_with, read_text)
 
 COLUMNS = ["id", "source", "parent_id", "path", "width", "height", "action", "reason", "details"]
 KEEP, DROP = "keep", "drop"
 
 csv.field_size_limit(sys.maxsize)
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 _set = object.__setattr__
@@ -183,7 +184,6 @@ _s0, _s1, _s2, _s3, _s4, _s5, _s6, _s7, _s8, _s9 = (Row.__dict__[n].__set__ for 
 # Text files we write hold file names as the file system gave them: a name that is not
 # valid UTF-8 arrives as a str with surrogate escapes (PEP 383) and goes back out as the
 # same bytes, so any name round-trips losslessly (read them back with ``read_text``).
-ENCODING, ERRORS = "utf-8", "surrogateescape"
 
 
 # sorted keys + compact separators: the same data always gives the same bytes. One encoder
@@ -288,7 +288,7 @@ def write_manifest(path: str | os.PathLike, rows: Iterable[Row]) -> None:
                 f.write("".join(buf).encode(ENCODING, ERRORS))
                 buf.clear()
         f.write("".join(buf).encode(ENCODING, ERRORS))
-    _atomic_write(path, write)
+    atomic_write_with(path, write)
 
 
 _INTERNED = {KEEP: KEEP, DROP: DROP, "": ""}
@@ -432,6 +432,40 @@ def read_manifests(paths: Iterable[str | os.PathLike]) -> list[Row]:
     return list(iter_manifests(paths))
 
 
+# ---------------------------------------------------------------- drop reasons
+
+@dataclass(frozen=True)
+class Drop:
+    """A drop reason a stage can give, declared once in the stage's module (``DROPS``):
+    what the review page says about it (``text``), the details keys its rows carry
+    (``details``; the page's note shows the ``note`` ones) and, for a stage that can drop
+    every image, what to change (``hint``: ``{key}`` fields are filled from the drop
+    rows' details, e.g. the setting the stage recorded)."""
+    reason: str
+    text: str
+    details: tuple[str, ...] = ()
+    note: tuple[str, ...] = ()
+    hint: str = ""
+
+    def hint_for(self, rows: Iterable[Row]) -> str:
+        """``hint`` with each ``{key}`` the value of the first of ``rows`` recording it."""
+        rows = list(rows)
+        fields = {f for _, f, _, _ in string.Formatter().parse(self.hint) if f}
+        return self.hint.format(**{f: next((r.details[f] for r in rows if f in r.details), "?")
+                                   for f in fields})
+
+
+def declare(*drops: Drop) -> dict[str, Drop]:
+    """A stage's ``DROPS``: its drop reasons by name."""
+    return {d.reason: d for d in drops}
+
+
+def by_count(counts: dict[str, int]) -> list[tuple[str, int]]:
+    """Drop reasons and their counts, most frequent first, then by name (every summary:
+    console, survivors, the report's funnel)."""
+    return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
 def kept(rows: Iterable[Row]) -> Iterator[Row]:
     return (r for r in rows if r.kept)
 
@@ -463,80 +497,19 @@ def face_region(details: dict) -> list | None:
     return None
 
 
-# ---------------------------------------------------------------- atomic writes
+# ---------------------------------------------------------------- shard folders
 
-def _atomic_write(path: str | os.PathLike, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode(ENCODING, ERRORS))
-
-
-def read_text(path: str | os.PathLike) -> str:
-    """A text file written by ``atomic_write_text`` (names with any bytes come back as written)."""
-    return Path(path).read_text(encoding=ENCODING, errors=ERRORS)
-
-
-def atomic_write_with(path: str | os.PathLike, write) -> None:
-    """Atomically create ``path`` by calling ``write(fileobj)`` on a temp file beside it."""
-    _atomic_write(path, write)
-
-
-class ShardDir:
-    """Builds a stage's shard folder beside its final place, then swaps it in.
-
-    Readers (and a rerun after a kill) see either the previous complete folder or the
-    new complete one, never a half-written one.
+class ShardDir(AtomicDir):
+    """Builds a stage's shard folder beside its final place, then swaps it in (``AtomicDir``)
+    with its manifest.
 
         with ShardDir("results/x/crop/07") as out:
             img.save(out.tmp / "a.png"); rows.append(row.keep(path=str(out.final / "a.png")))
             out.write_manifest(rows)
     """
 
-    def __init__(self, final: str | os.PathLike):
-        self.final = Path(final)
-        self.tmp = self.final.parent / f".{self.final.name}.tmp"
-        self._old = self.final.parent / f".{self.final.name}.old"
-        self._rows: list[Row] | None = None
-
-    def __enter__(self) -> "ShardDir":
-        for stale in (self.tmp, self._old):
-            shutil.rmtree(stale, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        return self
-
-    def path(self, name: str) -> tuple[Path, str]:
-        """(where to write now, what to record in the manifest) for a file ``name``."""
-        return self.tmp / name, str(self.final / name)
-
     def write_manifest(self, rows: Iterable[Row], name: str = "manifest.tsv") -> None:
         write_manifest(self.tmp / name, rows)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.final.exists():
-            os.replace(self.final, self._old)
-        os.replace(self.tmp, self.final)
-        shutil.rmtree(self._old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- CLI helpers
@@ -549,11 +522,3 @@ def stage_argparser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="this stage's config block as JSON")
     p.add_argument("--threads", type=int, default=1)
     return p
-
-
-def load_config_arg(text: str) -> dict:
-    """``--config`` is JSON text, or ``@file`` holding JSON or YAML."""
-    if text.startswith("@"):
-        import yaml
-        return yaml.safe_load(Path(text[1:]).read_text())
-    return json.loads(text)

@@ -27,6 +27,17 @@ from pipeline.manifest import Row, ShardDir, load_config_arg, read_manifest, sta
 FORMATS = {"jpg": "JPEG", "png": "PNG"}
 
 
+def encode_keys(norm: dict, *extra: str) -> dict:
+    """The normalize keys that decide the written files (augment's too); quality only for JPEG."""
+    keys = [*extra, "resolution", "format"] + (["quality"] if norm["format"] == "jpg" else [])
+    return {k: norm[k] for k in keys}
+
+
+def config_keys(config: dict) -> dict:
+    """Exactly the keys this stage reads (its rule's param)."""
+    return encode_keys(config["normalize"], "fit", "background", "enlarge")
+
+
 def fit_square(im: Image.Image, resolution: int, fit: str, background=(0, 0, 0),
                enlarge: bool = True) -> tuple[Image.Image, dict]:
     """Scale and pad/crop ``im`` to exactly resolution x resolution. ``enlarge=False``

@@ -37,9 +37,15 @@ from pipeline.manifest import Row, atomic_write_text, face_region, kept, load_co
 
 SCORE_COLUMNS = ["id", "score", "std", "source", "crop_box", "path"]
 SIGNAL_PREFIX = "signal:"
-# Only these keys change the scores; the rule passes just them, so editing
-# drop_bottom_fraction or the rejects path does not rerun the (GPU) rank job.
-SCORING_KEYS = ("method", "group_size", "shuffles", "mirror", "seed", "batch", "knn_k")
+
+
+def config_keys(config: dict) -> dict:
+    """Exactly the keys that change the scores (the rule's param), so editing
+    drop_bottom_fraction or the rejects path does not rerun the (GPU) rank job."""
+    return {k: config["rank"][k] for k in ("method", "group_size", "shuffles", "mirror", "seed",
+                                           "batch", "knn_k")}
+
+
 # mean_logit: the seed's ranking (mean D logit only); combined: logit + the outlier signals;
 # subspace: combined's signals + the distance to the dataset's principal subspace and its
 # upright test (measured on bench/bench_rank_sources.py, see combine_subspace)

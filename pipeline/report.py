@@ -49,10 +49,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline import clean as clean_stage, dedup as dedup_stage
 from pipeline.export import read_rejects
-from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, dumps_details, face_region, kept,
+from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, by_count, dumps_details, face_region, kept,
                                load_config_arg, read_manifest)
 from pipeline.rank import Score, read_scores
+from util.config import default_rejects
 
 # Stages in data-flow order; dedup (a gather over clean) decides before upscale.
 FUNNEL = ("ingest", "crop", "clean", "dedup", "upscale", "normalize", "augment", "export", "ranked")
@@ -61,7 +63,9 @@ PROVENANCE_COLUMNS = ["id", "source", "parent_id", "last_stage", "action", "reas
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
 ASSETS = Path(__file__).with_name("report_assets")
 PREVIEW_SIDE = 1024  # upright source previews: enough to see a small face box
-DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate", "source_duplicate")
+# the drop reasons stages declare (their modules' DROPS): the note shows their ``note`` keys
+DECLARED_DROPS = {"clean": clean_stage.DROPS, "dedup": dedup_stage.DROPS}
+DUPLICATE_REASONS = tuple(dedup_stage.DROPS)
 
 
 def warn(message: str) -> None:
@@ -129,23 +133,12 @@ def funnel_data(rows: list[FunnelRow]) -> list[dict]:
             for f in rows]
 
 
-def by_count(counts: Counter) -> list[tuple[str, int]]:
-    """Reasons, most frequent first (ties by name)."""
-    return sorted(counts.items(), key=lambda x: (-x[1], x[0]))
-
-
 # ---------------------------------------------------------------- drop reasons in words
 
-# The page's words for a drop reason. Kept in this one function so that the stages'
-# own declarations of their reasons can replace the table without touching its callers.
+# The page's words for a drop reason: a stage that declares its reasons (``DROPS``: clean,
+# dedup) owns their words; this table holds the rest's until those stages declare theirs.
 REASON_TEXT = {
     "no_face": "no face of at least crop.min_face found",
-    "exact_duplicate": "an exact copy of an image kept",
-    "near_duplicate": "within the near-duplicate radius of an image kept",
-    "source_duplicate": "cut from a source that duplicates another",
-    "monochrome": "monochrome (clean.monochrome)",
-    "too_small": "shorter side below clean.min_side",
-    "file_too_small": "source file below clean.min_file_bytes",
     "rejected": "in the rejects file",
     "bottom_fraction": "in the worst rank.drop_bottom_fraction",
     "duplicate": "not exported (a duplicate)",
@@ -154,7 +147,8 @@ REASON_TEXT = {
 
 def reason_text(stage: str, reason: str) -> str:
     """A drop reason in words for the page ("" when there are none beyond its name)."""
-    return REASON_TEXT.get(reason, "")
+    declared = DECLARED_DROPS.get(stage, {}).get(reason)
+    return declared.text if declared else REASON_TEXT.get(reason, "")
 
 
 # ---------------------------------------------------------------- coverage per raw folder
@@ -513,7 +507,7 @@ def small_face_boxes(details: dict) -> list:
     return out
 
 
-def drop_note(row: Row) -> str:
+def drop_note(row: Row, stage: str = "") -> str:
     """One line about why a row was dropped (the details a user needs)."""
     d = row.details
     if row.reason in DUPLICATE_REASONS:
@@ -525,7 +519,9 @@ def drop_note(row: Row) -> str:
         if n:
             parts.append(f"{n} face(s) found below min_face")
         return "; ".join(p for p in parts if p)
-    keys = ("error", "side", "bytes", "file_bytes", "colors", "colorful_fraction", "max_pixels", "extension")
+    declared = DECLARED_DROPS.get(stage, {}).get(row.reason)
+    keys = declared.note if declared else (
+        "error", "side", "bytes", "file_bytes", "colors", "colorful_fraction", "max_pixels", "extension")
     return ", ".join(f"{k} {d[k]}" for k in keys if k in d)
 
 
@@ -557,7 +553,7 @@ def collect_items(stages: dict[str, list[Row]]) -> tuple[list[Item], list[list]]
             reason = f"{stage}: {r.reason or 'unspecified'}"
             # error texts name the file: show it as the user knows it (and keep the page
             # the same in every workdir)
-            note = drop_note(r).replace(r.path, r.source) if r.path else drop_note(r)
+            note = drop_note(r, stage).replace(r.path, r.source) if r.path else drop_note(r, stage)
             if stage == "ingest":
                 items.append(Item(r.id, r.source, reason, "", None, "", note))
             elif r.reason == "no_face" or (stage == "crop" and r.parent_id in ("", r.id)):
@@ -798,7 +794,7 @@ def build_check(*, name: str, stage_manifests: list[str], dataset: str, dedup: s
     for p in problems + warnings:
         warn(p)
     fingerprint = dataset_fingerprint(dataset) if Path(dataset).exists() else ""
-    shown_path = rejects_shown or rejects or f"characters/{name}.rejects.txt"
+    shown_path = rejects_shown or rejects or default_rejects(name)
     data = check_data(name, items, clusters, thumbs, previews, out_dir, preset, problems,
                       fingerprint, shown_path, funnel(stages), folders, warnings,
                       near_misses(stages, cfg.get("thresholds") or {}))

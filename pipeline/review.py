@@ -33,6 +33,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pipeline.manifest import atomic_write_bytes, atomic_write_text, kept, read_manifest
+from util.config import default_rejects
 from pipeline.report import read_rejects_checked
 
 MAX_SAVE_BYTES = 64 * 1024 * 1024  # a rejects file for millions of ids still fits
@@ -45,7 +46,7 @@ def rejects_path_of(results: Path, name: str, override: str | None) -> Path:
         recorded = json.loads((results / "report" / "review.json").read_text(encoding="utf-8")).get("rejects")
     except (OSError, ValueError):
         recorded = ""
-    return Path(recorded) if recorded else Path(f"characters/{name}.rejects.txt").resolve()
+    return Path(recorded) if recorded else Path(default_rejects(name)).resolve()
 
 
 KEEP_SAVES = 20  # previous rejects files kept in <file>.history/

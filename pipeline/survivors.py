@@ -22,9 +22,10 @@ import itertools
 from collections import Counter
 from pathlib import Path
 
+from pipeline import clean as clean_stage
 from pipeline.console import manifests_summary, say, stage_summary, stop
 from pipeline.ingest import shard_of
-from pipeline.manifest import Row, line_row, manifest_lines_of, read_manifest, write_manifest
+from pipeline.manifest import Row, by_count, line_row, manifest_lines_of, read_manifest, write_manifest
 
 
 def split_duplicates(dedup: list[Row], shards: list[str]) -> dict[str, list[Row]]:
@@ -38,7 +39,7 @@ def split_duplicates(dedup: list[Row], shards: list[str]) -> dict[str, list[Row]
 
 def _reasons(rows: list[Row]) -> str:
     c = Counter(r.reason or "unspecified" for r in rows if not r.kept)
-    return ", ".join(f"{k} {v}" for k, v in sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+    return ", ".join(f"{k} {v}" for k, v in by_count(c))
 
 
 def _setting(rows: list[Row], key: str):
@@ -70,11 +71,9 @@ def why_nothing_left(stages: dict[str, list[Row]]) -> str | None:
                 f"another crop.method")
     clean = stages.get("clean", [])
     reasons = {r.reason for r in clean if not r.kept}
-    hints = [hint for reason, hint in (
-        ("too_small", f"lower clean.min_side (now {_setting(clean, 'min_side')})"),
-        ("file_too_small", f"lower clean.min_file_bytes (now {_setting(clean, 'min_file_bytes')})"),
-        ("monochrome", "set clean.monochrome.method: none if the art is meant to be monochrome"),
-    ) if reason in reasons] or ["see the clean manifests in results/<name>/clean/"]
+    # what to change: the hints clean declares for the reasons it gave (pipeline/clean.py)
+    hints = [drop.hint_for(clean) for reason, drop in clean_stage.DROPS.items()
+             if reason in reasons and drop.hint] or ["see the clean manifests in results/<name>/clean/"]
     return f"clean kept 0 of {len(clean)} faces ({_reasons(clean)}): {'; '.join(hints)}"
 
 

@@ -47,6 +47,21 @@ from pipeline.imaging import load_rgb, pixel_digest, save_png
 from pipeline.manifest import (Row, ShardDir, atomic_write_with, load_config_arg, read_manifest,
                                stage_argparser)
 
+
+
+def config_keys(config: dict) -> dict:
+    """Exactly the keys this stage reads for the chosen method (its rule's param): `none`
+    reads nothing else; `lanczos` only plans the factor (target) and, for images of
+    unknown size, decodes them (background); waifu2x reads its model, noise and device too."""
+    up, norm = config["upscale"], config["normalize"]
+    cfg = {"method": up["method"]}
+    if up["method"] != "none":
+        cfg.update(target=norm["resolution"], background=norm["background"])
+    if up["method"] == "waifu2x":
+        cfg.update({k: up[k] for k in ("model", "noise", "gpu")})
+    return cfg
+
+
 WAIFU2X_MODELS = {"art": "models-upconv_7_anime_style_art_rgb", "photo": "models-upconv_7_photo"}
 # Vulkan drivers that run on the CPU: slower than ncnn's CPU path, and llvmpipe's output
 # is corrupt (bench/RESULTS.md), so they are never used.

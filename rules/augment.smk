@@ -7,7 +7,7 @@ rule augment:
         f"{R}/augment/{{shard}}/manifest.tsv",
     params:
         # new images are encoded exactly like normalize's: its size, format and quality
-        cfg=json.dumps({**config["augment"], **encode_keys()}, sort_keys=True),
+        cfg=json.dumps({**config["augment"], **encode_keys(config["normalize"])}, sort_keys=True),
     threads: SHARD_THREADS
     conda:
         CONDA_ENV

@@ -1,15 +1,3 @@
-# The clean block with near_duplicates.flips resolved (auto = finetune.mirror): only a
-# change that changes flips reruns clean.
-_CLEAN = json.loads(stage_config("clean"))
-if _CLEAN["near_duplicates"]["flips"] == "auto":
-    _CLEAN["near_duplicates"]["flips"] = bool(config["finetune"]["mirror"])
-# Which keys each half reads (pipeline/clean.py): the shard stage everything but the
-# dedup decisions (exact_duplicates, the Hamming radius); dedup the duplicate settings.
-CLEAN_SHARD = {k: v for k, v in _CLEAN.items() if k != "exact_duplicates"}
-CLEAN_SHARD["near_duplicates"] = {k: v for k, v in _CLEAN["near_duplicates"].items() if k != "radius"}
-CLEAN_DEDUP = {k: _CLEAN[k] for k in ("exact_duplicates", "near_duplicates")}
-
-
 rule clean:
     """Per-image filters and hashes (size floors, monochrome, quality, pixel hash,
     perceptual hashes of the face and of its whole source picture)."""
@@ -20,7 +8,7 @@ rule clean:
     output:
         f"{R}/clean/{{shard}}/manifest.tsv",
     params:
-        cfg=json.dumps(CLEAN_SHARD, sort_keys=True),
+        cfg=stage_keys("clean"),
     threads: SHARD_THREADS
     conda:
         CONDA_ENV
@@ -44,12 +32,14 @@ checkpoint dedup:
     input:
         manifests=shard_manifests("clean"),
         stages=shard_manifests("ingest") + shard_manifests("crop"),
-        code=[stage_code("clean"), stage_code("survivors")],
+        # dedup imports clean (flips_on) and the search; the clean rule reads neither of
+        # the others, so tuning the search reruns only this gather
+        code=[stage_code(m) for m in ("dedup", "hamming", "clean", "survivors")],
     output:
         tsv=f"{R}/clean/dedup.tsv",
         shards=expand(f"{DEDUP_SHARDS}/{{shard}}.tsv", shard=SHARDS),
     params:
-        cfg=json.dumps(CLEAN_DEDUP, sort_keys=True),
+        cfg=stage_keys("dedup"),
         stages=" ".join(f"{stage}={shlex.quote(m)}" for stage in ("ingest", "crop", "clean")
                         for m in shard_manifests(stage)),
         shards=",".join(SHARDS),
@@ -61,7 +51,7 @@ checkpoint dedup:
     benchmark:
         bench_path("dedup")
     shell:
-        "python -m pipeline.clean dedup --output {output.tsv:q} --config {params.cfg:q}"
+        "python -m pipeline.dedup --output {output.tsv:q} --config {params.cfg:q}"
         " {input.manifests:q} > {log:q} 2>&1;"
         " python -m pipeline.survivors --dedup {output.tsv:q} --out-dir {params.out_dir:q}"
         " --shards {params.shards} {params.stages}"

@@ -17,6 +17,8 @@ BASE = Path(workflow.basedir)
 sys.path.insert(0, str(BASE))
 from pipeline.console import auto_shards, config_error  # noqa: E402
 from pipeline.ingest import config_path_problem, list_raw_dir, write_shard_listings  # noqa: E402
+from pipeline.normalize import encode_keys  # noqa: E402  (augment's output keys)
+from util.config import default_rejects  # noqa: E402
 
 
 def stop_now(message):
@@ -49,7 +51,7 @@ CONDA_ENV = str(BASE / "environment.yml")
 R = f"{config['results_dir']}/{config['name']}"
 
 # The review page's rejects file (optional).
-REJECTS = config["rank"]["rejects"] or f"characters/{config['name']}.rejects.txt"
+REJECTS = config["rank"]["rejects"] or default_rejects(config["name"])
 
 # Paths that cannot work together stop the run here with one line (issue 16).
 _path_problem = config_path_problem(config, REJECTS)
@@ -98,6 +100,13 @@ def stage_config(*blocks):
     return json.dumps(picked if len(blocks) > 1 else picked[blocks[0]], sort_keys=True)
 
 
+def stage_keys(stage):
+    """Exactly the config a stage reads, as its module declares it (``config_keys``), as a
+    stable JSON param: editing any other key reruns nothing of it."""
+    import importlib
+    return json.dumps(importlib.import_module(f"pipeline.{stage}").config_keys(config), sort_keys=True)
+
+
 def log_path(stage, shard="all"):
     return f"{R}/logs/{stage}/{shard}.log"
 
@@ -144,26 +153,6 @@ def crop_keys(crop):
     if crop["method"] == "dlib" and crop["align"] == "box":
         keys += ["margin", "border"]  # the FFHQ quad has its own framing
     return {k: crop[k] for k in ["method", *keys]}
-
-
-def upscale_config():
-    """Exactly the keys pipeline/upscale.py reads for the chosen method: `none` reads
-    nothing else; `lanczos` only plans the factor (target) and, for images of unknown
-    size, decodes them (background); waifu2x reads its model, noise and device too."""
-    up, norm = config["upscale"], config["normalize"]
-    cfg = {"method": up["method"]}
-    if up["method"] != "none":
-        cfg.update(target=norm["resolution"], background=norm["background"])
-    if up["method"] == "waifu2x":
-        cfg.update({k: up[k] for k in ("model", "noise", "gpu")})
-    return json.dumps(cfg, sort_keys=True)
-
-
-def encode_keys(*extra):
-    """The normalize keys that decide the written files; quality only for JPEG."""
-    norm = config["normalize"]
-    keys = [*extra, "resolution", "format"] + (["quality"] if norm["format"] == "jpg" else [])
-    return {k: norm[k] for k in keys}
 
 
 def after_dedup(pattern):

@@ -6,7 +6,7 @@ rule normalize:
     output:
         f"{R}/normalize/{{shard}}/manifest.tsv",
     params:
-        cfg=json.dumps(encode_keys("fit", "background", "enlarge"), sort_keys=True),
+        cfg=stage_keys("normalize"),
     threads: SHARD_THREADS
     conda:
         CONDA_ENV

@@ -1,6 +1,3 @@
-from pipeline.rank import SCORING_KEYS  # noqa: E402
-
-
 rule rank:
     """Discriminator score for every dataset image, averaged over reshuffled batches."""
     input:
@@ -12,7 +9,7 @@ rule rank:
     params:
         # only the keys that change scores: editing drop_bottom_fraction or the
         # rejects path reruns ranked_export, not this (GPU) job
-        cfg=json.dumps({k: config["rank"][k] for k in SCORING_KEYS}, sort_keys=True),
+        cfg=stage_keys("rank"),
     threads: 4
     resources:
         gpu=1,

@@ -8,7 +8,7 @@ rule upscale:
     output:
         f"{R}/upscale/{{shard}}/manifest.tsv",
     params:
-        cfg=upscale_config(),
+        cfg=stage_keys("upscale"),
     threads: SHARD_THREADS
     resources:
         # a cluster profile places waifu2x on a GPU node; `gpu: cpu` and Lanczos need none

@@ -6,6 +6,7 @@ import copy
 import io
 import itertools
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,9 +14,10 @@ import yaml
 from PIL import Image
 
 from conftest import REPO, TESTDATA, copy_testdata, run_snakemake, scheduled_jobs, testdata_rows
-from pipeline.clean import (CROP_TRIMS, clean_row, clean_shard, dedup, hamming, hex_to_words,
-                            jpeg_quality, near_duplicate_clusters, near_pairs, shard_sources,
+from dedup_reference import dedup, hex_to_words, near_duplicate_clusters
+from pipeline.clean import (CROP_TRIMS, clean_row, clean_shard, jpeg_quality, shard_sources,
                             source_sizes, trim_windows, unique_colors)
+from pipeline.hamming import hamming, near_pairs, pairs_between
 from pipeline.ingest import ingest_file, shard_of, source_id
 from pipeline.manifest import Row, read_manifest, write_manifest
 
@@ -319,7 +321,6 @@ def test_near_pairs_equals_brute_force(nbits, radius):
 def test_pairs_between_equals_brute_force(nbits, radius):
     """Both table lookups (direct for short keys, sorted for long ones) and queries in
     chunks find exactly the pairs within the radius."""
-    from pipeline.clean import pairs_between
     words = random_clustered_hashes(1800, nbits, radius, seed=7)
     queries, index = words[:1200], words[1200:]
     qq, ii = (x.ravel() for x in np.meshgrid(np.arange(len(queries)), np.arange(len(index)), indexing="ij"))
@@ -559,7 +560,7 @@ def test_streamed_dedup_gather_writes_what_the_row_path_wrote(shard_cleaned, tmp
     item 4) writes the bytes the row path writes (every row read and its details parsed,
     as dedup always did): on the real testdata's clean rows split over two shards, plus a
     shard with a quoted name, which is read as rows."""
-    from pipeline.clean import dedup_manifests, main
+    from pipeline.dedup import dedup_manifests, main
     from pipeline.manifest import read_manifests
     paths = []
     for s in range(2):
@@ -579,5 +580,87 @@ def test_streamed_dedup_gather_writes_what_the_row_path_wrote(shard_cleaned, tmp
     assert {"exact_duplicate", "source_duplicate", "keep"} <= set(counts)
     assert sum(counts.values()) == sum(r.kept for r in rows)
     assert verdicts(read_manifest(expected))["we\"ird\nname.jpg"][0].endswith("_duplicate")
-    main(["dedup", "--output", str(tmp_path / "cli.tsv"), "--config", json.dumps(CLEAN), *map(str, paths)])
+    main(["--output", str(tmp_path / "cli.tsv"), "--config", json.dumps(CLEAN), *map(str, paths)])
     assert (tmp_path / "cli.tsv").read_bytes() == expected.read_bytes()
+
+
+def test_editing_the_search_reruns_only_the_gather(tmp_path):
+    """pipeline/hamming.py and pipeline/dedup.py are inputs of the dedup gather only: an
+    edit there reruns dedup, never the per-image clean jobs (a copy of the workflow is
+    edited, so the checkout's files stay as they are)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import write_config
+    flow = tmp_path / "flow"
+    flow.mkdir()
+    for name in ("Snakefile", "config.yaml", "environment.yml"):
+        shutil.copy(REPO / name, flow / name)
+    packages = [p.parent.name for p in REPO.glob("*/__init__.py") if p.parent.name != "tests"]
+    for folder in ("rules", "schemas", "profiles", *packages):
+        shutil.copytree(REPO / folder, flow / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    work = tmp_path / "work"
+    copy_testdata(work / "raw", RAW[:3])
+    cfg = write_config(work)
+
+    def snakemake(*args):
+        proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(flow / "Snakefile"),
+                               "--directory", str(work), "--configfile", str(cfg), "--cores", "2",
+                               TARGET, *args], cwd=work, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        out = proc.stdout + proc.stderr
+        return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", out.split("Job stats:", 1)[-1], re.M)
+                if "Job stats:" in out} - {"total"}
+    snakemake()
+    assert snakemake("-n") == set()
+    for module, rules in (("hamming", {"dedup"}), ("dedup", {"dedup"}), ("clean", {"clean", "dedup"})):
+        with open(flow / "pipeline" / f"{module}.py", "a") as f:
+            f.write("\n# edited\n")
+        assert snakemake("-n") == rules, module
+        snakemake()
+
+
+def test_a_drop_filter_is_a_function_its_declaration_and_a_schema_key(ingested, monkeypatch):
+    """docs/DEVELOPING.md "Adding a drop filter", step by step, with a toy filter (mostly
+    red faces): the console summary, the stop line's hint, the page's note and the rule's
+    param pick it up from the declaration alone."""
+    from pipeline import clean, console, report, survivors
+    from pipeline.manifest import Drop
+
+    # 1. the function: measures into details, returns its reason or ""
+    def red_filter(im, small, details, cfg):
+        rgb = np.asarray(small, dtype=np.int16)
+        details["red_fraction"] = round(float(np.mean((rgb[..., 0] > rgb[..., 1] + 40)
+                                                      & (rgb[..., 0] > rgb[..., 2] + 40))), 4)
+        limit = cfg.get("max_red_fraction")
+        if limit is None or details["red_fraction"] <= limit:
+            return ""
+        details["max_red_fraction"] = limit
+        return "too_red"
+    monkeypatch.setattr(clean, "FILTERS", [*clean.FILTERS, red_filter])
+    # 2. its declaration
+    monkeypatch.setitem(clean.DROPS, "too_red", Drop(
+        "too_red", "mostly red (clean.max_red_fraction)", ("red_fraction", "max_red_fraction"),
+        note=("red_fraction",), hint="raise clean.max_red_fraction (now {max_red_fraction})"))
+    # 3. the schema: the key is unknown until declared there, then it is a param of clean
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    config = copy.deepcopy(DEFAULTS)
+    config["clean"]["max_red_fraction"] = 0.0
+    assert "max_red_fraction" in console.config_error(config, schema)
+    schema["properties"]["clean"]["properties"]["max_red_fraction"] = {"type": ["number", "null"],
+                                                                       "default": None}
+    assert console.config_error(config, schema) is None
+    assert clean.config_keys(config)["max_red_fraction"] == 0.0
+
+    cfg = clean.config_keys(config)
+    rows = [clean_row(r, cfg) for r in ingested if r.kept and r.source in (NOISY, "photo_dogs.jpg")]
+    assert [r.reason for r in rows] == ["too_red", "too_red"]
+    assert all(r.details["red_fraction"] > 0 for r in rows)
+    assert console.stage_summary("clean", rows) == "clean: 0 kept, 2 dropped (too_red 2)"
+    assert survivors.why_nothing_left({"ingest": ingested, "crop": ingested, "clean": rows}) == (
+        "clean kept 0 of 2 faces (too_red 2): raise clean.max_red_fraction (now 0.0)")
+    assert report.drop_note(rows[0], "clean") == f"red_fraction {rows[0].details['red_fraction']}"
+    # off (null, the schema default): the faces are kept and only measured
+    assert all(clean_row(r, {**cfg, "max_red_fraction": None}).kept
+               for r in ingested if r.source in (NOISY, "photo_dogs.jpg"))

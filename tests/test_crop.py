@@ -18,6 +18,7 @@ from PIL import Image
 from conftest import (CASCADE, REPO, TESTDATA, copy_testdata, run_snakemake, scheduled_jobs,
                       testdata_rows, voc_boxes)
 
+import crop_evaluation
 from pipeline import crop, ingest
 from pipeline.imaging import load_rgb
 from pipeline.manifest import Row, ShardDir, read_manifest, write_manifest
@@ -130,7 +131,7 @@ def test_animeface_precision_recall_on_testdata(anime_run):
     rows, seconds = anime_run
     found = faces_per_source(rows)
     pairs = [(len(found[n]), int(MANIFEST[n]["expected_faces"])) for n in found]
-    m = crop.count_metrics(pairs)
+    m = crop_evaluation.count_metrics(pairs)
     print(f"crop metrics: animeface min_face=48 on {len(pairs)} anime/no-face images: "
           f"precision {m['precision']:.3f} recall {m['recall']:.3f} "
           f"(tp {m['tp']} fp {m['fp']} fn {m['fn']}) in {seconds:.1f} s")
@@ -285,7 +286,7 @@ def test_box_crops_shift_reflect_pad_or_clamp_at_the_border(tmp_path):
     assert top_pad == -padded.details["crop"][1] > 0
     pixels = np.asarray(Image.open(padded.path))
     assert pixels[:top_pad].max() == 0 and pixels[top_pad:].max() > 0  # black above the image
-    assert crop.flat_border_strips(Image.open(padded.path)) == ["top"]
+    assert crop_evaluation.flat_border_strips(Image.open(padded.path)) == ["top"]
     source = np.asarray(Image.open(TESTDATA / "anime_miku_CC_BY-NC.jpg").convert("RGB"))
     for inside in (clamped, shifted):  # the square fits: moved inside, source pixels only
         assert inside.details["padded"] == [0, 0, 0, 0] and inside.details["crop"][1] == 0
@@ -294,7 +295,7 @@ def test_box_crops_shift_reflect_pad_or_clamp_at_the_border(tmp_path):
     # reflect keeps the face centred: the same square as pad, blurred reflection above
     assert reflected.details["crop"] == padded.details["crop"]
     above = np.asarray(Image.open(reflected.path))[:top_pad]
-    assert above.std() > 5 and crop.flat_border_strips(Image.open(reflected.path)) == []
+    assert above.std() > 5 and crop_evaluation.flat_border_strips(Image.open(reflected.path)) == []
     # FFHQ's blur reaches a third of the padding into the image; below that, the source
     inner = 2 * top_pad
     assert np.array_equal(np.asarray(Image.open(reflected.path))[inner:], pixels[inner:])
@@ -314,7 +315,7 @@ def test_no_flat_bars_at_512_by_default(tmp_path):
         faces = [r for r in run_crop(folder, rows, cfg(method="animeface", min_face=48, **changes))
                  if r.kept]
         assert len(faces) == 15
-        return sum(bool(crop.flat_border_strips(Image.open(r.path).resize(
+        return sum(bool(crop_evaluation.flat_border_strips(Image.open(r.path).resize(
             (512, 512), Image.Resampling.LANCZOS))) for r in faces)
     assert CROP_DEFAULTS["border"] == "shift"
     assert bars(tmp_path / "default" / "0") == 0
@@ -341,11 +342,11 @@ def test_dlib_hog_precision_recall_and_boxes(photo_run):
     rows, seconds = photo_run
     found = faces_per_source(rows)
     pairs = [(len(found[n]), int(MANIFEST[n]["expected_faces"])) for n in found]
-    m = crop.count_metrics(pairs)
+    m = crop_evaluation.count_metrics(pairs)
     truth = voc_boxes()
     tp = fp = fn = 0
     for name, boxes in truth.items():
-        t, f, n = crop.match_boxes([r.details["box"] for r in found[name]], boxes, 0.5)
+        t, f, n = crop_evaluation.match_boxes([r.details["box"] for r in found[name]], boxes, 0.5)
         tp, fp, fn = tp + t, fp + f, fn + n
     box_p, box_r = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
     print(f"crop metrics: dlib hog upsample=1 min_face=30 on {len(pairs)} photo/no-face images: "
@@ -474,7 +475,7 @@ def test_dlib_cnn_detector_on_two_photos(tmp_path):
     truth = voc_boxes()
     tp = fp = fn = 0
     for name in ("photo_2008_001009.jpg", "photo_2008_002506.jpg"):
-        t, f, n = crop.match_boxes([r.details["box"] for r in found[name]], truth[name], 0.5)
+        t, f, n = crop_evaluation.match_boxes([r.details["box"] for r in found[name]], truth[name], 0.5)
         tp, fp, fn = tp + t, fp + f, fn + n
     fp += len(found["anime_tone.png"])
     print(f"crop metrics: dlib cnn upsample=0 on 3 images (5 faces of 76-109 px): "

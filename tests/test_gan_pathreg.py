@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from gan import loss as loss_lib
 from gan.networks import Discriminator, Generator
-from gan.train import resolve_config
+from util.config import with_defaults
 from gan.training_loop import Trainer
 
 TINY = dict(resolution=8, num_channels=3, latent_dim=8, mapping_layers=1, channel_base=64, channel_max=8)
@@ -46,7 +46,7 @@ def test_penalty_moving_average_lazy_scaling_and_defaults():
     assert loss_lib.pl_weight_for({"pl_weight": "auto"}, 16384) == 2.0
     assert loss_lib.pl_weight_for({"pl_weight": "auto"}, 8192) == 0.0
     assert loss_lib.pl_weight_for({"pl_weight": 0.5}, 256) == 0.5
-    cfg = resolve_config({})
+    cfg = with_defaults("finetune", {})
     defaults = (cfg["pl_weight"], cfg["pl_interval"], cfg["pl_decay"], cfg["pl_batch_shrink"])
     assert defaults == ("auto", 4, 0.01, 2)
 
@@ -67,7 +67,7 @@ def test_penalty_trains_mapping_and_synthesis():
 
 
 def test_trainer_runs_the_lazy_pl_step_and_tracks_its_mean():
-    cfg = resolve_config({"batch": 4, "pl_weight": 2.0, "pl_interval": 2, "r1_interval": 4,
+    cfg = with_defaults("finetune", {"batch": 4, "pl_weight": 2.0, "pl_interval": 2, "r1_interval": 4,
                           "mixed_precision": False})
     G, D = Generator(**TINY, seed=1), Discriminator(8, 3, 64, 8, seed=2)
     Gs = Generator(**TINY, seed=1, name="Gs")

@@ -25,7 +25,7 @@ from PIL import Image
 from gan import augment, checkpoint, legacy, loss
 from gan.dataset import dataset_info, make_dataset, to_uint8
 from gan.networks import Discriminator, Generator
-from gan.train import finetune_defaults, resolve_config
+from util.config import defaults, with_defaults
 from gan.training_loop import (Trainer, build_networks, frozen_d_variables, pick_resume, setup_devices,
                                training_loop)
 from pipeline.export import write_tfrecords
@@ -132,10 +132,10 @@ def test_losses_and_lazy_regularization_settings():
 
 def test_config_defaults_come_from_schema_and_match_config_yaml():
     config = yaml.safe_load((REPO / "config.yaml").read_text())["finetune"]
-    assert finetune_defaults() == config
-    assert resolve_config({"kimg": 2})["kimg"] == 2
+    assert defaults("finetune") == config
+    assert with_defaults("finetune", {"kimg": 2})["kimg"] == 2
     with pytest.raises(ValueError, match="kimgs"):
-        resolve_config({"kimgs": 2})
+        with_defaults("finetune", {"kimgs": 2})
 
 
 def test_freeze_d_selects_highest_resolution_blocks():
@@ -176,7 +176,7 @@ def test_training_from_pretrained_npz_with_freeze_d_and_ada(tiny_dataset, tmp_pa
     pretrained = tmp_path / "pretrained.npz"
     checkpoint.save_network(pretrained, G, D, None, {"note": "a pretrained network"})
     run_dir, output = tmp_path / "finetune", tmp_path / "finetune" / "network-final.npz"
-    cfg = resolve_config({**TINY, "pretrained": str(pretrained), "kimg": 0.064, "freeze_d": 1,
+    cfg = with_defaults("finetune", {**TINY, "pretrained": str(pretrained), "kimg": 0.064, "freeze_d": 1,
                           "ada_target": 0.6, "ada_kimg": 0.1, "mirror": True, "truncation_psi": 0.5})
     summary = training_loop(tfrecords, run_dir, cfg, output)
     out = capsys.readouterr().out
@@ -283,7 +283,7 @@ def test_killed_training_resumes_from_latest_snapshot(tiny_dataset, tmp_path):
 def test_mixed_precision_step_runs_and_updates(op_determinism_restored):
     """The GPU mixed-precision path (float16 high-res layers + loss scaling), run on CPU."""
     res = 8
-    cfg = resolve_config({**TINY, "mixed_precision": True})
+    cfg = with_defaults("finetune", {**TINY, "mixed_precision": True})
     strategy, mixed = setup_devices(cfg)
     assert mixed
     G, D, Gs, _, how = build_networks(cfg, res, 3, None, mixed)

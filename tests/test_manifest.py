@@ -6,6 +6,7 @@ import json
 import tracemalloc
 
 import pytest
+from conftest import REPO
 
 from pipeline.manifest import (COLUMNS, Row, dropped_ids, iter_manifest, read_manifest,
                                write_manifest)
@@ -98,3 +99,39 @@ def test_rows_held_in_memory_are_lean(tmp_path):
     tracemalloc.stop()
     assert len(rows) == n and rows[-1].details["phash"] == "cca74147f6be1f72"
     assert held / n < 1300, held / n
+
+
+# ---------------------------------------------------------------- util (below pipeline and gan)
+
+def test_schema_defaults_are_config_yaml_block_by_block():
+    """util.config.defaults is the one reader of defaults (gan.train, gan.generate, benches):
+    the schema's defaults, nested blocks filled in, are config.yaml's values."""
+    import yaml
+
+    from util.config import defaults, with_defaults
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    blocks = [k for k, v in config.items() if isinstance(v, dict)]
+    assert {"clean", "finetune", "generate", "rank"} <= set(blocks)
+    for block in blocks:
+        assert defaults(block) == config[block], block
+    assert with_defaults("generate", {"psi": 0.5})["psi"] == 0.5
+    with pytest.raises(ValueError, match="psii"):
+        with_defaults("generate", {"psii": 0.5})
+
+
+def test_gan_does_not_import_pipeline_and_util_imports_neither():
+    """The layers: util below both, pipeline may use gan (rank runs the network), gan never
+    uses pipeline. gan/runs.py's dataset_fingerprint still reads the export manifest with
+    pipeline.manifest (its owner moves it, issue 25 item 3)."""
+    import ast
+
+    def imported(path):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        return {(n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+                for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names if not (isinstance(n, ast.ImportFrom) and n.level)}
+    gan = {p.name: imported(p) for p in (REPO / "gan").glob("*.py")}
+    assert {name for name, mods in gan.items() if "pipeline" in mods} <= {"runs.py"}
+    assert all("util" in gan[name] for name in ("checkpoint.py", "legacy.py", "train.py", "generate.py"))
+    for p in (REPO / "util").glob("*.py"):
+        assert not imported(p) & {"pipeline", "gan"}, p

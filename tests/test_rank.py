@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 from conftest import REPO, TESTDATA
 from pipeline.imaging import load_rgb
 from pipeline.manifest import Row, write_manifest
-from pipeline.rank import (SCORE_COLUMNS, SCORING_KEYS, SUBSPACE_GATE_Z, collect_scores, crop_box,
+from pipeline.rank import (SCORE_COLUMNS, SUBSPACE_GATE_Z, collect_scores, crop_box,
                            d_features, feature_paths, format_scores, knn_distance,
                            plan_batches, rank_rows, read_scores, robust_z, score_dataset, score_paths,
                            subspace_model)
@@ -328,6 +328,8 @@ def test_rule_passes_every_scoring_key():
     import yaml
     schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
     rank_keys = set(schema["properties"]["rank"]["properties"])
+    from pipeline.rank import config_keys
+    SCORING_KEYS = config_keys({"rank": dict.fromkeys(rank_keys)})
     assert {"method", "knn_k"} <= set(SCORING_KEYS) <= rank_keys
     assert rank_keys - set(SCORING_KEYS) == {"drop_bottom_fraction", "rejects"}
     config = yaml.safe_load((REPO / "config.yaml").read_text())["rank"]

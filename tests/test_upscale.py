@@ -106,7 +106,7 @@ def test_lanczos_and_none_sizes_and_untouched_large_images(tmp_path):
     with Image.open(normalized.path) as im:
         assert im.size == (512, 512)
     assert normalized.details["normalize"]["scale"] > 2  # the enlargement happened there
-    # `none` gets only its method from the rule (rules/common.smk upscale_config)
+    # `none` gets only its method from the rule (upscale.config_keys)
     none_rows = run_cli(tmp_path / "n", rows[:2], {"method": "none"})
     assert [r.path for r in none_rows] == [str(SMALL), str(LARGE)]
     assert all(r.details == {"upscaler": "none"} for r in none_rows)

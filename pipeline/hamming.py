@@ -1,0 +1,268 @@
+"""Hamming search over perceptual hashes: every pair within a radius, sub-quadratic.
+
+Multi-index hashing (Norouzi et al.; Manku et al.'s permuted tables): split the hash into m
+blocks; two hashes within radius r differ in at most r blocks, so they agree exactly on
+some m - r of them. A table per (m - r)-subset of blocks, keyed by those blocks'
+concatenated bits, holds the index; a query's candidates are the index entries that
+share its key in some table, and a popcount verifies them. That finds every pair within r
+without comparing all N^2 pairs (1M hashes in seconds, see bench/bench_dedup.py).
+
+Hashes are fixed-width hex in the manifests; ``HashStore`` keeps them as raw bytes and
+``words_of`` is the one place they become uint64 words (bit 0 = MSB of word 0). The
+dedup gather (pipeline/dedup.py) is the user: it asks ``duplicate_pairs`` which items'
+pictures match.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+from array import array
+
+import numpy as np
+
+# rough costs on one core (seconds): per element per log2 step of a sort, per candidate pair
+_SORT_COST, _PAIR_COST = 5e-9, 4e-8
+
+# table keys up to this many bits are looked up in a direct table (2^24 bucket sizes and
+# starts: 128 MB at most; 64-bit hashes at radius 4 use 22 bits: 32 MB)
+DIRECT_KEY_BITS = 24
+
+# the kinds of hashes an item has (clean.perceptual_hashes): the whole picture, its mirror
+# image, its trimmed windows (concatenated)
+HASH_KEYS = ("", "_mirror", "_trims")
+
+
+def words_of(raw: bytearray, nbits: int) -> np.ndarray:
+    """(N, ceil(nbits/64)) native uint64 words of big-endian hash bytes (``bytes.fromhex``
+    of fixed-width hex, concatenated). Converted in place: the result is a view of ``raw``
+    (no copy: 600 MB at 1M rows), which then holds native words, not big-endian bytes."""
+    words = np.frombuffer(raw, dtype=np.uint64)
+    if sys.byteorder == "little":
+        words.byteswap(inplace=True)
+    return words.reshape(-1, max(1, math.ceil(nbits / 64)))
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise Hamming distance of (N, W) uint64 arrays."""
+    return np.bitwise_count(a ^ b).sum(axis=1, dtype=np.int64)
+
+
+def _bit_range(words: np.ndarray, start: int, length: int) -> np.ndarray:
+    """Bits [start, start+length) (length <= 64) of every row, as uint64."""
+    word, offset = divmod(start, 64)
+    col = words[:, word]
+    if offset + length <= 64:
+        value = col >> np.uint64(64 - offset - length)
+    else:  # the block crosses into the next word
+        low = offset + length - 64
+        value = (col << np.uint64(low)) | (words[:, word + 1] >> np.uint64(64 - low))
+    if length < 64:
+        value = value & np.uint64((1 << length) - 1)
+    return value
+
+
+def _block_bounds(nbits: int, blocks: int) -> list[tuple[int, int]]:
+    edges = [round(i * nbits / blocks) for i in range(blocks + 1)]
+    return [(edges[i], edges[i + 1] - edges[i]) for i in range(blocks)]
+
+
+def search_cost(n_queries: int, n_index: int, nbits: int, radius: int, blocks: int) -> float:
+    """Estimated seconds of ``pairs_between`` with ``blocks`` blocks: every table sorts both
+    sides, and verifies Q * N / 2^key_bits candidates (with many trimmed-window queries,
+    few tables win)."""
+    sizes = sorted(length for _, length in _block_bounds(nbits, blocks))
+    key_bits = min(64, sum(sizes[: blocks - radius]))
+    sort = sum(k * math.log2(max(k, 2)) for k in (n_queries, n_index)) * _SORT_COST
+    return math.comb(blocks, radius) * (sort + n_queries * n_index * 2.0 ** -key_bits * _PAIR_COST)
+
+
+def choose_blocks(n_queries: int, n_index: int, nbits: int, radius: int) -> int:
+    """Number of blocks m (>= radius + 1, each <= 64 bits) with the least ``search_cost``."""
+    smallest = max(radius + 1, math.ceil(nbits / 64))
+    options = range(smallest, min(nbits, smallest + 16) + 1)
+    return min(options, key=lambda m: search_cost(n_queries, n_index, nbits, radius, m))
+
+
+def _candidate_batches(starts: np.ndarray, counts: np.ndarray, max_pairs: int):
+    """Yield (element, position) arrays: element k paired with each position in
+    starts[k] .. starts[k] + counts[k] - 1, in batches of about ``max_pairs`` pairs (at
+    least one element per batch), so memory stays bounded however big a bucket is."""
+    ends = np.cumsum(counts)
+    begin = 0
+    while begin < len(counts):
+        stop = max(begin + 1, int(np.searchsorted(ends, (ends[begin - 1] if begin else 0) + max_pairs,
+                                                  side="right")))
+        c = counts[begin:stop]
+        element = np.repeat(np.arange(begin, stop), c)
+        position = np.repeat(starts[begin:stop], c) + np.arange(len(element)) - np.repeat(np.cumsum(c) - c, c)
+        yield element, position
+        begin = stop
+
+
+def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbits: int, radius: int,
+                  max_pairs: int = 4_000_000, chunk: int = 1 << 20, keep=None):
+    """Every (q, i) with ``queries[q]`` within Hamming ``radius`` of ``index[i]``, with the
+    distance, each pair once. Tables are built over ``index`` only (trimmed windows are
+    queried, never indexed, so the many windows of one image never meet each other).
+    ``queries`` may be a list of arrays (taken as concatenated, positions counted across
+    them). Queries go ``chunk`` at a time, their keys made per table: memory stays ~100 MB
+    however many windows a million rows bring (all blocks of 49M source windows at once
+    were ~2 GB). ``keep(q, i)`` (a mask) drops pairs as they are found: an image's windows
+    matching its own picture would otherwise pile up once per table (15 tables x 1M self
+    matches at 1M rows)."""
+    empty = (np.empty(0, np.int64),) * 3
+    parts = queries if isinstance(queries, list) else [queries]  # concatenated, not copied
+    starts = np.cumsum([0] + [len(p) for p in parts])
+    n_queries = int(starts[-1])
+    if n_queries == 0 or len(index) == 0:
+        return empty
+    blocks = choose_blocks(n_queries, len(index), nbits, radius)
+    bounds = _block_bounds(nbits, blocks)
+    # the index's blocks in the smallest type that holds them (11-bit blocks: a quarter)
+    i_blocks = [_bit_range(index, start, length).astype(
+        np.uint16 if length <= 16 else np.uint32 if length <= 32 else np.uint64)
+        for start, length in bounds]
+    found_q, found_i, found_d = [], [], []
+    for subset in itertools.combinations(range(blocks), blocks - radius):
+        i_key = np.zeros(len(index), dtype=np.uint64)
+        for b in subset:  # concatenated; bits shifted out past 64 only add candidates
+            i_key = (i_key << np.uint64(bounds[b][1])) | i_blocks[b]
+        order = np.argsort(i_key, kind="stable")
+        key_bits = sum(bounds[b][1] for b in subset)
+        if key_bits <= DIRECT_KEY_BITS:
+            # keys this short index a table directly: a query's bucket is one lookup, no
+            # sort of the (many) queries and no binary search (4x faster at 1M rows)
+            # int32 (half the memory) while the index has fewer than 2^31 entries
+            dtype = np.int32 if len(index) < 2**31 else np.int64
+            bucket_size = np.bincount(i_key.astype(np.int64), minlength=1 << key_bits).astype(dtype)
+            bucket_start = np.cumsum(bucket_size, dtype=dtype)
+            bucket_start -= bucket_size
+        else:
+            sorted_key = i_key[order]
+        del i_key
+        for c0, part in ((int(starts[n]) + c, p[c:c + chunk]) for n, p in enumerate(parts)
+                         for c in range(0, len(p), chunk)):
+            q_key = np.zeros(len(part), dtype=np.uint64)
+            for b in subset:
+                q_key = (q_key << np.uint64(bounds[b][1])) | _bit_range(part, *bounds[b])
+            if key_bits <= DIRECT_KEY_BITS:
+                q_order = np.arange(len(part))
+                q_key = q_key.astype(np.int64)
+                lo, counts = bucket_start[q_key], bucket_size[q_key]
+            else:
+                # sorted needles: the binary searches walk memory in order (10x faster at 1M)
+                q_order = np.argsort(q_key)
+                needles = q_key[q_order]
+                lo = np.searchsorted(sorted_key, needles, side="left")
+                counts = np.searchsorted(sorted_key, needles, side="right") - lo
+                del needles
+            del q_key
+            hits = np.flatnonzero(counts)
+            q_of_hit = q_order[hits]
+            for h, pos in _candidate_batches(lo[hits], counts[hits], max_pairs):
+                q, i = q_of_hit[h], order[pos]
+                d = hamming(part[q], index[i])
+                close = d <= radius
+                if keep is not None:
+                    close[close] = keep(q[close] + c0, i[close])
+                found_q.append(q[close] + c0)
+                found_i.append(i[close])
+                found_d.append(d[close])
+    if not found_q:
+        return empty
+    q, i, d = (np.concatenate(x).astype(np.int64) for x in (found_q, found_i, found_d))
+    # the same pair shares a bucket in several tables: keep it once
+    _, first = np.unique(q * len(index) + i, return_index=True)
+    return q[first], i[first], d[first]
+
+
+def near_pairs(words: np.ndarray, nbits: int, radius: int, max_pairs: int = 4_000_000):
+    """Every pair (i < j) of rows of ``words`` within Hamming ``radius``, with its distance
+    (``pairs_between`` of the rows with themselves). Returns (i, j, d) arrays."""
+    return pairs_between(words, words, nbits, radius, max_pairs, keep=lambda q, i: q < i)
+
+
+def closest_per_pair(lo: np.ndarray, hi: np.ndarray, distance: np.ndarray, tiebreak: np.ndarray,
+                     *more: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each pair (lo, hi) once: its link with the smallest distance, then the smallest
+    ``tiebreak``. Returns (lo, hi, distance, tiebreak, *more) of those links, sorted by
+    pair."""
+    order = np.lexsort((tiebreak, distance, hi, lo))
+    columns = [x[order] for x in (lo, hi, distance, tiebreak, *more)]
+    lo, hi = columns[0], columns[1]
+    first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] if len(lo) else np.zeros(0, bool)
+    return tuple(x[first] for x in columns)
+
+
+class HashSet:
+    """Hashes of items: ``words`` (K, nwords) uint64, item k's being rows ends[k-1]:ends[k];
+    ``owner[k]`` is the id item k has in a search (-1: not part of it)."""
+
+    def __init__(self, words: np.ndarray, ends: np.ndarray, owner: np.ndarray):
+        self.words, self.ends, self.owner = words, ends, owner
+
+    def owners(self, rows: np.ndarray) -> np.ndarray:
+        return self.owner[np.searchsorted(self.ends, rows, side="right")]
+
+
+class HashStore:
+    """Hex hashes of many items (``<method>``, ``<method>_mirror``, ``<method>_trims`` of a
+    details dict), kept as their raw bytes in one buffer per kind (a million rows' 76
+    hashes each: no Python string per hash)."""
+
+    def __init__(self, method: str, nbits: int):
+        self.method, self.nbits = method, nbits
+        self.width = max(1, math.ceil(nbits / 64)) * 16  # hex digits per hash
+        self.raw = {key: bytearray() for key in HASH_KEYS}
+        self.counts = {key: array("i") for key in HASH_KEYS}
+        # (details key, buffer, counts) per kind: the loop of add, a million times
+        self._slots = [(method + key, self.raw[key], self.counts[key]) for key in HASH_KEYS]
+
+    def add(self, d: dict | None) -> None:
+        width, fromhex = self.width, bytes.fromhex
+        for name, raw, counts in self._slots:
+            value = (d.get(name) if d else None) or ""
+            raw += fromhex(value)
+            counts.append(len(value) // width)
+
+    def sets(self, owner: np.ndarray) -> dict[str, HashSet]:
+        """{kind: HashSet} of every item's hashes, item k owned by ``owner[k]``."""
+        out = {}
+        for key in HASH_KEYS:
+            if not isinstance(self.raw[key], np.ndarray):  # first use: decoded once, in place
+                self.raw[key] = words_of(self.raw[key], self.nbits)
+            ends = np.cumsum(np.frombuffer(self.counts[key], dtype=np.int32), dtype=np.int64)
+            out[key] = HashSet(self.raw[key], ends, owner)
+        return out
+
+
+def duplicate_pairs(sets: dict[str, HashSet], nbits: int, radius: int, flips: bool):
+    """Pairs (a < b) of owners whose pictures match within ``radius``: any window of one
+    (the whole picture and its trims) against the other's whole picture, or its mirror
+    image when ``flips`` (items owned by -1 take no part). Returns (a, b, distance,
+    mirrored) with each pair once, at its smallest distance (unmirrored first on ties).
+    The result does not depend on the order of the hashes, only on who owns them."""
+    whole, mirror, trims = sets[""], sets["_mirror"], sets["_trims"]
+    index = np.concatenate([whole.words, mirror.words]) if flips else whole.words
+    n_whole = len(whole.words)
+
+    def owners(q, i):
+        a = np.empty(len(q), dtype=np.int64)
+        first = q < n_whole
+        a[first] = whole.owners(q[first])
+        a[~first] = trims.owners(q[~first] - n_whole)
+        mirrored = i >= n_whole
+        b = np.empty(len(i), dtype=np.int64)
+        b[~mirrored] = whole.owners(i[~mirrored])
+        b[mirrored] = mirror.owners(i[mirrored] - n_whole)
+        return a, b, mirrored
+
+    def between_items(q, i):  # a pair of two different items, both in the running
+        a, b, _ = owners(q, i)
+        return (a != b) & (a >= 0) & (b >= 0)
+    q, i, d = pairs_between([whole.words, trims.words], index, nbits, radius, keep=between_items)
+    a, b, mirrored = owners(q, i)
+    other = (a != b) & (a >= 0) & (b >= 0)
+    a, b, d, mirrored = a[other], b[other], d[other], mirrored[other]
+    return closest_per_pair(np.minimum(a, b), np.maximum(a, b), d, mirrored)
