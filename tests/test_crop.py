@@ -697,3 +697,41 @@ def test_a_toy_detector_is_one_class(tmp_path):
         {d for _, d in re.findall(r"detections: (\d+) stored, (\d+) detected", crop_logs(workdir))} == {"0"}
     proc = snakemake({"crop": {"method": "centr"}}, *crop_targets(), "-n")
     assert proc.returncode != 0 and "crop.method = 'centr'" in proc.stderr and "'centre'" in proc.stderr
+
+
+# README "Detect once": each crop key edit and whether the detector runs again
+README_EDITS = {"crop.margin": {"margin": 0.5}, "crop.border": {"border": "pad"},
+                "crop.max_faces": {"max_faces": 1}, "crop.align": {"align": "box"},
+                "crop.min_face": {"min_face": 150}, "crop.scale_factor": {"scale_factor": 1.2},
+                "crop.min_neighbors": {"min_neighbors": 3}, "crop.rotate_pass": {"rotate_pass": False},
+                "crop.small_faces": {"small_faces": False}, "crop.dlib_detector": {"dlib_detector": "cnn"},
+                "crop.dlib_upsample": {"dlib_upsample": 1}}
+
+
+def detect_once_table() -> list[tuple[str, str, bool]]:
+    """(key, method, detector runs again) of every crop-key row of README's table."""
+    text = (REPO / "README.md").read_text().split("#### Detect once", 1)[1].split("\n\n#", 1)[0]
+    rows = []
+    for key, method, cell in re.findall(r"^\| `(crop\.\w+)`(?: \((\w+)\))? \| (.+) \|$", text, re.M):
+        method = method or ("dlib" if "dlib" in key else "animeface")
+        rows.append((key, method, cell.startswith("yes")))
+    return rows
+
+
+def test_readme_detect_once_table_is_what_the_store_does(tmp_path):
+    table = detect_once_table()
+    assert {key for key, _, _ in table} == set(README_EDITS)
+    base = {"animeface": (cfg(method="animeface", min_face=48),
+                          ingest_rows(["anime_miku_noisy.jpg", "noface_city.jpg"])),
+            "dlib": (cfg(method="dlib", min_face=40, dlib_upsample=0, dlib_detector="hog", align="ffhq"),
+                     ingest_rows(["photo_2008_001009.jpg"]))}
+    store_dir = tmp_path / "detections"
+    for method, (first, rows) in base.items():
+        run_crop_stored(tmp_path / method, rows, first, crop.DetectionStore(store_dir, first, {}))
+    for n, (key, method, runs_again) in enumerate(table):
+        first, rows = base[method]
+        edited = {**first, **README_EDITS[key]}
+        assert edited != first, key
+        store = crop.DetectionStore(store_dir, edited, {})
+        run_crop_stored(tmp_path / f"edit{n}", rows, edited, store)
+        assert (store.detected, store.stored) == ((len(rows), 0) if runs_again else (0, len(rows))), key
