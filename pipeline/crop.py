@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import pickle
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,9 +38,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.imaging import first_real_frame, load_rgb, save_png
-from pipeline.manifest import (Row, ShardDir, atomic_write_text, kept, load_config_arg, read_manifest,
-                               stage_argparser)
+from pipeline.imaging import (ContentStore, code_digest, file_digest, first_real_frame, load_rgb,
+                              save_png)
+from pipeline.manifest import Row, ShardDir, kept, load_config_arg, read_manifest, stage_argparser
 
 # cv2 and dlib are imported where they are used: the Snakefile imports this module at
 # parse time (for the model paths) and must not pay for loading them.
@@ -642,67 +640,51 @@ def pass_through(row: Row) -> Row:
 class DetectionStore:
     """Detections stored per raw file content and detector settings (detect once).
 
-    ``<folder>/<settings key>/<sha256[:2]>/<sha256 of the file>.json`` holds the upright
-    image size and every face ``detect`` returned (box, score, landmarks), in its order.
-    The settings key covers the detector's name and ``detection_keys``, its
-    ``fingerprint`` (model files, library versions) and the code that decodes and detects
-    (this module and imaging.py), so a stored result is used only where running the
-    detector again would return the same faces; edits of framing keys (margin, border,
-    align, max_faces) and of later stages re-cut from it. Without a folder it stores
-    nothing and every image is detected.
+    A ``ContentStore`` under ``<cache_dir>/detections``: per file, the upright image size
+    and every face ``detect`` returned (box, score, landmarks), in its order. Its settings
+    are the detector's name and ``detection_keys``, its ``fingerprint`` (model files,
+    library versions) and the code that decodes and detects (this module, imaging.py), so
+    a stored result is used only where running the detector again would return the same
+    faces; edits of framing keys (margin, border, align, max_faces) and of later stages
+    re-cut from it. Counts what it served and what was detected (the log says).
     """
 
     FORMAT = 1  # bump when the stored record changes
 
     def __init__(self, folder: str | os.PathLike | None, crop: dict, models: dict):
         self.detected = self.stored = 0
-        self.folder = None
+        settings = None
         if folder:
             cls = detector_class(crop["method"])
-            code = hashlib.sha256()
-            for module in ("crop.py", "imaging.py"):
-                code.update((Path(__file__).parent / module).read_bytes())
-            settings = {"format": self.FORMAT, "method": cls.name, "code": code.hexdigest(),
+            settings = {"format": self.FORMAT, "method": cls.name,
+                        "code": code_digest("crop.py", "imaging.py"),
                         "detection": {k: crop.get(k) for k in cls.detection_keys},
                         "fingerprint": cls.fingerprint(crop, models)}
-            key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
-            self.folder = Path(folder) / key
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._settings = self.folder / "settings.json"
-            if not self._settings.exists():  # for a person looking in the cache
-                atomic_write_text(self._settings, json.dumps(settings, indent=1, sort_keys=True))
-
-    def _path(self, digest: str) -> Path:
-        return self.folder / digest[:2] / f"{digest}.json"
+        self._store = ContentStore(folder, settings)
 
     def get(self, digest: str) -> tuple[tuple[int, int], list[Face]] | None:
         """(upright size, faces) stored for this content, or None."""
-        if self.folder is None:
+        record = self._store.get(digest)
+        if record is None:
             return None
         try:
-            record = json.loads(self._path(digest).read_bytes())
             faces = [Face(tuple(int(v) for v in f["box"]), f["score"],
                           None if f.get("landmarks") is None
                           else np.array(f["landmarks"], dtype=np.float64))
                      for f in record["faces"]]
             size = (int(record["size"][0]), int(record["size"][1]))
-        except (OSError, ValueError, KeyError, TypeError):  # none, or unreadable: detect again
+        except (ValueError, KeyError, TypeError):  # not a record of this format: detect again
             return None
         self.stored += 1
         return size, faces
 
     def put(self, digest: str, size: tuple[int, int], faces: list[Face]) -> None:
         self.detected += 1
-        if self.folder is None:
-            return
-        record = {"size": list(size),
-                  "faces": [{"box": list(f.box), "score": f.score,
-                             **({"landmarks": f.landmarks.tolist()} if f.landmarks is not None else {})}
-                            for f in faces]}
-        try:
-            atomic_write_text(self._path(digest), json.dumps(record))
-        except OSError as e:  # a full or read-only cache must not cost the result
-            print(f"crop: detections not stored: {e}", file=sys.stderr)
+        self._store.put(digest, {
+            "size": list(size),
+            "faces": [{"box": list(f.box), "score": f.score,
+                       **({"landmarks": f.landmarks.tolist()} if f.landmarks is not None else {})}
+                      for f in faces]})
 
 
 def decode(data: bytes, path: str):
@@ -723,7 +705,7 @@ def crop_image(row: Row, crop: dict, detector, out: ShardDir,
         if detector.passthrough:
             return [pass_through(row)]
         data = Path(row.path).read_bytes()  # read once: its digest keys the stored detections
-        digest = hashlib.sha256(data).hexdigest()
+        digest = file_digest(data)
         stored = store.get(digest)
         if stored is None:
             im, notes = decode(data, row.path)
