@@ -24,8 +24,8 @@ output folder on the same corpus:
                      seed does not do);
             literal: faceprep's defaults for this job (near-duplicate dedup, chroma test,
                      upscale lanczos, rotated pass) and the `dataset` target.
-With --rerun EDIT (faceprep only, the issue 24 loop): after the first run, make EDIT on
-the finished run and time the rerun of the same target: `margin` (crop.margin +0.1 over
+With --rerun EDIT [EDIT] (faceprep only, the issue 24 loop): after the first run, make
+each EDIT on the finished run in turn and time the rerun of the same target: `margin` (crop.margin +0.1 over
 the first run's), `add` (100 new variant files in raw/v/<n>/new<k>.jpg). --verify then moves
 the rerun's folder to --workdir/rerun, runs a fresh faceprep with the edit in its place (own
 cache) and compares every output file under results/ (logs, benchmarks aside) byte for byte.
@@ -309,11 +309,13 @@ def run_faceprep(raw: Path, workdir: Path, settings: dict, shards, cores: int,
             "kept_sources": kept, "not_512": bad, "near_dup_sources": near}
 
 
-def rerun(args, raw: Path, settings: dict, shards, target: str, first: dict) -> dict:
-    """The edit on the finished run, the timed rerun, and (--verify) a fresh run to compare."""
+def rerun(args, edit: str, verify: bool, raw: Path, settings: dict, shards, target: str,
+          first: dict) -> tuple[dict, dict]:
+    """The edit on the finished run, the timed rerun, and (``verify``) a fresh run with
+    every edit so far to compare. Returns the report and the edited settings."""
     import copy
     edited = copy.deepcopy(settings)
-    if args.rerun == "margin":
+    if edit == "margin":
         crop = edited.setdefault("crop", {})
         crop["margin"] = round((crop.get("margin") or 0.25) + 0.1, 2)
         what = f"crop.margin -> {crop['margin']}"
@@ -330,7 +332,7 @@ def rerun(args, raw: Path, settings: dict, shards, target: str, first: dict) -> 
                                                  / "logs" / "crop").glob("*.log"))
                          for line in log.read_text().splitlines() if "detections:" in line],
            "load_average_after": os.getloadavg()}
-    if args.verify:
+    if verify:
         # the fresh run in the same folder (absolute paths are in the outputs, and the page
         # hashes the manifest), the rerun's moved aside; its own cache
         rerun_dir = args.workdir / "rerun"
@@ -340,10 +342,7 @@ def rerun(args, raw: Path, settings: dict, shards, target: str, first: dict) -> 
         diff = output_differences(rerun_dir, args.workdir / "faceprep")
         out["outputs_differing_from_a_fresh_run"] = diff[:20]
         out["byte_identical_to_fresh_run"] = not diff
-    if args.rerun == "add":  # the corpus stays as built, for the next --keep-corpus run
-        for p in raw.glob("v/*/new*.jpg"):
-            p.unlink()
-    return out
+    return out, edited
 
 
 def rule_seconds(results: Path, column: str = "s") -> dict[str, float]:
@@ -401,8 +400,9 @@ def main(argv=None) -> None:
     ap.add_argument("--floor", action="store_true",
                     help="also measure the work both must do (decode + cascade + 512 px PNG "
                          "per face) in one process on one thread: the bound on any ratio")
-    ap.add_argument("--rerun", choices=["margin", "add"],
-                    help="faceprep only: time a rerun after this edit of the finished run")
+    ap.add_argument("--rerun", choices=["margin", "add"], nargs="+",
+                    help="faceprep only: time a rerun after each edit of the finished run, "
+                         "one after another (each compared with the first run)")
     ap.add_argument("--verify", action="store_true",
                     help="with --rerun: compare the rerun's outputs with a fresh run's")
     ap.add_argument("--rescore", action="store_true",
@@ -453,8 +453,11 @@ def main(argv=None) -> None:
                         "normalize": {"resolution": 512, "format": args.format}}
         runs["faceprep"] = run_faceprep(raw, args.workdir / "faceprep", settings, shards,
                                         args.cores, target)
-        if args.rerun:
-            report["rerun"] = rerun(args, raw, settings, shards, target, runs["faceprep"])
+        edited = settings
+        for n, edit in enumerate(args.rerun or []):
+            verify = args.verify and n == len(args.rerun) - 1
+            report[f"rerun_{edit}"], edited = rerun(args, edit, verify, raw, edited, shards,
+                                                    target, runs["faceprep"])
     for name, run in runs.items():
         kept = run.pop("kept_sources")
         near = run.pop("near_dup_sources", None)
@@ -465,6 +468,8 @@ def main(argv=None) -> None:
             report[name]["near_duplicates_dropped"] = len(near)
             report[name]["if_near_duplicates_kept"] = score(kept + near, origin)
     report["load_average_after"] = os.getloadavg()
+    for p in raw.glob("v/*/new*.jpg"):  # --rerun add: the corpus stays as built
+        p.unlink()
     if args.floor:
         floor = detection_floor(raw, args.min_face)
         report["floor"] = floor
