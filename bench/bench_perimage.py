@@ -11,6 +11,8 @@ process, ``time.process_time``), not wall time: the machine is shared. Start-up 
   crop        pipeline.crop.crop_image (animeface, --min-face), per source image: the
               defaults, without the rotated passes, and with the seed's decisions (one
               upright pass); beside it the seed's own cascade call (decode + one pyramid)
+              and with stored results: the first run (detect/check + store), then a
+              crop.margin edit from the stored detections, ingest from stored checks
   clean       pipeline.clean.clean_row, per face
   normalize   pipeline.normalize.normalize_row (PNG), per face; and the same with the old
               validation (re-decode of the written file) for comparison
@@ -99,6 +101,25 @@ def main(argv=None) -> None:
         with ShardDir(work / "crop-variant") as out:
             crop_variants[label], _ = cpu_per(lambda r: crop.crop_image(r, vcfg, vdetector, out),
                                               ingested, a.reps)
+    # detect once: the defaults with a store (first pass: detect + store each image), then
+    # a framing edit (crop.margin) cut from the stored detections; ingest likewise
+    stored = {}
+    store_dir = work / "stores"
+    store = crop.DetectionStore(store_dir / "detections", ccfg, cfg["models"])
+    with ShardDir(work / "crop-store") as out:
+        stored["crop, detect + store (first run)"], _ = cpu_per(
+            lambda r: crop.crop_image(r, ccfg, detector, out, store), ingested, 1)
+    recut = {**ccfg, "margin": 0.4}
+    store = crop.DetectionStore(store_dir / "detections", recut, cfg["models"])
+    with ShardDir(work / "crop-recut") as out:
+        stored["crop, margin edit from stored detections"], _ = cpu_per(
+            lambda r: crop.crop_image(r, recut, detector, out, store), ingested, a.reps)
+    assert store.detected == 0, "the re-cut ran the detector"
+    checks = ingest.check_store(store_dir / "ingest", icfg)
+    stored["ingest, check + store (first run)"], _ = cpu_per(
+        lambda p: ingest.ingest_file(p.name, str(TESTDATA), icfg, None, store=checks), files, 1)
+    stored["ingest, from stored checks"], _ = cpu_per(
+        lambda p: ingest.ingest_file(p.name, str(TESTDATA), icfg, None, store=checks), files, a.reps)
     cascade = cv2.CascadeClassifier(str(crop.resolve_cascade_path(cfg["models"])))
 
     def seed_cascade(p):  # the seed's crop.py call: decode, equalize, one pyramid
@@ -162,6 +183,7 @@ def main(argv=None) -> None:
         "prep_ms_per_source": prep, "prep_over_floor": prep / floor_ms,
         "seed_cascade_ms_per_source": cascade_ms,
         "crop_ms_per_source_by_config": crop_variants,
+        "stored_results_ms_per_source": stored,
         "prep_over_floor_by_config": {k: (v + per_src * (clean_ms + norm_ms)) / floor_ms
                                       for k, v in crop_variants.items()},
         "startup_s": {"cascade": detector_s, "tensorflow_import": tf_import_s},
