@@ -7,6 +7,7 @@ top-level images of ../shared/testdata, ``--reps`` times over. CPU time (user + 
 process, ``time.process_time``), not wall time: the machine is shared. Start-up costs
 (imports, TensorFlow, the cascade) are not in the per-image figures; they are printed apart.
   floor       Image.open + convert RGB + resize to R x R Lanczos + PNG encode (compress 1)
+  decode      pipeline.imaging.load_rgb alone: what ingest's check and crop each pay
   ingest      pipeline.ingest.ingest_file (decode check, metadata)
   crop        pipeline.crop.crop_image (animeface, --min-face), per source image: the
               defaults, without the rotated passes, and with the seed's decisions (one
@@ -76,6 +77,10 @@ def main(argv=None) -> None:
                 .save(buf, format="PNG", compress_level=1)
         return len(buf.getvalue())
     floor_ms, _ = cpu_per(floor, files, a.reps)
+
+    # the decode ingest's check and crop each pay (decode once would save one of them)
+    from pipeline.imaging import load_rgb
+    decode_ms, _ = cpu_per(lambda p: load_rgb(p)[0].size, files, a.reps)
 
     work = Path(tempfile.mkdtemp(prefix="perimage-"))
     icfg = {**cfg["ingest"]}
@@ -176,7 +181,7 @@ def main(argv=None) -> None:
     per_src = len(faces) / max(1, len(ingested))
     prep = crop_ms + per_src * (clean_ms + norm_ms)
     result = {
-        "floor_ms": floor_ms, "ingest_ms": ingest_ms, "crop_ms_per_source": crop_ms,
+        "floor_ms": floor_ms, "decode_load_rgb_ms": decode_ms, "ingest_ms": ingest_ms, "crop_ms_per_source": crop_ms,
         "faces_per_source": per_src, "clean_ms_per_face": clean_ms,
         "normalize_ms_per_face": norm_ms, "normalize_old_ms_per_face": norm_old_ms,
         "export_ms_per_face": export_ms, "export_old_ms_per_face": export_old_ms,
