@@ -653,6 +653,7 @@ class DetectionStore:
 
     def __init__(self, folder: str | os.PathLike | None, crop: dict, models: dict):
         self.detected = self.stored = 0
+        self._count = threading.Lock()  # crop_shard's threads share the store
         settings = None
         if folder:
             cls = detector_class(crop["method"])
@@ -675,11 +676,13 @@ class DetectionStore:
             size = (int(record["size"][0]), int(record["size"][1]))
         except (ValueError, KeyError, TypeError):  # not a record of this format: detect again
             return None
-        self.stored += 1
+        with self._count:
+            self.stored += 1
         return size, faces
 
     def put(self, digest: str, size: tuple[int, int], faces: list[Face]) -> None:
-        self.detected += 1
+        with self._count:
+            self.detected += 1
         self._store.put(digest, {
             "size": list(size),
             "faces": [{"box": list(f.box), "score": f.score,
