@@ -7,10 +7,13 @@ top-level images of ../shared/testdata, ``--reps`` times over. CPU time (user + 
 process, ``time.process_time``), not wall time: the machine is shared. Start-up costs
 (imports, TensorFlow, the cascade) are not in the per-image figures; they are printed apart.
   floor       Image.open + convert RGB + resize to R x R Lanczos + PNG encode (compress 1)
+  decode      pipeline.imaging.load_rgb alone: what ingest's check and crop each pay
   ingest      pipeline.ingest.ingest_file (decode check, metadata)
   crop        pipeline.crop.crop_image (animeface, --min-face), per source image: the
               defaults, without the rotated passes, and with the seed's decisions (one
               upright pass); beside it the seed's own cascade call (decode + one pyramid)
+              and with stored results: the first run (detect/check + store), then a
+              crop.margin edit from the stored detections, ingest from stored checks
   clean       pipeline.clean.clean_row, per face
   normalize   pipeline.normalize.normalize_row (PNG), per face; and the same with the old
               validation (re-decode of the written file) for comparison
@@ -75,6 +78,10 @@ def main(argv=None) -> None:
         return len(buf.getvalue())
     floor_ms, _ = cpu_per(floor, files, a.reps)
 
+    # the decode ingest's check and crop each pay (decode once would save one of them)
+    from pipeline.imaging import load_rgb
+    decode_ms, _ = cpu_per(lambda p: load_rgb(p)[0].size, files, a.reps)
+
     work = Path(tempfile.mkdtemp(prefix="perimage-"))
     icfg = {**cfg["ingest"]}
     ingest_ms, ingested = cpu_per(lambda p: ingest.ingest_file(p.name, str(TESTDATA), icfg, None),
@@ -99,6 +106,25 @@ def main(argv=None) -> None:
         with ShardDir(work / "crop-variant") as out:
             crop_variants[label], _ = cpu_per(lambda r: crop.crop_image(r, vcfg, vdetector, out),
                                               ingested, a.reps)
+    # detect once: the defaults with a store (first pass: detect + store each image), then
+    # a framing edit (crop.margin) cut from the stored detections; ingest likewise
+    stored = {}
+    store_dir = work / "stores"
+    store = crop.DetectionStore(store_dir / "detections", ccfg, cfg["models"])
+    with ShardDir(work / "crop-store") as out:
+        stored["crop, detect + store (first run)"], _ = cpu_per(
+            lambda r: crop.crop_image(r, ccfg, detector, out, store), ingested, 1)
+    recut = {**ccfg, "margin": 0.4}
+    store = crop.DetectionStore(store_dir / "detections", recut, cfg["models"])
+    with ShardDir(work / "crop-recut") as out:
+        stored["crop, margin edit from stored detections"], _ = cpu_per(
+            lambda r: crop.crop_image(r, recut, detector, out, store), ingested, a.reps)
+    assert store.detected == 0, "the re-cut ran the detector"
+    checks = ingest.check_store(store_dir / "ingest", icfg)
+    stored["ingest, check + store (first run)"], _ = cpu_per(
+        lambda p: ingest.ingest_file(p.name, str(TESTDATA), icfg, None, store=checks), files, 1)
+    stored["ingest, from stored checks"], _ = cpu_per(
+        lambda p: ingest.ingest_file(p.name, str(TESTDATA), icfg, None, store=checks), files, a.reps)
     cascade = cv2.CascadeClassifier(str(crop.resolve_cascade_path(cfg["models"])))
 
     def seed_cascade(p):  # the seed's crop.py call: decode, equalize, one pyramid
@@ -155,13 +181,14 @@ def main(argv=None) -> None:
     per_src = len(faces) / max(1, len(ingested))
     prep = crop_ms + per_src * (clean_ms + norm_ms)
     result = {
-        "floor_ms": floor_ms, "ingest_ms": ingest_ms, "crop_ms_per_source": crop_ms,
+        "floor_ms": floor_ms, "decode_load_rgb_ms": decode_ms, "ingest_ms": ingest_ms, "crop_ms_per_source": crop_ms,
         "faces_per_source": per_src, "clean_ms_per_face": clean_ms,
         "normalize_ms_per_face": norm_ms, "normalize_old_ms_per_face": norm_old_ms,
         "export_ms_per_face": export_ms, "export_old_ms_per_face": export_old_ms,
         "prep_ms_per_source": prep, "prep_over_floor": prep / floor_ms,
         "seed_cascade_ms_per_source": cascade_ms,
         "crop_ms_per_source_by_config": crop_variants,
+        "stored_results_ms_per_source": stored,
         "prep_over_floor_by_config": {k: (v + per_src * (clean_ms + norm_ms)) / floor_ms
                                       for k, v in crop_variants.items()},
         "startup_s": {"cascade": detector_s, "tensorflow_import": tf_import_s},

@@ -24,6 +24,11 @@ output folder on the same corpus:
                      seed does not do);
             literal: faceprep's defaults for this job (near-duplicate dedup, chroma test,
                      upscale lanczos, rotated pass) and the `dataset` target.
+With --rerun EDIT [EDIT] (faceprep only, the issue 24 loop): after the first run, make
+each EDIT on the finished run in turn and time the rerun of the same target: `margin` (crop.margin +0.1 over
+the first run's), `add` (100 new variant files in raw/v/<n>/new<k>.jpg). --verify then moves
+the rerun's folder to --workdir/rerun, runs a fresh faceprep with the edit in its place (own
+cache) and compares every output file under results/ (logs, benchmarks aside) byte for byte.
 Prints images/second for both, the ratio (one run), and the faces kept, scored with
 MANIFEST.tsv: a kept face is correct when its source (or the original it is a variant of)
 is an anime image with a face that is not grayscale; faces from photos, no-face images and
@@ -133,6 +138,34 @@ def build_corpus(raw: Path, total: int, seed: int = 0) -> None:
             dest = raw / f"v/{n:02d}/{k:03d}.jpg"
             dest.parent.mkdir(parents=True, exist_ok=True)
             variant(base, rng).save(dest, quality=rng.randint(80, 95))
+
+
+def add_variants(raw: Path, count: int, seed: int = 1) -> list[str]:
+    """``count`` new variant files raw/v/<n>/new<k>.jpg (another rng seed: new pictures)."""
+    rng = random.Random(seed)
+    bases = decodable_bases(manifest_rows())
+    added = []
+    for k in range(count):
+        n = k % len(bases)
+        rel = f"v/{n:02d}/new{k:03d}.jpg"
+        (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+        variant(bases[n][1], rng).save(raw / rel, quality=rng.randint(80, 95))
+        added.append(rel)
+    return added
+
+
+def output_differences(a: Path, b: Path) -> list[str]:
+    """Files under results/ that differ between two faceprep workdirs (logs and
+    benchmarks aside)."""
+    def files(root: Path) -> dict[str, bytes]:
+        out = {}
+        for p in sorted((root / "results").rglob("*")):
+            rel = p.relative_to(root).as_posix()
+            if p.is_file() and not re.search(r"/(logs|benchmarks)/", rel):
+                out[rel] = p.read_bytes()
+        return out
+    fa, fb = files(a), files(b)
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 
 def corpus_origin(raw: Path) -> dict[str, dict]:
@@ -276,6 +309,42 @@ def run_faceprep(raw: Path, workdir: Path, settings: dict, shards, cores: int,
             "kept_sources": kept, "not_512": bad, "near_dup_sources": near}
 
 
+def rerun(args, edit: str, verify: bool, raw: Path, settings: dict, shards, target: str,
+          first: dict) -> tuple[dict, dict]:
+    """The edit on the finished run, the timed rerun, and (``verify``) a fresh run with
+    every edit so far to compare. Returns the report and the edited settings."""
+    import copy
+    edited = copy.deepcopy(settings)
+    if edit == "margin":
+        crop = edited.setdefault("crop", {})
+        crop["margin"] = round((crop.get("margin") or 0.25) + 0.1, 2)
+        what = f"crop.margin -> {crop['margin']}"
+    else:
+        what = f"{len(add_variants(raw, 100))} files added"
+    # the benchmark files of the first run would be summed with the rerun's
+    shutil.rmtree(args.workdir / "faceprep" / "results" / "compare" / "benchmarks", ignore_errors=True)
+    again = run_faceprep(raw, args.workdir / "faceprep", edited, shards, args.cores, target)
+    out = {"edit": what, "wall_s": again["wall_s"], "cpu_s": again["cpu_s"],
+           "wall_over_first": round(again["wall_s"] / first["wall_s"], 3),
+           "cpu_over_first": round(again["cpu_s"] / first["cpu_s"], 3),
+           "job_seconds_by_rule": again["job_seconds_by_rule"],
+           "crop_logs": [line for log in sorted((args.workdir / "faceprep" / "results" / "compare"
+                                                 / "logs" / "crop").glob("*.log"))
+                         for line in log.read_text().splitlines() if "detections:" in line],
+           "load_average_after": os.getloadavg()}
+    if verify:
+        # the fresh run in the same folder (absolute paths are in the outputs, and the page
+        # hashes the manifest), the rerun's moved aside; its own cache
+        rerun_dir = args.workdir / "rerun"
+        shutil.rmtree(rerun_dir, ignore_errors=True)
+        (args.workdir / "faceprep").rename(rerun_dir)
+        run_faceprep(raw, args.workdir / "faceprep", edited, shards, args.cores, target)
+        diff = output_differences(rerun_dir, args.workdir / "faceprep")
+        out["outputs_differing_from_a_fresh_run"] = diff[:20]
+        out["byte_identical_to_fresh_run"] = not diff
+    return out, edited
+
+
 def rule_seconds(results: Path, column: str = "s") -> dict[str, float]:
     """Snakemake's `benchmark:` wall seconds (or another column, e.g. cpu_time), summed
     over each rule's jobs."""
@@ -334,6 +403,11 @@ def main(argv=None) -> None:
     ap.add_argument("--floor", action="store_true",
                     help="also measure the work both must do (decode + cascade + 512 px PNG "
                          "per face) in one process on one thread: the bound on any ratio")
+    ap.add_argument("--rerun", choices=["margin", "add"], nargs="+",
+                    help="faceprep only: time a rerun after each edit of the finished run, "
+                         "one after another (each compared with the first run)")
+    ap.add_argument("--verify", action="store_true",
+                    help="with --rerun: compare the rerun's outputs with a fresh run's")
     ap.add_argument("--rescore", action="store_true",
                     help="score the outputs already in --workdir (no runs, no timings)")
     args = ap.parse_args(argv)
@@ -354,7 +428,7 @@ def main(argv=None) -> None:
     target = args.target or ("export" if args.mode == "fair" else "dataset")
     shards = args.shards if args.shards == "auto" else int(args.shards)
     if args.keep_corpus and raw.is_dir():
-        for out in ("seed_out", "seed_out.map.tsv", "faceprep"):
+        for out in ("seed_out", "seed_out.map.tsv", "faceprep", "rerun"):
             path = args.workdir / out
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     else:
@@ -368,6 +442,8 @@ def main(argv=None) -> None:
               "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "corpus_files": n_files, "anime_faces_in_corpus": expected}
     runs = {}
+    if args.rerun:
+        args.only = "faceprep"
     if args.only != "faceprep":
         runs["seed"] = run_seed(raw, args.workdir / "seed_out", args.min_face, args.cores,
                                 25 if args.mode == "fair" else 1)
@@ -382,6 +458,11 @@ def main(argv=None) -> None:
             settings["export"] = {**settings.get("export", {}), "tfrecords": False}
         runs["faceprep"] = run_faceprep(raw, args.workdir / "faceprep", settings, shards,
                                         args.cores, target)
+        edited = settings
+        for n, edit in enumerate(args.rerun or []):
+            verify = args.verify and n == len(args.rerun) - 1
+            report[f"rerun_{edit}"], edited = rerun(args, edit, verify, raw, edited, shards,
+                                                    target, runs["faceprep"])
     for name, run in runs.items():
         kept = run.pop("kept_sources")
         near = run.pop("near_dup_sources", None)
@@ -392,6 +473,8 @@ def main(argv=None) -> None:
             report[name]["near_duplicates_dropped"] = len(near)
             report[name]["if_near_duplicates_kept"] = score(kept + near, origin)
     report["load_average_after"] = os.getloadavg()
+    for p in raw.glob("v/*/new*.jpg"):  # --rerun add: the corpus stays as built
+        p.unlink()
     if args.floor:
         floor = detection_floor(raw, args.min_face)
         report["floor"] = floor

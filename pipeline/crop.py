@@ -26,6 +26,7 @@ smaller faces found in ``details.small_faces``.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import threading
@@ -37,7 +38,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.imaging import first_real_frame, load_rgb, save_png
+from pipeline.imaging import (ContentStore, code_digest, file_digest, first_real_frame, load_rgb,
+                              save_png)
 from pipeline.manifest import Row, ShardDir, kept, load_config_arg, read_manifest, stage_argparser
 
 # cv2 and dlib are imported where they are used: the Snakefile imports this module at
@@ -141,6 +143,33 @@ class Detector:
     margin = 0.25
     lift = 0.0
     passthrough = False  # True: images are already faces (no detection, no crop)
+    # the crop keys ``create``/``detect`` read: the key of the stored detections, so an
+    # edit of any other key re-cuts faces from them without running the detector
+    detection_keys: tuple[str, ...] = ()
+
+    @classmethod
+    def framing_keys(cls, crop: dict) -> list[str]:
+        """The crop keys the stage reads to cut this detector's faces."""
+        return ["margin", "border"]
+
+    @classmethod
+    def config_keys(cls, crop: dict) -> list[str]:
+        """Every crop key the stage reads with this detector: the rule's params, so an
+        edit of a key it does not read reruns nothing (README "What reruns")."""
+        if cls.passthrough:
+            return ["method"]
+        keys = ["method", *cls.detection_keys, "min_face", "max_faces", *cls.framing_keys(crop)]
+        return list(dict.fromkeys(keys))
+
+    @classmethod
+    def fingerprint(cls, crop: dict, models: dict) -> dict:
+        """What else the detections depend on (model files, library versions): part of
+        the stored detections' key. Default: each model file's name, size and mtime."""
+        fingerprint = {}
+        for path in cls.model_files(crop, cls.used_models(crop, models)):
+            st = os.stat(path)
+            fingerprint[os.path.basename(path)] = [st.st_size, st.st_mtime_ns]
+        return fingerprint
 
     @classmethod
     def used_models(cls, crop: dict, models: dict) -> dict:
@@ -207,6 +236,7 @@ class AnimeFaceDetector(Detector):
     """
     name = "animeface"
     margin = 0.25
+    detection_keys = ("scale_factor", "min_neighbors", "min_face", "rotate_pass", "small_faces")
     WINDOW = 24  # lbpcascade_animeface's detection window (px)
     SMALL_FLOOR = 0.5  # small-face pass: faces from this fraction of min_face
     SMALL_STEP = 1.2  # its pyramid step (main: crop.scale_factor, 1.1)
@@ -233,6 +263,13 @@ class AnimeFaceDetector(Detector):
     @classmethod
     def model_files(cls, crop, used):
         return [used["animeface_cascade"]]
+
+    @classmethod
+    def fingerprint(cls, crop, models):
+        import cv2
+        # checked here too: stored detections must not hide a wrong file (create checks it)
+        verify_cascade(resolve_cascade_path(models))
+        return {"cascade_sha256": CASCADE_SHA256, "opencv": cv2.__version__}
 
     @classmethod
     def create(cls, crop, models):
@@ -321,6 +358,19 @@ class DlibDetector(Detector):
     name = "dlib"
     margin = 0.27
     lift = 0.14
+    # min_face is not one: landmarks are found for every face, so stored detections serve
+    # any min_face (the stage filters by size)
+    detection_keys = ("dlib_detector", "dlib_upsample")
+
+    @classmethod
+    def framing_keys(cls, crop):
+        # the FFHQ quad has its own framing
+        return ["align", "margin", "border"] if crop.get("align") == "box" else ["align"]
+
+    @classmethod
+    def fingerprint(cls, crop, models):
+        import dlib
+        return {**super().fingerprint(crop, models), "dlib": dlib.__version__}
 
     def __init__(self, model_dir: Path, detector: str, upsample: int, min_face: int):
         import dlib
@@ -372,9 +422,8 @@ class DlibDetector(Detector):
         faces = []
         for rect, score in self._rects(rgb):
             box = (rect.left(), rect.top(), rect.width(), rect.height())
-            if min(box[2], box[3]) < self._min_face:
-                faces.append(Face(box, score))  # reported as a small face, no landmarks
-                continue
+            # landmarks for faces below min_face too (~1 ms each): stored detections then
+            # serve any min_face; the stage reports those faces as small_faces, by box
             shape = self._predictor(rgb, rect)
             landmarks = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
             faces.append(Face(box, score, landmarks))
@@ -588,18 +637,92 @@ def pass_through(row: Row) -> Row:
                width=width, height=height, details={"method": "none"})
 
 
-def crop_image(row: Row, crop: dict, detector, out: ShardDir) -> list[Row]:
+class DetectionStore:
+    """Detections stored per raw file content and detector settings (detect once).
+
+    A ``ContentStore`` under ``<cache_dir>/detections``: per file, the upright image size
+    and every face ``detect`` returned (box, score, landmarks), in its order. Its settings
+    are the detector's name and ``detection_keys``, its ``fingerprint`` (model files,
+    library versions) and the code that decodes and detects (this module, imaging.py), so
+    a stored result is used only where running the detector again would return the same
+    faces; edits of framing keys (margin, border, align, max_faces) and of later stages
+    re-cut from it. Counts what it served and what was detected (the log says).
+    """
+
+    FORMAT = 1  # bump when the stored record changes
+
+    def __init__(self, folder: str | os.PathLike | None, crop: dict, models: dict):
+        self.detected = self.stored = 0
+        self._count = threading.Lock()  # crop_shard's threads share the store
+        settings = None
+        if folder:
+            cls = detector_class(crop["method"])
+            settings = {"format": self.FORMAT, "method": cls.name,
+                        "code": code_digest("crop.py", "imaging.py"),
+                        "detection": {k: crop.get(k) for k in cls.detection_keys},
+                        "fingerprint": cls.fingerprint(crop, models)}
+        self._store = ContentStore(folder, settings)
+
+    def get(self, digest: str) -> tuple[tuple[int, int], list[Face]] | None:
+        """(upright size, faces) stored for this content, or None."""
+        record = self._store.get(digest)
+        if record is None:
+            return None
+        try:
+            faces = [Face(tuple(int(v) for v in f["box"]), f["score"],
+                          None if f.get("landmarks") is None
+                          else np.array(f["landmarks"], dtype=np.float64))
+                     for f in record["faces"]]
+            size = (int(record["size"][0]), int(record["size"][1]))
+        except (ValueError, KeyError, TypeError):  # not a record of this format: detect again
+            return None
+        with self._count:
+            self.stored += 1
+        return size, faces
+
+    def put(self, digest: str, size: tuple[int, int], faces: list[Face]) -> None:
+        with self._count:
+            self.detected += 1
+        self._store.put(digest, {
+            "size": list(size),
+            "faces": [{"box": list(f.box), "score": f.score,
+                       **({"landmarks": f.landmarks.tolist()} if f.landmarks is not None else {})}
+                      for f in faces]})
+
+
+def decode(data: bytes, path: str):
+    """``load_rgb`` of a file's bytes; where they do not decode, of its path, so the error
+    names the file (a message about the bytes would name a memory address)."""
+    try:
+        return load_rgb(io.BytesIO(data))
+    except Exception:
+        return load_rgb(path)
+
+
+def crop_image(row: Row, crop: dict, detector, out: ShardDir,
+               store: DetectionStore | None = None) -> list[Row]:
     """All output rows for one kept ingest row (faces, or one drop row)."""
+    store = store or DetectionStore(None, crop, {})
+    im = notes = None
     try:
         if detector.passthrough:
             return [pass_through(row)]
-        im, notes = load_rgb(row.path)
+        data = Path(row.path).read_bytes()  # read once: its digest keys the stored detections
+        digest = file_digest(data)
+        stored = store.get(digest)
+        if stored is None:
+            im, notes = decode(data, row.path)
     except Exception as e:  # ingest checked the decode; a file changed since must not stop the shard
         return [row.drop("load_error", details={"error": f"{type(e).__name__}: {e}"})]
     try:
-        found = detector.detect(np.asarray(im))
+        if stored is None:
+            found = detector.detect(np.asarray(im))
+            size = im.size
+            store.put(digest, size, found)
+        else:
+            size, found = stored
         # largest first, then reading order: stable ids, and max_faces keeps the largest
-        found.sort(key=lambda f: (-f.box[2] * f.box[3], f.box[1], f.box[0]))
+        found = sorted(found, key=lambda f: (-f.box[2] * f.box[3], f.box[1], f.box[0]))
         faces = [f for f in found if min(f.box[2], f.box[3]) >= crop["min_face"]]
         if crop["max_faces"]:
             faces = faces[:crop["max_faces"]]
@@ -607,7 +730,17 @@ def crop_image(row: Row, crop: dict, detector, out: ShardDir) -> list[Row]:
             details = {"method": crop["method"], "min_face": crop["min_face"]}
             if found:  # faces there, all below min_face: the user may want to lower it
                 details["small_faces"] = [list(f.box) for f in found]
-            return [row.drop("no_face", width=im.width, height=im.height, details=details)]
+            return [row.drop("no_face", width=size[0], height=size[1], details=details)]
+    except ModelError:
+        raise  # no detector: the whole stage stops, saying how to get the model
+    except Exception as e:  # one odd image must not cost the other thousands in the shard
+        return [row.drop("crop_error", details={"error": f"{type(e).__name__}: {e}"})]
+    if im is None:  # faces to cut from stored detections: the pixels are needed now
+        try:
+            im, notes = decode(data, row.path)
+        except Exception as e:
+            return [row.drop("load_error", details={"error": f"{type(e).__name__}: {e}"})]
+    try:
         rows = []
         for k, face in enumerate(faces):
             face_im, details = cut_face(im, face, crop)
@@ -623,18 +756,38 @@ def crop_image(row: Row, crop: dict, detector, out: ShardDir) -> list[Row]:
         return [row.drop("crop_error", details={"error": f"{type(e).__name__}: {e}"})]
 
 
-def crop_shard(rows: list[Row], crop: dict, models: dict, out: ShardDir, threads: int = 1) -> list[Row]:
-    """Crop every kept row of an ingest manifest into ``out``; rows in input order."""
-    detector = make_detector(crop, models)
+def crop_shard(rows: list[Row], crop: dict, models: dict, out: ShardDir, threads: int = 1,
+               store: DetectionStore | None = None) -> list[Row]:
+    """Crop every kept row of an ingest manifest into ``out``; rows in input order.
+    ``store``: detections stored by earlier runs are used instead of detecting again."""
+    detector = LazyDetector(crop, models)
     import cv2
     # the pool is the job's parallelism (`threads`, what Snakemake granted): OpenCV's own
     # threads would oversubscribe the cores, or use cores a --cores 1 run did not grant
     cv2.setNumThreads(1)
+    store = store or DetectionStore(None, crop, models)
     todo = list(kept(rows))
     with ThreadPoolExecutor(max(threads, 1)) as pool:
-        results = pool.map(lambda r: crop_image(r, crop, detector, out), todo)
+        results = pool.map(lambda r: crop_image(r, crop, detector, out, store), todo)
         return [r for rs in tqdm(results, total=len(todo), desc="crop", unit="img", mininterval=2)
                 for r in rs]
+
+
+class LazyDetector:
+    """The detector, created (models loaded) at the first image that needs detecting:
+    a re-cut from stored detections loads no model."""
+
+    def __init__(self, crop: dict, models: dict):
+        self._crop, self._models = crop, models
+        self.passthrough = detector_class(crop["method"]).passthrough
+        self._detector = None
+        self._lock = threading.Lock()
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        with self._lock:
+            if self._detector is None:
+                self._detector = make_detector(self._crop, self._models)
+        return self._detector.detect(rgb)
 
 
 def iou(a, b) -> float:
@@ -646,7 +799,10 @@ def iou(a, b) -> float:
 
 
 def main(argv=None) -> None:
-    args = stage_argparser(__doc__).parse_args(argv)
+    parser = stage_argparser(__doc__)
+    parser.add_argument("--detections", default="",
+                        help="folder of stored detections (DetectionStore); none: detect every image")
+    args = parser.parse_args(argv)
     cfg = load_config_arg(args.config)
     rows = read_manifest(args.input)
     # the rule names the shard's manifest; the face images go beside it
@@ -656,15 +812,17 @@ def main(argv=None) -> None:
     output = Path(args.output)
     folder, manifest_name = (output.parent, output.name) if output.suffix == ".tsv" else (output, "manifest.tsv")
     try:
+        store = DetectionStore(args.detections, cfg["crop"], cfg.get("models", {}))
         with ShardDir(folder) as out:
-            result = crop_shard(rows, cfg["crop"], cfg.get("models", {}), out, args.threads)
+            result = crop_shard(rows, cfg["crop"], cfg.get("models", {}), out, args.threads, store)
             out.write_manifest(result, manifest_name)
     except ModelError as e:
         raise SystemExit(str(e)) from None
     faces = sum(r.kept for r in result)
     dropped = sum(not r.kept for r in result)
     print(f"crop ({cfg['crop']['method']}): {sum(1 for _ in kept(rows))} images -> "
-          f"{faces} faces, {dropped} dropped")
+          f"{faces} faces, {dropped} dropped; detections: {store.stored} stored, "
+          f"{store.detected} detected")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Pure functions: they never write; callers decide where results go.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import struct
 import sys
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
+
+from pipeline.manifest import atomic_write_text
 
 # We do our own pixel-count guard (ingest.max_pixels) so the limit is a config value,
 # and truncated files must fail loudly instead of decoding grey.
@@ -86,7 +90,13 @@ def png_damage(data: bytes) -> tuple[str, str]:
         pos = end
 
 
-def decode_check(path: str | Path, max_pixels: int, keep_damaged: bool = False) -> tuple[str, dict]:
+def too_large(size: int, max_pixels: int) -> bool:
+    """No picture of max_pixels is this many bytes (decode_check's file_too_large)."""
+    return size > max(1 << 26, 16 * max_pixels)
+
+
+def decode_check(path: str | Path, max_pixels: int, keep_damaged: bool = False,
+                 data: bytes | None = None) -> tuple[str, dict]:
     """Fully decode ``path`` the way later stages will (``load_rgb``). Returns ("", info)
     when usable, else (reason, info).
 
@@ -97,13 +107,16 @@ def decode_check(path: str | Path, max_pixels: int, keep_damaged: bool = False) 
     """
     path = Path(path)
     info: dict = {}
-    try:
-        size = path.stat().st_size
-        if size > max(1 << 26, 16 * max_pixels):  # no picture of max_pixels is this big
-            return "file_too_large", {"bytes": size, "max_pixels": max_pixels}
-        data = path.read_bytes()
-    except OSError as e:
-        return "unreadable", {"error": e.strerror or str(e)}
+    if data is None:  # else the caller read the file (``data``: its bytes)
+        try:
+            size = path.stat().st_size
+            if too_large(size, max_pixels):
+                return "file_too_large", {"bytes": size, "max_pixels": max_pixels}
+            data = path.read_bytes()
+        except OSError as e:
+            return "unreadable", {"error": e.strerror or str(e)}
+    elif too_large(len(data), max_pixels):
+        return "file_too_large", {"bytes": len(data), "max_pixels": max_pixels}
     info["bytes"] = len(data)
     if not data:
         return "empty_file", info
@@ -269,3 +282,69 @@ def save_png(im: Image.Image, path) -> None:
         path.write(data)
     else:
         Path(path).write_bytes(data)
+
+
+# ---------------------------------------------------------------- results stored by content
+
+def file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def code_digest(*modules: str) -> str:
+    """sha256 of pipeline modules' source (e.g. "imaging.py"): part of a stored result's
+    key, so editing the code that made it makes it stale."""
+    h = hashlib.sha256()
+    for module in modules:
+        h.update((Path(__file__).parent / module).read_bytes())
+    return h.hexdigest()
+
+
+class ContentStore:
+    """JSON records stored per file content (sha256 of the bytes) and settings, across runs
+    and shards: ``<folder>/<settings key>/<digest[:2]>/<digest>.json``. ``settings`` must
+    hold everything else the record depends on (options, code, library versions): a record
+    is used only where computing it again would give the same. Without a folder it stores
+    nothing. A record that cannot be read is a miss; one that cannot be written is skipped
+    (a full or read-only cache must not cost the result)."""
+
+    def __init__(self, folder: str | os.PathLike | None, settings: dict):
+        self.folder = None
+        if folder:
+            text = json.dumps(settings, sort_keys=True)
+            self.folder = Path(folder) / hashlib.sha256(text.encode()).hexdigest()[:20]
+            about = self.folder / "settings.json"  # for a person looking in the cache
+            if not about.exists():
+                try:
+                    atomic_write_text(about, text + "\n")
+                except OSError:
+                    pass
+
+    def _path(self, digest: str) -> Path:
+        return self.folder / digest[:2] / f"{digest}.json"
+
+    def get(self, digest: str) -> dict | None:
+        if self.folder is None:
+            return None
+        try:
+            return json.loads(self._path(digest).read_bytes())
+        except (OSError, ValueError):
+            return None
+
+    def put(self, digest: str, record: dict) -> None:
+        if self.folder is None:
+            return
+        path = self._path(digest)
+        try:
+            # temp + rename, without manifest's fsync: that costs ~2 ms a file (4 s of a
+            # 2,000-file first run), and a record a power cut loses or cuts short is a miss
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(record))
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        except OSError as e:
+            print(f"faceprep: not stored in {self.folder}: {e}", file=sys.stderr)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.imaging import decode_check
+from pipeline.imaging import ContentStore, code_digest, decode_check, file_digest, too_large
 from pipeline.manifest import (Row, atomic_write_text, load_config_arg, read_text, write_manifest)
 
 RATING_ALIASES = {"general": "g", "sensitive": "s", "safe": "s", "questionable": "q",
@@ -392,8 +392,43 @@ def read_decisions(path) -> dict[str, tuple[str, dict]]:
 
 # ---------------------------------------------------------------- per-shard ingest
 
+def check_store(folder: str | os.PathLike | None, cfg: dict) -> ContentStore:
+    """Decode checks stored per file content (``ContentStore`` under
+    ``<cache_dir>/ingest``): an ingest rerun (files added to the shard, a shard count
+    change) checks only files it has not seen with these settings and this code."""
+    settings = None
+    if folder:
+        import cv2
+        import PIL
+        settings = {"format": 1, "max_pixels": cfg["max_pixels"],
+                    "damaged": cfg.get("damaged", "drop"), "code": code_digest("imaging.py"),
+                    "pillow": PIL.__version__, "opencv": cv2.__version__}
+    return ContentStore(folder, settings)
+
+
+def checked(path: str, cfg: dict, store: ContentStore | None = None) -> tuple[str, dict]:
+    """``decode_check`` of one file, or its stored result for the same bytes."""
+    max_pixels, keep_damaged = cfg["max_pixels"], cfg.get("damaged", "drop") == "keep"
+    if store is None or store.folder is None:
+        return decode_check(path, max_pixels, keep_damaged)
+    try:
+        if too_large(os.stat(path).st_size, max_pixels):
+            return decode_check(path, max_pixels, keep_damaged)
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:  # unreadable: said by the check itself, never stored
+        return decode_check(path, max_pixels, keep_damaged)
+    digest = file_digest(data)
+    record = store.get(digest)
+    if isinstance(record, dict) and isinstance(record.get("info"), dict):
+        return record.get("reason", ""), record["info"]
+    reason, info = decode_check(path, max_pixels, keep_damaged, data)
+    store.put(digest, {"reason": reason, "info": info})
+    return reason, info
+
+
 def ingest_file(relpath: str, raw_dir: str, cfg: dict, decisions: dict | None,
-                problem: str = "") -> Row:
+                problem: str = "", store: ContentStore | None = None) -> Row:
     """One manifest row for one listed path: keep, or drop with a reason."""
     row = Row(id=source_id(relpath), source=relpath, path=os.path.join(raw_dir, relpath))
     if problem:  # found by the listing: a link, folder or special file we do not read
@@ -414,28 +449,28 @@ def ingest_file(relpath: str, raw_dir: str, cfg: dict, decisions: dict | None,
         reason, details = decisions[stem]
         if reason:
             return row.drop(reason, details=details)
-    reason, info = decode_check(row.path, cfg["max_pixels"],
-                                keep_damaged=cfg.get("damaged", "drop") == "keep")
+    reason, info = checked(row.path, cfg, store)
     width, height = info.pop("width", 0), info.pop("height", 0)
     if reason:
         return row.drop(reason, width=width, height=height, details=info)
     return row.keep(width=width, height=height, details=info)
 
 
-_shard_job = None  # (raw_dir, cfg, decisions): the worker processes inherit it through fork
+_shard_job = None  # (raw_dir, cfg, decisions, store): the worker processes inherit it through fork
 
 
 def _checked(entry) -> Row:
-    raw_dir, cfg, decisions = _shard_job
-    return ingest_file(entry[0], raw_dir, cfg, decisions, entry[3] if len(entry) > 3 else "")
+    raw_dir, cfg, decisions, store = _shard_job
+    return ingest_file(entry[0], raw_dir, cfg, decisions, entry[3] if len(entry) > 3 else "", store)
 
 
 def ingest_shard(entries, raw_dir: str, cfg: dict, decisions: dict | None,
-                 threads: int = 1) -> list[Row]:
+                 threads: int = 1, store: ContentStore | None = None) -> list[Row]:
     """Rows in listing order. ``threads`` > 1 checks files in that many worker processes
-    (not threads: the libjpeg warning capture redirects the process's fd 2)."""
+    (not threads: the libjpeg warning capture redirects the process's fd 2). ``store``:
+    decode checks of earlier runs (``check_store``)."""
     global _shard_job
-    _shard_job = (raw_dir, cfg, decisions)
+    _shard_job = (raw_dir, cfg, decisions, store)
     progress = dict(total=len(entries), desc="ingest", unit="img", mininterval=2)
     if threads <= 1 or len(entries) < 64 or "fork" not in multiprocessing.get_all_start_methods():
         return [_checked(e) for e in tqdm(entries, **progress)]
@@ -454,6 +489,7 @@ def main(argv=None) -> None:
     s.add_argument("--output", required=True, help="manifest.tsv to write")
     s.add_argument("--config", required=True)
     s.add_argument("--threads", type=int, default=1, help="worker processes")
+    s.add_argument("--checks", default="", help="folder of stored decode checks (check_store)")
     m = sub.add_parser("metadata", help="apply the tag/rating filter to a metadata JSONL")
     m.add_argument("--metadata", required=True)
     m.add_argument("--output", required=True)
@@ -468,7 +504,7 @@ def main(argv=None) -> None:
         return
     entries = parse_listing(read_text(a.listing))
     decisions = read_decisions(a.metadata_decisions) if a.metadata_decisions.strip() else None
-    rows = ingest_shard(entries, a.raw_dir, cfg, decisions, a.threads)
+    rows = ingest_shard(entries, a.raw_dir, cfg, decisions, a.threads, check_store(a.checks, cfg))
     write_manifest(a.output, rows)
     kept = sum(r.kept for r in rows)
     print(f"ingest: {kept}/{len(rows)} kept")

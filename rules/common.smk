@@ -30,7 +30,11 @@ def stop_now(message):
 # Our own check first: one line naming the key (and "did you mean"); snakemake's
 # validate then fills in the defaults.
 with open(BASE / "schemas" / "config.schema.yaml") as _f:
-    _problem = config_error(config, yaml.safe_load(_f))
+    _schema = yaml.safe_load(_f)
+# crop.method: the detectors registered in pipeline/crop.py (adding one is one class there)
+from pipeline.crop import DETECTORS  # noqa: E402
+_schema["properties"]["crop"]["properties"]["method"]["enum"] = sorted(DETECTORS)
+_problem = config_error(config, _schema)
 if _problem:
     stop_now(_problem)
 validate(config, schema="../schemas/config.schema.yaml")
@@ -145,14 +149,10 @@ def rejects_input(wildcards):
 
 
 def crop_keys(crop):
-    """The crop keys pipeline/crop.py reads for the chosen method (none: nothing else)."""
-    keys = {"animeface": ["scale_factor", "min_neighbors", "min_face", "max_faces", "margin", "border",
-                          "rotate_pass", "small_faces"],
-            "dlib": ["dlib_detector", "dlib_upsample", "min_face", "max_faces", "align"],
-            "none": []}[crop["method"]]
-    if crop["method"] == "dlib" and crop["align"] == "box":
-        keys += ["margin", "border"]  # the FFHQ quad has its own framing
-    return {k: crop[k] for k in ["method", *keys]}
+    """The crop keys pipeline/crop.py reads for the chosen method: its Detector class says
+    (config_keys), so a detector registered there needs nothing here."""
+    from pipeline.crop import detector_class
+    return {k: crop[k] for k in detector_class(crop["method"]).config_keys(crop)}
 
 
 def after_dedup(pattern):

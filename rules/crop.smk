@@ -37,4 +37,7 @@ rule crop:
         bench_path("crop", "{shard}")
     shell:
         "python -m pipeline.crop --input {input.manifest:q} --output {output:q}"
-        " --config {params.cfg:q} --threads {threads} > {log:q} 2>&1"
+        # detections stored per file content + detector settings ($FACEPREP_CACHE_DIR: no
+        # param, moving it reruns nothing): a framing edit re-cuts without detecting
+        " --config {params.cfg:q} --threads {threads}"
+        " --detections \"$FACEPREP_CACHE_DIR/detections\" > {log:q} 2>&1"

@@ -43,4 +43,4 @@ rule ingest:
     shell:
         "python -m pipeline.ingest shard --listing {input.listing:q} --raw-dir {params.raw_dir:q}"
         " --metadata-decisions={input.metadata:q} --output {output:q} --config {params.cfg:q}"
-        " --threads {threads} > {log:q} 2>&1"
+        " --threads {threads} --checks \"$FACEPREP_CACHE_DIR/ingest\" > {log:q} 2>&1"

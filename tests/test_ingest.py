@@ -139,3 +139,40 @@ def test_listing_fast_paths_write_what_json_dumps_wrote(tmp_path):
     listed = list_raw_dir(tmp_path)
     assert listed == [(n, os.stat(tmp_path / n).st_size, os.stat(tmp_path / n).st_mtime_ns, "")
                       for n in ["sub/y.png", "x.png"]]
+
+
+def test_stored_decode_checks_give_the_same_manifest_and_are_used(tmp_path):
+    """Every testdata file (the broken ones too) checked once into the store: a second
+    ingest with the store writes the same manifest bytes as one without it, and takes each
+    check from the store (a record changed by hand shows up in the row: it was not decoded
+    again). Other settings (max_pixels) are another store: checked afresh."""
+    from pipeline.imaging import file_digest
+    entries = ingest.list_raw_dir(TESTDATA)
+    ingest.write_shard_listings(entries, tmp_path / "listing", ["0"])
+    store_dir = tmp_path / "checks"
+
+    def ingest_to(name, cfg=CFG, checks=str(store_dir)):
+        out = tmp_path / name / "manifest.tsv"
+        ingest.main(["shard", "--listing", str(tmp_path / "listing" / "0.tsv"), "--raw-dir",
+                     str(TESTDATA), "--output", str(out), "--config", json.dumps(cfg),
+                     "--checks", checks, "--threads", "2"])
+        return out
+
+    plain = ingest_to("plain", checks="").read_bytes()
+    assert ingest_to("first").read_bytes() == plain
+    assert ingest_to("again").read_bytes() == plain
+    (settings_dir,) = store_dir.iterdir()
+    assert len(list(settings_dir.glob("*/*.json"))) >= len(EXPECTED_DROPS) + 10
+
+    # the truncated file's stored check, edited: the next ingest reports the edit
+    digest = file_digest((TESTDATA / "broken/truncated.jpg").read_bytes())
+    record_path = settings_dir / digest[:2] / f"{digest}.json"
+    record = json.loads(record_path.read_text())
+    assert record["reason"] == "truncated"
+    record_path.write_text(json.dumps({**record, "reason": "corrupt_data"}))
+    rows = {r.source: r for r in read_manifest(ingest_to("edited"))}
+    assert rows["broken/truncated.jpg"].reason == "corrupt_data"
+    # another max_pixels: its own store, the real check again
+    rows = {r.source: r for r in read_manifest(ingest_to("other", {**CFG, "max_pixels": 30_000_000}))}
+    assert rows["broken/truncated.jpg"].reason == "truncated"
+    assert rows["broken/huge_6000x4000.png"].kept
