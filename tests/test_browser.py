@@ -40,10 +40,12 @@ RAW = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png"
        "photo_dogs.jpg", "photo_Tom_Cruise_avp_2014_4.jpg", "photo_2008_002470.jpg", HOSTILE,
        "broken/zero_bytes.jpg"]
 R = Path("results/tiny")
-# a rejects edit: the re-export, the page's ticks and the ranking verdicts
-RANKED_STAGE = {"ranked_export": 1, "report": 1, "report_ranking": 1, "ranked_dataset": 1}
+# a rejects edit: the curated set, training on it (one round_kimg continuation), the
+# ranking, the re-export, the page's ticks and the ranking verdicts
+RANKED_STAGE = {"curated": 1, "finetune": 1, "rank": 1, "ranked_export": 1, "report": 1,
+                "report_ranking": 1, "rounds": 1, "ranked_dataset": 1}
 # a ranking-only edit (bottom fraction, scores): the check page before training stays
-RANKING_STAGE = {"ranked_export": 1, "report_ranking": 1, "ranked_dataset": 1}
+RANKING_STAGE = {"ranked_export": 1, "report_ranking": 1, "rounds": 1, "ranked_dataset": 1}
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +238,12 @@ def test_two_ticks_in_the_browser_drop_exactly_those_two_images(finished_run, br
     downloaded.unlink()
     _, again = review_in_browser(driver, downloads, finished_run / R / "report" / "index.html", 0)
     assert read_rejects(again) == set(ticked)
+    # the cleaning-rounds panel names the network's run and round; it trained without the two
+    from selenium.webdriver.common.by import By
+    from gan.checkpoint import read_meta
+    run = read_meta(finished_run / R / "finetune" / "network-final.npz")["extra"]["run"]
+    assert f"run {run['id']}, round 1 of 1" in driver.find_element(By.ID, "rounds-network").text
+    assert not driver.find_elements(By.ID, "rounds-stale")
 
 
 
