@@ -15,7 +15,7 @@ from pipeline.imaging import load_rgb
 from pipeline.manifest import Row, write_manifest
 from pipeline.rank import (SCORE_COLUMNS, SCORING_KEYS, collect_scores, crop_box, d_features,
                            format_scores, histogram_png, knn_distance, plan_batches, rank_rows,
-                           read_scores, robust_z, score_dataset, score_paths)
+                           read_scores, robust_z, score_dataset, score_paths, scores_network)
 
 RES = 32
 FILES = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png", "anime_tone.png",
@@ -179,7 +179,9 @@ def test_cli_ranks_dataset_manifest(tmp_path, images, discriminator):
     from gan.networks import Generator, Discriminator
     G = Generator(RES, latent_dim=16, mapping_layers=1, channel_base=256, channel_max=32, seed=1)
     D = Discriminator(RES, channel_base=256, channel_max=32, seed=2)
-    save_network(tmp_path / "net.npz", G, D, G, {"kimg": 0})
+    # the run record gan.train writes: scores.tsv names it
+    run = {"id": "0123456789ab-cdef0123", "round": 2, "dataset": {"sha256": "f" * 64, "images": 3}}
+    save_network(tmp_path / "net.npz", G, D, G, {"kimg": 1.5, "run": run})
     rows = [Row(id=f"{i:016x}", source=name, path=p, width=RES, height=RES,
                 details={"index": i, "crop_box": [i, i, i + 40, i + 40]})
             for i, (name, p) in enumerate(zip(FILES, images))]
@@ -204,8 +206,10 @@ def test_cli_ranks_dataset_manifest(tmp_path, images, discriminator):
     per_shuffle, _ = score_paths(D, images, CFG, RES, progress=False)
     logit = {s.id: s.signals["logit"] for s in scores}
     np.testing.assert_allclose([logit[r.id] for r in rows], per_shuffle.mean(0), atol=2e-6)
-    header = (tmp_path / "rank" / "scores.tsv").read_text().splitlines()[0].split("\t")
-    assert header == SCORE_COLUMNS + ["signal:knn", "signal:logit", "signal:upright"]
+    first, header = (tmp_path / "rank" / "scores.tsv").read_text().splitlines()[:2]
+    assert first == "# network: run 0123456789ab-cdef0123 round 2 (3 images, dataset ffffffffffff, kimg 1.5)"
+    assert scores_network(tmp_path / "rank" / "scores.tsv") == first[len("# network: "):]
+    assert header.split("\t") == SCORE_COLUMNS + ["signal:knn", "signal:logit", "signal:upright"]
 
 
 def test_cli_refuses_a_d_of_another_resolution(tmp_path, images):
