@@ -154,7 +154,7 @@ def dataset_counts(workdir: Path, folder: str, with_zip: bool = True) -> tuple[i
 
 # ---------------------------------------------------------------- dry runs (no browser)
 
-def test_rejects_edit_reschedules_only_reexport_and_report(finished_run):
+def test_rejects_edit_reschedules_training_on_the_curated_set(finished_run):
     rejects = finished_run / "characters" / "tiny.rejects.txt"
     rejects.parent.mkdir(exist_ok=True)
     first = read_manifest(finished_run / R / "export" / "manifest.tsv")[0].id
@@ -167,8 +167,8 @@ def test_rejects_edit_reschedules_only_reexport_and_report(finished_run):
 
 
 def test_rank_config_edits_reschedule_what_they_should(finished_run):
-    # the bottom fraction and the rejects path are ranked_export's business, not rank's
-    # (the rejects path also reruns the check page: it preticks from that file)
+    # the bottom fraction is ranked_export's business (one round), not rank's; the rejects
+    # path decides the curated set training reads (and the check page preticks from it)
     assert scheduled_jobs(finished_run, "ranked_dataset",
                           {"rank": {"shuffles": 2, "drop_bottom_fraction": 0.25}}) == RANKING_STAGE
     assert scheduled_jobs(finished_run, "ranked_dataset",
