@@ -2,33 +2,6 @@
 # round k+1 continues round k's network on what round k's ranking left (pipeline/rounds.py).
 # The last round writes the classic paths (finetune/network-final.npz, rank/scores.tsv);
 # earlier rounds write finetune/round-K/ and rank/round-K/.
-ROUNDS = config["rank"]["rounds"]
-FINAL_NETWORK = f"{R}/finetune/network-final.npz"
-ROUNDS_CODE = [stage_code("rounds"), stage_code("export"), local(str(BASE / "gan" / "runs.py"))]
-
-
-def training_set(folder):
-    """A set training reads: manifest, TFRecords (every level: NVIDIA layout), fingerprint."""
-    return {"manifest": f"{folder}/manifest.tsv", "tfrecords": dataset_outputs(folder)["tfrecords"],
-            "fingerprint": f"{folder}/fingerprint.json"}
-
-
-CURATED = training_set(f"{R}/curated")
-
-
-def round_set(k):
-    """The set round k trains on: the curated set, then what round k-1 left."""
-    return CURATED if k == 1 else training_set(f"{R}/rounds/round-{k}")
-
-
-def round_network(k):
-    return FINAL_NETWORK if k == ROUNDS else f"{R}/finetune/round-{k}/network-final.npz"
-
-
-def round_scores(k):
-    return f"{R}/rank/scores.tsv" if k == ROUNDS else f"{R}/rank/round-{k}/scores.tsv"
-
-
 rule curated:
     """The curated set: the dataset minus the rejects file (ids or source paths), exported as
     training reads it, with its manifest (every reject with its reason) and fingerprint."""
@@ -107,19 +80,6 @@ rule round_set:
         " --folder {params.folder:q} --name {params.name:q} --threads {threads} > {log:q} 2>&1"
 
 
-def finetune_inputs(k):
-    """Round k's training set, the network it continues (round k-1's), the code, the
-    pretrained file (a missing one stops the run before it starts, with snakemake's message)."""
-    def inputs(wildcards):
-        k_ = int(wildcards.k) if k is None else k
-        data = round_set(k_)
-        return {"tfrecords": data["tfrecords"], "manifest": data["manifest"],
-                **({"parent": round_network(k_ - 1)} if k_ > 1 else {}),
-                "code": [local(str(p)) for p in sorted((BASE / "gan").glob("*.py"))],
-                "pretrained": [config["finetune"]["pretrained"]] if config["finetune"]["pretrained"] else []}
-    return inputs
-
-
 # the whole output goes to the log; which run, resume/warm start, warnings and the
 # training ticks (kimg, sec/kimg, losses, ETA) also to the console while it runs
 FINETUNE_SHELL = (
@@ -131,7 +91,6 @@ FINETUNE_SHELL = (
 FINETUNE_PARAMS = dict(
     cfg=stage_config("finetune"),
     tfrecord_dir=lambda wildcards, input: os.path.dirname(input.tfrecords[0]),
-    run_dir=f"{R}/finetune",  # runs/ of every round and every rejects file live here
     parent=lambda wildcards, input: f"--parent {shlex.quote(input.parent)}" if "parent" in input.keys() else "",
 )
 
@@ -148,6 +107,8 @@ rule finetune_round:
     params:
         **FINETUNE_PARAMS,
         round=lambda w: int(w.k),
+        # runs/ of every round and every rejects file live in R/finetune
+        run_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
     resources:
         gpu=1,
         mem_mb=16000,
@@ -175,6 +136,7 @@ rule finetune:
     params:
         **FINETUNE_PARAMS,
         round=ROUNDS,
+        run_dir=lambda wildcards, output: os.path.dirname(output[0]),
     resources:
         gpu=1,
         mem_mb=16000,
