@@ -108,7 +108,7 @@ rule finetune_round:
         **FINETUNE_PARAMS,
         round=lambda w: int(w.k),
         # runs/ of every round and every rejects file live in R/finetune
-        run_dir=lambda wildcards, output: os.path.dirname(os.path.dirname(output[0])),
+        run_dir=lambda wildcards: f"{R}/finetune",
     resources:
         gpu=1,
         mem_mb=16000,
