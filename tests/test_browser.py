@@ -140,7 +140,7 @@ def review_in_browser(driver, downloads: Path, page: Path, n_ticks: int) -> tupl
 
 def dataset_counts(workdir: Path, folder: str, with_zip: bool = True) -> tuple[int, int | None, int]:
     """(manifest keeps, ZIP images, TFRecords records at the top level). ranked_dataset
-    builds the export's TFRecords (training reads them) but only the ranked ZIP."""
+    builds the curated set's TFRecords (training reads them) and only the ranked ZIP."""
     import tensorflow as tf
     base = workdir / R / folder
     keeps = len(list(kept(read_manifest(base / "manifest.tsv"))))
@@ -232,7 +232,9 @@ def test_two_ticks_in_the_browser_drop_exactly_those_two_images(finished_run, br
     assert all(r.reason == "rejected" for r in ranked if not r.kept)
     assert dataset_counts(finished_run, "ranked") == (6, 6, 6)
     assert not (finished_run / R / "export" / "tiny.zip").exists()   # the `dataset` target's
-    assert dataset_counts(finished_run, "export", with_zip=False) == (8, None, 8)  # untouched
+    assert len(list(kept(read_manifest(finished_run / R / "export" / "manifest.tsv")))) == 8  # untouched
+    # training read the curated set: the dataset minus the two
+    assert dataset_counts(finished_run, "curated", with_zip=False) == (6, None, 6)
 
     # the rebuilt page preticks the two; downloading again without changes gives the same file
     downloaded.unlink()
