@@ -346,7 +346,8 @@ def test_rule_passes_every_scoring_key():
     schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
     rank_keys = set(schema["properties"]["rank"]["properties"])
     assert {"method", "knn_k"} <= set(SCORING_KEYS) <= rank_keys
-    assert rank_keys - set(SCORING_KEYS) == {"drop_bottom_fraction", "rejects"}
+    # what is dropped after scoring, and how many rounds: not the scores
+    assert rank_keys - set(SCORING_KEYS) == {"drop_bottom_fraction", "rejects", "rounds"}
     config = yaml.safe_load((REPO / "config.yaml").read_text())["rank"]
     assert {k: config[k] for k in ("method", "knn_k")} == \
         {k: schema["properties"]["rank"]["properties"][k]["default"] for k in ("method", "knn_k")}
