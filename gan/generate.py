@@ -26,6 +26,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +200,10 @@ def generate(network: str | os.PathLike, outdir: str | os.PathLike, cfg: dict,
         if video == "mp4":
             raise SystemExit(f"generate: MP4 asked for but {why}")
         fmt, why = "gif", "GIF asked for"
-    index = {"network": str(network), "resolution": Gs.resolution, "psi": psi, "files": {}}
+    from gan.runs import describe, network_provenance
+    prov = network_provenance(network)   # the run and cleaning round it came from
+    index = {"network": str(network), "run": prov, "made_by": describe(prov),
+             "resolution": Gs.resolution, "psi": psi, "files": {}}
 
     _save_png(outdir / "truncation.png", truncation_sweep(Gs, cfg["seeds"], cfg["truncation_psi"], batch))
     index["files"]["truncation"] = "truncation.png"
@@ -233,7 +237,12 @@ def main(argv=None) -> None:
                    "video_seeds, video_frames_per_seed, video_fps, batch)")
     p.add_argument("--video", choices=["mp4", "gif"], default=None,
                    help="force a video format (default: mp4 when imageio-ffmpeg is installed, else gif)")
+    p.add_argument("--training-set", help="the final round's set: a network older than it gets a warning")
     a = p.parse_args(argv)
+    if a.training_set:
+        from gan.runs import staleness
+        if stale := staleness(a.network, a.training_set):
+            print(stale, file=sys.stderr, flush=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     index = generate(a.network, a.outdir, load_config_arg(a.config), video=a.video)
     print(json.dumps(index, sort_keys=True), flush=True)

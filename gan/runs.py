@@ -1,8 +1,12 @@
-"""Training runs: one folder per (dataset fingerprint, architecture, pretrained file).
+"""Training runs: one folder per (dataset fingerprint, architecture, pretrained file,
+parent run).
 
     <finetune>/runs/<data fp[:12]>-<model[:8]>/
-        run.json                 identity (dataset fingerprint, architecture, pretrained sha256),
-                                 where it was warm-started from
+        run.json                 identity (dataset fingerprint, architecture, pretrained sha256,
+                                 cleaning round and parent run), where it was warm-started
+                                 from, how many kimg it trains
+        dataset.tsv              id <tab> sha256 of every training image: its sha256 is the
+                                 dataset fingerprint (what the run trained on, checkable)
         snapshots/ samples/ tb/  as gan.training_loop writes them
         network-final.npz        this run's final network
     <finetune>/runs/latest       id of the run that last produced <finetune>/network-final.npz
@@ -13,6 +17,13 @@ A run is resumed only onto the exact data, architecture and pretrained file it w
 started with; other data gets its own run, warm-started from the previous run's final
 network (`warm_start: previous`) or the pretrained file (`warm_start: pretrained`). Runs
 are never deleted: going back to earlier data finds its run again.
+
+Cleaning rounds (rank.rounds): round 1 trains on the curated set; round k > 1 is a run
+whose parent is round k-1's run: it continues from the parent's final network on what
+round k-1's ranking left. The parent is part of the run's identity, so the same data
+reached by another chain of rounds is another run, and the same chain finds its runs again.
+A run that continues a network (a parent, or warm start from the previous final) trains
+`round_kimg`; one from the pretrained file or from scratch trains `kimg`.
 """
 from __future__ import annotations
 
@@ -20,6 +31,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +43,7 @@ from util.files import AtomicDir, atomic_write_text, file_sha256
 RUNS = "runs"
 LATEST = "latest"
 FINAL = "network-final.npz"
+DATASET_LINES = "dataset.tsv"
 # Config keys that shape a network built from scratch (a pretrained file brings its own).
 SCRATCH_ARCH_KEYS = ("latent_dim", "mapping_layers", "channel_base", "channel_max")
 
@@ -39,17 +52,25 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+def dataset_lines(manifest: str | os.PathLike) -> str:
+    """"<id>\t<sha256 of the image's bytes>\n" for every kept image of ``manifest``, in id
+    order: what a fingerprint is the sha256 of (kept as dataset.tsv in each run)."""
+    rows = sorted(kept(read_manifest(manifest)), key=lambda r: r.id)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # hashlib frees the GIL
+        digests = list(pool.map(file_sha256, [r.path for r in rows]))
+    return "".join(f"{r.id}\t{digest}\n" for r, digest in zip(rows, digests))
+
+
+def fingerprint_of_lines(lines: str) -> dict:
+    return {"sha256": hashlib.sha256(lines.encode("utf-8", "surrogateescape")).hexdigest(),
+            "images": lines.count("\n")}
+
+
 def dataset_fingerprint(manifest: str | os.PathLike) -> dict:
     """sha256 over (id, sha256 of the exported image's bytes) of every dataset image, in id
     order: the same pictures under the same ids give the same fingerprint whatever the files'
     mtimes; a changed, added, removed or renamed image gives another."""
-    rows = sorted(kept(read_manifest(manifest)), key=lambda r: r.id)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # hashlib frees the GIL
-        digests = list(pool.map(file_sha256, [r.path for r in rows]))
-    h = hashlib.sha256()
-    for r, digest in zip(rows, digests):
-        h.update(f"{r.id}\t{digest}\n".encode())
-    return {"sha256": h.hexdigest(), "images": len(rows)}
+    return fingerprint_of_lines(dataset_lines(manifest))
 
 
 def tfrecords_fingerprint(data_dir: str | os.PathLike) -> dict:
@@ -80,8 +101,10 @@ def pretrained_identity(cfg: dict) -> dict | None:
     return {"path": str(path), "sha256": digest}
 
 
-def _model_key(arch: dict, pretrained: dict | None) -> str:
+def _model_key(arch: dict, pretrained: dict | None, parent: str | None = None) -> str:
     model = {"architecture": arch, "pretrained_sha256": pretrained and pretrained["sha256"]}
+    if parent:  # a later cleaning round: the run it continues is part of what it is
+        model["parent"] = parent
     return hashlib.sha256(json.dumps(model, sort_keys=True).encode()).hexdigest()
 
 
@@ -95,6 +118,7 @@ def same_identity(a: dict, b: dict) -> bool:
     """What `resume` requires: same data fingerprint, architecture and pretrained file."""
     return (a.get("id") == b.get("id")
             and (a.get("dataset") or {}).get("sha256") == (b.get("dataset") or {}).get("sha256")
+            and a.get("parent") == b.get("parent")
             and same_model(a, b))
 
 
@@ -164,40 +188,74 @@ def migrate_old_layout(finetune_dir: Path) -> None:
         "kept, not resumed")
 
 
+def parent_run(network: str | os.PathLike) -> dict:
+    """{id, network, network_sha256} of the run that made ``network`` (a round's final): the
+    run's own copy (runs/<id>/network-final.npz) when it still matches, so the record does
+    not point at a file the next round or rejects edit overwrites."""
+    run = network_extra(network).get("run") or {}
+    if not run.get("id"):
+        raise SystemExit(f"finetune: {network} records no training run; it cannot be a round's parent")
+    digest = file_sha256(network)
+    own = Path(network).resolve().parents[1] / RUNS / run["id"] / FINAL  # <finetune>/round-K/..
+    path = own if own.is_file() and file_sha256(own) == digest else Path(network)
+    return {"id": run["id"], "network": str(path), "network_sha256": digest}
+
+
+def target_kimg(cfg: dict, warm_start: dict) -> float:
+    """What a run trains: `round_kimg` when it continues a network (a parent round, or the
+    previous final after a data change such as a rejects edit), else `kimg`."""
+    continues = warm_start.get("from") in ("parent", "previous")
+    return float(cfg["round_kimg"] if continues and cfg.get("round_kimg") else cfg["kimg"])
+
+
 def prepare_run(finetune_dir: str | os.PathLike, cfg: dict, fingerprint: dict, resolution: int,
-                channels: int) -> Run:
-    """The run folder for this data + model: the existing one (resume) or a new one with
-    its warm-start source chosen and recorded."""
+                channels: int, parent: dict | None = None, round_: int = 1,
+                data_lines: str | None = None) -> Run:
+    """The run folder for this data + model (+ parent round): the existing one (resume) or a
+    new one with its warm-start source chosen and recorded. ``parent`` (parent_run) makes it
+    a later cleaning round that continues that run's final network. ``data_lines``
+    (dataset_lines) is kept as the run's dataset.tsv."""
     finetune_dir = Path(finetune_dir)
     migrate_old_layout(finetune_dir)
     runs_dir = finetune_dir / RUNS
     arch = architecture(cfg, resolution, channels)
     pretrained = pretrained_identity(cfg)
-    run_id = f"{fingerprint['sha256'][:12]}-{_model_key(arch, pretrained)[:8]}"
+    run_id = f"{fingerprint['sha256'][:12]}-{_model_key(arch, pretrained, parent and parent['id'])[:8]}"
     identity = {"id": run_id, "dataset": fingerprint, "architecture": arch, "pretrained": pretrained}
+    if parent:
+        identity["parent"] = parent["id"]
     folder = runs_dir / run_id
     info = read_run(folder)
     if info is not None and same_identity(info, identity):
         source = Run(folder, info).warm_start_network
         if source is None or _readable_final(source.parent):
-            log(f"run: {folder} (this data and model; resuming it if it has snapshots)")
+            log(f"run: {folder} (round {info.get('round', round_)}, this data and model; "
+                f"resuming it if it has snapshots)")
             return Run(folder, info)
         log(f"run: {folder}: its warm-start network {source} is gone; choosing again")
-    warm = {"mode": cfg.get("warm_start", "previous")}
-    if warm["mode"] == "previous" and (prev := previous_run(runs_dir, identity)) is not None:
-        warm.update({"from": "previous", "run": prev.name, "network": str(prev / FINAL),
-                     "network_sha256": file_sha256(prev / FINAL)})
-    elif pretrained is not None:
-        warm.update({"from": "pretrained", **pretrained})
+    if parent:
+        warm = {"mode": "parent", "from": "parent", "run": parent["id"], "network": parent["network"],
+                "network_sha256": parent["network_sha256"]}
     else:
-        warm.update({"from": "scratch"})
-    info = {**identity, "warm_start": warm, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        warm = {"mode": cfg.get("warm_start", "previous")}
+        if warm["mode"] == "previous" and (prev := previous_run(runs_dir, identity)) is not None:
+            warm.update({"from": "previous", "run": prev.name, "network": str(prev / FINAL),
+                         "network_sha256": file_sha256(prev / FINAL)})
+        elif pretrained is not None:
+            warm.update({"from": "pretrained", **pretrained})
+        else:
+            warm.update({"from": "scratch"})
+    info = {**identity, "round": int(round_), "warm_start": warm,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     folder.mkdir(parents=True, exist_ok=True)
+    if data_lines is not None:
+        atomic_write_text(folder / DATASET_LINES, data_lines)
     atomic_write_text(folder / "run.json", json.dumps(info, indent=1, sort_keys=True) + "\n")
     others = sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and p != folder)
-    log(f"run: new run {folder} for {fingerprint['images']} images (dataset {fingerprint['sha256'][:12]}); "
-        f"warm start from {warm['from']}"
-        + (f" run {warm['run']}" if warm["from"] == "previous" else "")
+    log(f"run: new run {folder} (round {round_}) for {fingerprint['images']} images "
+        f"(dataset {fingerprint['sha256'][:12]}); warm start from {warm['from']}"
+        + (f" run {warm['run']}" if warm["from"] in ("previous", "parent") else "")
+        + f"; trains {target_kimg(cfg, warm):g} kimg"
         + (f"; earlier runs kept: {', '.join(others)}" if others else ""))
     return Run(folder, info)
 
@@ -215,3 +273,72 @@ def publish(run: Run, finetune_dir: str | os.PathLike, output: str | os.PathLike
             for p in sorted(src.glob("*.png")):
                 shutil.copyfile(p, out.tmp / p.name)
     atomic_write_text(finetune_dir / RUNS / LATEST, run.id + "\n")
+
+
+# ---------------------------------------------------------------- provenance of outputs
+
+def network_extra(network: str | os.PathLike) -> dict:
+    """A gan.checkpoint file's ``extra`` metadata, read with numpy alone (no TensorFlow:
+    the CPU rules that only name a network start in a second)."""
+    import numpy as np
+    with np.load(network, allow_pickle=False) as data:
+        return json.loads(str(data["__meta__"])).get("extra") or {}
+
+
+def network_provenance(network: str | os.PathLike) -> dict:
+    """What every output made from ``network`` names: the run and cleaning round that made it,
+    the kimg it had seen, the fingerprint of the set it trained on ({} for a network that
+    records no run: a pretrained file, an old checkpoint, a TF1 pickle)."""
+    try:
+        extra = network_extra(network)
+    except Exception:  # a .pkl or a file of another tool: it names no run
+        return {}
+    run = extra.get("run") or {}
+    if not run.get("id"):
+        return {}
+    return {"run": run["id"], "round": int(run.get("round", 1)), "kimg": extra.get("kimg"),
+            "dataset": (run.get("dataset") or {}).get("sha256", ""),
+            "images": (run.get("dataset") or {}).get("images")}
+
+
+def describe(prov: dict) -> str:
+    """One line: 'run <id> round <k> (<n> images, dataset <fp12>, kimg <x>)'."""
+    if not prov:
+        return "a network that records no training run"
+    kimg = prov.get("kimg")
+    return (f"run {prov['run']} round {prov['round']} ({prov.get('images')} images, dataset "
+            f"{prov['dataset'][:12]}" + (f", kimg {kimg:g}" if isinstance(kimg, (int, float)) else "") + ")")
+
+
+def staleness(network: str | os.PathLike, training_set: str | os.PathLike) -> str:
+    """"" when ``network`` was trained on ``training_set`` (a round's manifest) as it is now,
+    else one line saying it is older than that data."""
+    prov = network_provenance(network)
+    if not prov:
+        return ""
+    current = dataset_fingerprint(training_set)
+    if prov["dataset"] == current["sha256"]:
+        return ""
+    return (f"warning: {network} ({describe(prov)}) is older than the data it claims: "
+            f"{training_set} is now dataset {current['sha256'][:12]} ({current['images']} images); "
+            "rerun ranked_dataset")
+
+
+def main(argv=None) -> None:
+    import argparse
+    p = argparse.ArgumentParser(description="the run and round a network comes from, as JSON")
+    p.add_argument("--network", required=True)
+    p.add_argument("--training-set", help="the round's manifest: warn when the network is older")
+    p.add_argument("--output", required=True, help="JSON to write (network, run, round, ...)")
+    a = p.parse_args(argv)
+    prov = network_provenance(a.network)
+    stale = staleness(a.network, a.training_set) if a.training_set else ""
+    if stale:
+        print(stale, file=sys.stderr, flush=True)
+    atomic_write_text(a.output, json.dumps({"network": str(a.network), **prov, "stale": stale},
+                                           indent=1, sort_keys=True) + "\n")
+    log(f"{a.network}: {describe(prov)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -432,8 +432,16 @@ def score_dataset(D, rows: list[Row], cfg: dict, resolution: int | None = None,
     return sorted(scored, key=lambda s: (s.score, s.id))
 
 
-def format_scores(scores: list[Score]) -> str:
+# scores.tsv starts with this comment line when it knows its network: which run and
+# cleaning round scored the images (read_scores skips it)
+NETWORK_LINE = "# network: "
+
+
+def format_scores(scores: list[Score], network: str = "") -> str:
+    """scores.tsv: ``network`` (gan.runs.describe: the run and round) as a first comment line."""
     buf = io.StringIO()
+    if network:
+        buf.write(NETWORK_LINE + " ".join(network.split()) + "\n")
     from pipeline.manifest import tsv_writer  # quotes CR too: any file name (issue 16)
     writer = tsv_writer(buf)
     names = sorted({name for s in scores for name in s.signals})
@@ -448,6 +456,9 @@ def format_scores(scores: list[Score]) -> str:
 def read_scores(path: str | os.PathLike) -> list[Score]:
     """scores.tsv back as Score rows, in file order (worst first)."""
     with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:  # any name
+        first = f.readline()
+        if not first.startswith("#"):
+            f.seek(0)
         return [Score(r["id"], float(r["score"]), float(r["std"]), r["source"],
                       json.loads(r["crop_box"]) if r["crop_box"] else None, r["path"],
                       {k[len(SIGNAL_PREFIX):]: float(v) for k, v in r.items()
@@ -456,6 +467,13 @@ def read_scores(path: str | os.PathLike) -> list[Score]:
 
 
 # ---------------------------------------------------------------- CLI
+
+def scores_network(path: str | os.PathLike) -> str:
+    """The run and round a scores.tsv names on its first line ("" when it names none)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = f.readline().rstrip("\n")
+    return first[len(NETWORK_LINE):] if first.startswith(NETWORK_LINE) else ""
+
 
 def configure_devices() -> str:
     """Deterministic kernels (same seed, same scores, also on GPU); GPU memory grown as
@@ -474,12 +492,19 @@ def main(argv=None) -> None:
     p.add_argument("--network", required=True, help="gan.checkpoint .npz with the D")
     p.add_argument("--output", required=True, help="scores.tsv to write")
     p.add_argument("--config", required=True, help="the rank block as JSON")
+    p.add_argument("--training-set", help="the manifest the network's round trained on: a network "
+                   "older than it gets a warning")
     a = p.parse_args(argv)
     cfg = load_config_arg(a.config)
     rows = list(kept(read_manifest(a.manifest)))
     if not rows:
         raise SystemExit(f"rank: {a.manifest} lists no images")
 
+    from gan.runs import describe, network_provenance, staleness
+    network = describe(network_provenance(a.network))
+    stale = staleness(a.network, a.training_set) if a.training_set else ""
+    if stale:
+        print(stale, file=sys.stderr, flush=True)
     device = configure_devices()
     from gan.checkpoint import load_network
     _G, D, _Gs, _extra = load_network(a.network)
@@ -492,11 +517,11 @@ def main(argv=None) -> None:
     if resolution and d_resolution and resolution != d_resolution:
         raise SystemExit(f"rank: the dataset is {resolution} px but the D of {a.network} takes "
                          f"{d_resolution} px (finetune at normalize.resolution)")
-    print(f"rank: {len(rows)} images on {device}, method {cfg['method']}, {cfg['shuffles']} shuffles"
+    print(f"rank: {len(rows)} images with {network} on {device}, method {cfg['method']}, {cfg['shuffles']} shuffles"
           f"{' + mirror' if cfg['mirror'] else ''}, group size {cfg['group_size']}", flush=True)
     stats: dict = {}
     scores = score_dataset(D, rows, cfg, resolution, stats=stats)
-    atomic_write_text(a.output, format_scores(scores))  # last: its presence means done
+    atomic_write_text(a.output, format_scores(scores, network))  # last: its presence means done
     print(f"rank: {stats['images_per_second']:.1f} images/s "
           f"({stats['d_evaluations_per_second']:.1f} D evaluations/s, {stats['seconds']:.1f} s, "
           f"{stats['call_size']} images per D call"

@@ -809,13 +809,14 @@ def build_check(*, name: str, stage_manifests: list[str], dataset: str, dedup: s
 
 def build_ranking(*, stage_manifests: list[str], dataset: str, dedup: str | None, ranked: str | None,
                   scores_path: str, network: str | None, samples_dir: str | None, output: str,
-                  provenance_path: str) -> list[str]:
+                  provenance_path: str, training_set: str | None = None) -> list[str]:
     """ranking.js beside the page (scores, signals, verdicts, samples) and provenance.tsv."""
     out_dir = Path(output).parent
     stages = load_stages(stage_manifests, dedup, dataset, ranked)
     scores = read_scores(scores_path)
     problems = []
-    stale = training_staleness(network, dataset)
+    # the set the network's round trained on (the curated set or what earlier rounds left)
+    stale = training_staleness(network, training_set or dataset)
     if stale:
         problems.append(shown(stale))
     names = sorted({n for s in scores for n in s.signals})
@@ -908,6 +909,7 @@ def main(argv=None) -> None:
     r.add_argument("--samples", help="R/finetune/samples (newest grid is shown)")
     r.add_argument("--output", required=True, help="R/report/ranking.js")
     r.add_argument("--provenance", required=True, help="R/provenance.tsv")
+    r.add_argument("--training-set", help="the manifest the network's round trained on (default --dataset)")
     r.add_argument("stage_manifests", nargs="*")
     f = sub.add_parser("figures", help="links to the generate target's figures (after generate)")
     f.add_argument("--generate", required=True, help="R/generate (holds generate.json)")
@@ -923,7 +925,7 @@ def main(argv=None) -> None:
     else:
         build_ranking(stage_manifests=a.stage_manifests, dataset=a.dataset, dedup=a.dedup, ranked=a.ranked,
                       scores_path=a.scores, network=a.network, samples_dir=a.samples, output=a.output,
-                      provenance_path=a.provenance)
+                      provenance_path=a.provenance, training_set=a.training_set)
         print(f"ranking: {a.output}\nprovenance: {a.provenance}")
 
 

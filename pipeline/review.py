@@ -50,7 +50,9 @@ def rejects_path_of(results: Path, name: str, override: str | None) -> Path:
 
 
 KEEP_SAVES = 20  # previous rejects files kept in <file>.history/
-EMPTY_FIGURES = b"window.FACEPREP_FIGURES = [];\n"  # figures.js before `generate` ran: no 404
+# the page's optional data files before the targets that write them ran: no 404
+EMPTY_DATA = {"report/figures.js": b"window.FACEPREP_FIGURES = [];\n",  # before `generate`
+              "report/rounds.js": b"window.FACEPREP_ROUNDS = null;\n"}  # before `ranked_dataset`
 
 
 def save_rejects(path: Path, text: str, keep: int = KEEP_SAVES) -> Path | None:
@@ -148,8 +150,8 @@ def make_handler(root: Path, token: str, rejects: Path, port_box: list, host: st
                 self._json(HTTPStatus.OK, {"path": str(rejects), "lines": sorted(lines), "problems": problems})
                 return
             target = (root / rest).resolve()
-            if rest == "report/figures.js" and not target.is_file():
-                self._reply(HTTPStatus.OK, EMPTY_FIGURES, "text/javascript; charset=utf-8")
+            if rest in EMPTY_DATA and not target.is_file():
+                self._reply(HTTPStatus.OK, EMPTY_DATA[rest], "text/javascript; charset=utf-8")
                 return
             if not target.is_relative_to(root) or not target.is_file():
                 self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})

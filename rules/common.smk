@@ -184,3 +184,50 @@ RANKED = dataset_outputs(f"{R}/ranked", config["export"]["tfrecords"])
 # A shard's listing file is rewritten only when its (path, size, mtime) lines change, so
 # untouched shards keep their mtime and are not redone.
 write_shard_listings(RAW_FILES, f"{R}/listing", SHARDS)
+
+
+# ---------------------------------------------------------------- training sets and cleaning rounds
+# Training reads the curated set (the dataset minus the rejects file); with rank.rounds > 1
+# round k+1 continues round k's network on what round k's ranking left (pipeline/rounds.py,
+# rules/finetune.smk, rules/rank.smk). The last round writes the classic paths
+# (finetune/network-final.npz, rank/scores.tsv); earlier rounds finetune/round-K/, rank/round-K/.
+ROUNDS = config["rank"]["rounds"]
+FINAL_NETWORK = f"{R}/finetune/network-final.npz"
+ROUNDS_CODE = [stage_code("rounds"), stage_code("export"), local(str(BASE / "gan" / "runs.py"))]
+
+
+def training_set(folder):
+    """A set training reads: manifest, TFRecords (every level: NVIDIA layout), fingerprint."""
+    return {"manifest": f"{folder}/manifest.tsv", "tfrecords": dataset_outputs(folder)["tfrecords"],
+            "fingerprint": f"{folder}/fingerprint.json"}
+
+
+CURATED = training_set(f"{R}/curated")
+
+
+def round_set(k):
+    """The set round k trains on: the curated set, then what round k-1 left."""
+    return CURATED if k == 1 else training_set(f"{R}/rounds/round-{k}")
+
+
+def round_network(k):
+    return FINAL_NETWORK if k == ROUNDS else f"{R}/finetune/round-{k}/network-final.npz"
+
+
+def round_scores(k):
+    return f"{R}/rank/scores.tsv" if k == ROUNDS else f"{R}/rank/round-{k}/scores.tsv"
+
+
+def finetune_inputs(k):
+    """Round k's training set, the network it continues (round k-1's), the code, the
+    pretrained file (a missing one stops the run before it starts, with snakemake's message)."""
+    def inputs(wildcards):
+        k_ = int(wildcards.k) if k is None else k
+        data = round_set(k_)
+        return {"tfrecords": data["tfrecords"], "manifest": data["manifest"],
+                **({"parent": round_network(k_ - 1)} if k_ > 1 else {}),
+                "code": [local(str(p)) for p in sorted((BASE / "gan").glob("*.py"))],
+                "pretrained": [config["finetune"]["pretrained"]] if config["finetune"]["pretrained"] else []}
+    return inputs
+
+

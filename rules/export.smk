@@ -5,7 +5,8 @@ SUMMARY_STAGES = ["upscale", "normalize"] + (["augment"] if config["augment"]["e
 rule export:
     """Gather: every normalized image (dedup's survivors) -> the dataset manifest (id order,
     ZIP index, TFRecord position). The files come from the rules below, so export.zip and
-    export.tfrecords change only what asks for them (training always needs TFRecords)."""
+    export.tfrecords change only what asks for them (training reads the curated set's own
+    TFRecords: rules/finetune.smk)."""
     input:
         manifests=shard_manifests(SUMMARY_STAGES[-1]),
         summarized=[m for stage in SUMMARY_STAGES[:-1] for m in shard_manifests(stage)],

@@ -1,7 +1,9 @@
 # The trained model goes out: a TF1 network pickle (+ our .npz) and figures to look at it.
 from gan.generate import video_format  # noqa: E402  (no TensorFlow at parse time)
 
-MODEL = {"pkl": f"{R}/model/{config['name']}.pkl", "npz": f"{R}/model/{config['name']}.npz"}
+MODEL = {"pkl": f"{R}/model/{config['name']}.pkl", "npz": f"{R}/model/{config['name']}.npz",
+         # which run and cleaning round the model is (gan.runs), beside it
+         "json": f"{R}/model/{config['name']}.json"}
 GENERATE_DIR = f"{R}/generate"
 # mp4 when the imageio-ffmpeg package is importable by the python that runs the rules, else gif
 VIDEO_EXT = video_format()[0]
@@ -12,7 +14,8 @@ rule export_model:
     stylegan2-ada-pytorch / stylegan3 legacy.py load; <name>.npz: the same networks, ours."""
     input:
         network=FINAL_NETWORK,
-        code=gan_code("legacy", "networks", "checkpoint"),
+        training_set=round_set(ROUNDS)["manifest"],
+        code=gan_code("legacy", "networks", "checkpoint", "runs"),
     output:
         **MODEL,
     conda:
@@ -23,7 +26,8 @@ rule export_model:
         bench_path("export_model")
     shell:
         "python -m gan.legacy --network {input.network:q} --pkl {output.pkl:q}"
-        " --npz {output.npz:q} > {log:q} 2>&1"
+        " --npz {output.npz:q} > {log:q} 2>&1 && python -m gan.runs --network {input.network:q}"
+        " --training-set {input.training_set:q} --output {output.json:q} 2>&1 | tee -a {log:q} >&2"
 
 
 rule generate:
@@ -31,7 +35,8 @@ rule generate:
     final network (or generate.network: any snapshot .npz or a .pkl)."""
     input:
         network=config["generate"]["network"] or FINAL_NETWORK,
-        code=gan_code("generate", "legacy", "networks", "checkpoint") + [stage_code("report")],
+        training_set=round_set(ROUNDS)["manifest"],  # a network older than it gets a warning
+        code=gan_code("generate", "legacy", "networks", "checkpoint", "runs") + [stage_code("report")],
     output:
         truncation=f"{GENERATE_DIR}/truncation.png",
         style_mixing=f"{GENERATE_DIR}/style_mixing.png",
@@ -57,6 +62,6 @@ rule generate:
         bench_path("generate")
     shell:
         "python -m gan.generate --network {input.network:q} --outdir {params.outdir:q}"
-        " --config {params.cfg:q} --video {params.video} > {log:q} 2>&1"
+        " --config {params.cfg:q} --video {params.video} --training-set {input.training_set:q} > {log:q} 2>&1"
         " && python -m pipeline.report figures --generate {params.outdir:q}"
-        " --output {output.figures:q} >> {log:q} 2>&1"
+        " --output {output.figures:q} >> {log:q} 2>&1 && (grep '^warning: ' {log:q} >&2 || true)"

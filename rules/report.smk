@@ -1,10 +1,10 @@
 rule ranked_export:
-    """The dataset minus rejects minus the worst drop_bottom_fraction, re-exported."""
+    """The ranked dataset: the last round's set minus its worst drop_bottom_fraction, re-exported
+    (the manifest lists every reject and every round's drops with its reason)."""
     input:
-        manifest=DATASET["manifest"],
+        previous=round_set(ROUNDS)["manifest"],
         scores=f"{R}/rank/scores.tsv",
-        rejects=rejects_input,
-        code=stage_code("export"),
+        code=ROUNDS_CODE,
     output:
         **RANKED,
     params:
@@ -12,7 +12,7 @@ rule ranked_export:
         drop_bottom=config["rank"]["drop_bottom_fraction"],
         name=config["name"],
         folder=lambda wildcards, output: os.path.dirname(output.manifest),
-        rejects=REJECTS,  # read only if it exists; the input above tracks its edits
+    threads: 4
     conda:
         CONDA_ENV
     log:
@@ -20,10 +20,10 @@ rule ranked_export:
     benchmark:
         bench_path("ranked_export")
     shell:
-        "python -m pipeline.export --name {params.name:q} --folder {params.folder:q}"
-        " --config {params.cfg:q} --from-export {input.manifest:q} --scores {input.scores:q}"
-        " --rejects {params.rejects:q} --drop-bottom-fraction {params.drop_bottom}"
-        " > {log:q} 2>&1"
+        "python -m pipeline.rounds next --previous {input.previous:q} --scores {input.scores:q}"
+        f" --round {ROUNDS} --drop-bottom-fraction {{params.drop_bottom}} --no-fingerprint"
+        " --folder {params.folder:q} --name {params.name:q} --config {params.cfg:q}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 REPORT_CODE = [stage_code("report")] + [local(str(p)) for p in sorted((BASE / "pipeline" / "report_assets").iterdir())]
@@ -79,6 +79,7 @@ rule report_ranking:
         ranked=RANKED["manifest"],
         scores=f"{R}/rank/scores.tsv",
         network=FINAL_NETWORK,  # its samples/ grids are done when it is
+        training_set=round_set(ROUNDS)["manifest"],  # what that network trained on
         code=stage_code("report"),
     output:
         ranking=f"{R}/report/ranking.js",
@@ -95,7 +96,7 @@ rule report_ranking:
         "python -m pipeline.report ranking --dataset {input.dataset:q} --dedup {input.dedup:q}"
         " --ranked {input.ranked:q} --scores {input.scores:q} --network {input.network:q}"
         " --samples {params.samples:q} --output {output.ranking:q}"
-        " --provenance {output.provenance:q} {input.stage_manifests:q}"
+        " --provenance {output.provenance:q} --training-set {input.training_set:q} {input.stage_manifests:q}"
         " 2>&1 > {log:q} | tee -a {log:q} >&2"
 
 
@@ -105,3 +106,4 @@ rule ranked_dataset:
         **RANKED,
         report=REPORT_PAGE,
         ranking=f"{R}/report/ranking.js",
+        rounds=f"{R}/report/rounds.js",  # what each cleaning round dropped (rank/rounds.tsv)

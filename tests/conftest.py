@@ -29,7 +29,7 @@ TINY_CONFIG = {
     "upscale": {"method": "lanczos"},
     "normalize": {"resolution": 32, "format": "png"},
     "finetune": {"channel_base": 256, "channel_max": 32, "mapping_layers": 2, "latent_dim": 32,
-                 "kimg": 0.064, "batch": 4, "snapshot_kimg": 0.032, "mixed_precision": False},
+                 "kimg": 0.064, "round_kimg": 0.032, "batch": 4, "snapshot_kimg": 0.032, "mixed_precision": False},
     "rank": {"shuffles": 2},
     "report": {"thumb": 32},
 }

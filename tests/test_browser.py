@@ -40,10 +40,12 @@ RAW = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png"
        "photo_dogs.jpg", "photo_Tom_Cruise_avp_2014_4.jpg", "photo_2008_002470.jpg", HOSTILE,
        "broken/zero_bytes.jpg"]
 R = Path("results/tiny")
-# a rejects edit: the re-export, the page's ticks and the ranking verdicts
-RANKED_STAGE = {"ranked_export": 1, "report": 1, "report_ranking": 1, "ranked_dataset": 1}
+# a rejects edit: the curated set, training on it (one round_kimg continuation), the
+# ranking, the re-export, the page's ticks and the ranking verdicts
+RANKED_STAGE = {"curated": 1, "finetune": 1, "rank": 1, "ranked_export": 1, "report": 1,
+                "report_ranking": 1, "rounds": 1, "ranked_dataset": 1}
 # a ranking-only edit (bottom fraction, scores): the check page before training stays
-RANKING_STAGE = {"ranked_export": 1, "report_ranking": 1, "ranked_dataset": 1}
+RANKING_STAGE = {"ranked_export": 1, "report_ranking": 1, "rounds": 1, "ranked_dataset": 1}
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +140,7 @@ def review_in_browser(driver, downloads: Path, page: Path, n_ticks: int) -> tupl
 
 def dataset_counts(workdir: Path, folder: str, with_zip: bool = True) -> tuple[int, int | None, int]:
     """(manifest keeps, ZIP images, TFRecords records at the top level). ranked_dataset
-    builds the export's TFRecords (training reads them) but only the ranked ZIP."""
+    builds the curated set's TFRecords (training reads them) and only the ranked ZIP."""
     import tensorflow as tf
     base = workdir / R / folder
     keeps = len(list(kept(read_manifest(base / "manifest.tsv"))))
@@ -152,7 +154,7 @@ def dataset_counts(workdir: Path, folder: str, with_zip: bool = True) -> tuple[i
 
 # ---------------------------------------------------------------- dry runs (no browser)
 
-def test_rejects_edit_reschedules_only_reexport_and_report(finished_run):
+def test_rejects_edit_reschedules_training_on_the_curated_set(finished_run):
     rejects = finished_run / "characters" / "tiny.rejects.txt"
     rejects.parent.mkdir(exist_ok=True)
     first = read_manifest(finished_run / R / "export" / "manifest.tsv")[0].id
@@ -165,8 +167,8 @@ def test_rejects_edit_reschedules_only_reexport_and_report(finished_run):
 
 
 def test_rank_config_edits_reschedule_what_they_should(finished_run):
-    # the bottom fraction and the rejects path are ranked_export's business, not rank's
-    # (the rejects path also reruns the check page: it preticks from that file)
+    # the bottom fraction is ranked_export's business (one round), not rank's; the rejects
+    # path decides the curated set training reads (and the check page preticks from it)
     assert scheduled_jobs(finished_run, "ranked_dataset",
                           {"rank": {"shuffles": 2, "drop_bottom_fraction": 0.25}}) == RANKING_STAGE
     assert scheduled_jobs(finished_run, "ranked_dataset",
@@ -230,12 +232,20 @@ def test_two_ticks_in_the_browser_drop_exactly_those_two_images(finished_run, br
     assert all(r.reason == "rejected" for r in ranked if not r.kept)
     assert dataset_counts(finished_run, "ranked") == (6, 6, 6)
     assert not (finished_run / R / "export" / "tiny.zip").exists()   # the `dataset` target's
-    assert dataset_counts(finished_run, "export", with_zip=False) == (8, None, 8)  # untouched
+    assert len(list(kept(read_manifest(finished_run / R / "export" / "manifest.tsv")))) == 8  # untouched
+    # training read the curated set: the dataset minus the two
+    assert dataset_counts(finished_run, "curated", with_zip=False) == (6, None, 6)
 
     # the rebuilt page preticks the two; downloading again without changes gives the same file
     downloaded.unlink()
     _, again = review_in_browser(driver, downloads, finished_run / R / "report" / "index.html", 0)
     assert read_rejects(again) == set(ticked)
+    # the cleaning-rounds panel names the network's run and round; it trained without the two
+    from selenium.webdriver.common.by import By
+    from gan.checkpoint import read_meta
+    run = read_meta(finished_run / R / "finetune" / "network-final.npz")["extra"]["run"]
+    assert f"run {run['id']}, round 1 of 1" in driver.find_element(By.ID, "rounds-network").text
+    assert not driver.find_elements(By.ID, "rounds-stale")
 
 
 

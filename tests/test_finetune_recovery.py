@@ -2,8 +2,9 @@
 with SIGKILL (snakemake and every job it started) during training after a snapshot,
 during rank and during the report, with a half-written snapshot temp file and a truncated
 snapshot left behind. After `--unlock` and the README's rerun command every output is present and consistent with
-the current config and data: the final network comes from the run of the current dataset
-fingerprint at the configured kimg, and rank, ranked export and report were redone from it.
+the current config and data: the final network comes from the run of the current curated
+set's fingerprint at the configured kimg (round_kimg for a run that continues the previous
+final network), and rank, ranked export and report were redone from it.
 """
 from __future__ import annotations
 
@@ -53,14 +54,15 @@ def recover(workdir: Path, overrides: dict) -> subprocess.CompletedProcess:
 
 
 def assert_consistent(workdir: Path, kimg: float) -> dict:
-    """Every output present; the final network trained kimg on the current export; rank,
-    ranked export and report made from it, in that order. Returns the network's run info."""
+    """Every output present; the final network trained kimg on the current curated set (the
+    export minus rejects); rank, ranked export and report made from it, in that order.
+    Returns the network's run info."""
     R = workdir / "results" / "tiny"
     final = R / "finetune" / "network-final.npz"
     extra = checkpoint.verify_readable(final)["extra"]
     assert extra["cur_nimg"] == round(kimg * 1000)
     run = extra["run"]
-    assert run["dataset"] == runs.dataset_fingerprint(R / "export" / "manifest.tsv")
+    assert run["dataset"] == runs.dataset_fingerprint(R / "curated" / "manifest.tsv")
     assert final.read_bytes() == (R / "finetune" / "runs" / run["id"] / "network-final.npz").read_bytes()
     assert (R / "finetune" / "runs" / "latest").read_text().strip() == run["id"]
     dataset = {r.id for r in kept(read_manifest(R / "export" / "manifest.tsv"))}
@@ -119,16 +121,17 @@ def test_sigkill_in_training_rank_and_report_then_unlock_and_rerun(tmp_path, mon
     kill_group(proc)
     rerun = recover(workdir, more)
     assert "rank" in job_stats(rerun)
-    third = assert_consistent(workdir, 0.128)
+    third = assert_consistent(workdir, 0.032)    # round_kimg of the tiny config
     assert third["id"] != first["id"] and third["dataset"]["images"] == first["dataset"]["images"] - 1
     assert third["warm_start"]["from"] == "previous" and third["warm_start"]["run"] == first["id"]
-    # the new run counted its kimg from 0 on the new data; the old run is kept as it was
+    # the new run continued the previous final for round_kimg, its counter from 0 on the
+    # new data; the old run is kept as it was
     new_snaps = sorted(p.name for p in (R / "finetune" / "runs" / third["id"] / "snapshots").glob("*[0-9].npz"))
-    assert new_snaps == ["network-snapshot-000000032.npz", "network-snapshot-000000064.npz",
-                         "network-snapshot-000000096.npz", "network-snapshot-000000128.npz"]
+    assert new_snaps == ["network-snapshot-000000032.npz"]
     assert (snaps / "network-snapshot-000000128.npz").exists()
 
-    # 3. a rejects file appears (reruns ranked export and report), SIGKILL during the report
+    # 3. a rejects file appears (the curated set changes: a new run continues the last final
+    # network for round_kimg without the rejected image), SIGKILL during the report
     rejected = sorted(r.id for r in kept(read_manifest(R / "export" / "manifest.tsv")))[0]
     (workdir / "characters").mkdir()
     (workdir / "characters" / "tiny.rejects.txt").write_text(f"{rejected}\n")
@@ -136,6 +139,9 @@ def test_sigkill_in_training_rank_and_report_then_unlock_and_rerun(tmp_path, mon
     wait_for(proc, "report job", lambda: "pipeline.report" in running_stage_jobs(proc))
     kill_group(proc)
     rerun = recover(workdir, more)
-    assert "finetune" not in job_stats(rerun) and "report_ranking" in job_stats(rerun)
-    assert assert_consistent(workdir, 0.128) == third
+    assert "report_ranking" in job_stats(rerun)
+    fourth = assert_consistent(workdir, 0.032)
+    assert fourth["warm_start"]["run"] == third["id"] and fourth["dataset"]["images"] == third["dataset"]["images"] - 1
+    trained = (R / "finetune" / "runs" / fourth["id"] / "dataset.tsv").read_text().splitlines()
+    assert rejected not in {line.split("\t")[0] for line in trained}
     assert {r.id: r.reason for r in read_manifest(R / "ranked" / "manifest.tsv")}[rejected] == "rejected"

@@ -107,10 +107,16 @@ def test_export_model_and_generate_targets(workdir):
             np.testing.assert_array_equal(theirs[name].numpy(), var.numpy(), err_msg=name)
     meta = checkpoint.read_meta(R / "model" / "tiny.npz")
     assert meta["extra"]["exported_from"].endswith("network-final.npz")
+    # the model and the figures name the run and cleaning round they came from
+    run = checkpoint.read_meta(R / "finetune" / "network-final.npz")["extra"]["run"]
+    model = json.loads((R / "model" / "tiny.json").read_text())
+    assert (model["run"], model["round"], model["stale"]) == (run["id"], 1, "")
 
     out = R / "generate"
     index = json.loads((out / "generate.json").read_text())
     assert index["video_format"] == video_format()[0]
+    assert (index["run"]["run"], index["run"]["round"]) == (run["id"], 1)
+    assert index["made_by"].startswith(f"run {run['id']} round 1 (")
     check_figures(out, index)
     assert (R / "logs" / "generate" / "all.log").exists()
     links = dict(figure_links(out, R / "report"))   # what a report page links

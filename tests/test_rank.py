@@ -15,7 +15,7 @@ from pipeline.imaging import load_rgb
 from pipeline.manifest import Row, write_manifest
 from pipeline.rank import (SCORE_COLUMNS, SUBSPACE_GATE_Z, collect_scores, crop_box,
                            d_features, feature_paths, format_scores, knn_distance,
-                           plan_batches, rank_rows, read_scores, robust_z, score_dataset, score_paths,
+                           plan_batches, rank_rows, read_scores, robust_z, score_dataset, score_paths, scores_network,
                            subspace_model)
 
 RES = 32
@@ -168,7 +168,9 @@ def test_cli_ranks_dataset_manifest(tmp_path, images, discriminator):
     from gan.networks import Generator, Discriminator
     G = Generator(RES, latent_dim=16, mapping_layers=1, channel_base=256, channel_max=32, seed=1)
     D = Discriminator(RES, channel_base=256, channel_max=32, seed=2)
-    save_network(tmp_path / "net.npz", G, D, G, {"kimg": 0})
+    # the run record gan.train writes: scores.tsv names it
+    run = {"id": "0123456789ab-cdef0123", "round": 2, "dataset": {"sha256": "f" * 64, "images": 3}}
+    save_network(tmp_path / "net.npz", G, D, G, {"kimg": 1.5, "run": run})
     rows = [Row(id=f"{i:016x}", source=name, path=p, width=RES, height=RES,
                 details={"index": i, "crop_box": [i, i, i + 40, i + 40]})
             for i, (name, p) in enumerate(zip(FILES, images))]
@@ -191,8 +193,10 @@ def test_cli_ranks_dataset_manifest(tmp_path, images, discriminator):
     per_shuffle, _ = score_paths(D, images, CFG, RES, progress=False)
     logit = {s.id: s.signals["logit"] for s in scores}
     np.testing.assert_allclose([logit[r.id] for r in rows], per_shuffle.mean(0), atol=2e-6)
-    header = (tmp_path / "rank" / "scores.tsv").read_text().splitlines()[0].split("\t")
-    assert header == SCORE_COLUMNS + ["signal:knn", "signal:logit", "signal:upright"]
+    first, header = (tmp_path / "rank" / "scores.tsv").read_text().splitlines()[:2]
+    assert first == "# network: run 0123456789ab-cdef0123 round 2 (3 images, dataset ffffffffffff, kimg 1.5)"
+    assert scores_network(tmp_path / "rank" / "scores.tsv") == first[len("# network: "):]
+    assert header.split("\t") == SCORE_COLUMNS + ["signal:knn", "signal:logit", "signal:upright"]
 
 
 def test_cli_refuses_a_d_of_another_resolution(tmp_path, images):
@@ -331,7 +335,8 @@ def test_rule_passes_every_scoring_key():
     from pipeline.rank import config_keys
     SCORING_KEYS = config_keys({"rank": dict.fromkeys(rank_keys)})
     assert {"method", "knn_k"} <= set(SCORING_KEYS) <= rank_keys
-    assert rank_keys - set(SCORING_KEYS) == {"drop_bottom_fraction", "rejects"}
+    # what is dropped after scoring, and how many rounds: not the scores
+    assert rank_keys - set(SCORING_KEYS) == {"drop_bottom_fraction", "rejects", "rounds"}
     config = yaml.safe_load((REPO / "config.yaml").read_text())["rank"]
     assert {k: config[k] for k in ("method", "knn_k")} == \
         {k: schema["properties"]["rank"]["properties"][k]["default"] for k in ("method", "knn_k")}

@@ -22,14 +22,14 @@ FILES = {"anime_miku_noisy.jpg", "broken/dup_exact_of_anime_miku_noisy.jpg",
          "broken/neardup_of_anime_miku_noisy.jpg", "anime_miku_small.png", "photo_dogs.jpg",
          "photo_2008_001009.jpg", "broken/truncated.jpg"}
 
-DOWN = {"export": 1, "tfrecords": 1, "report": 1, "finetune": 1, "rank": 1, "ranked_export": 1,
-        "report_ranking": 1}
+DOWN = {"export": 1, "report": 1, "curated": 1, "finetune": 1, "rank": 1, "ranked_export": 1,
+        "report_ranking": 1, "rounds": 1}
 NORMALIZE = {"normalize": 2, **DOWN}
 UPSCALE = {"upscale": 2, **NORMALIZE}
 DEDUP = {"dedup": 1, **UPSCALE}  # a dry run lists every shard after dedup (a checkpoint)
 CLEAN = {"clean": 2, **DEDUP}
 RAW = {"ingest": 1, "crop": 1, "clean": 1, **DEDUP}
-REVIEW = {"ranked_export": 1, "report_ranking": 1}
+REVIEW = {"ranked_export": 1, "report_ranking": 1, "rounds": 1}
 
 # README label -> (config override, expected {rule: jobs}) on the tiny config (png, Lanczos,
 # crop none, augment off, no metadata)
@@ -50,6 +50,10 @@ EDITS = {
     "export.tfrecords": ({"export": {"tfrecords": False}}, REVIEW),
     "rank.shuffles": ({"rank": {"shuffles": 3}}, {"rank": 1, **REVIEW}),
     "finetune.kimg": ({"finetune": {"kimg": 0.128}}, {"finetune": 1, "rank": 1, **REVIEW}),
+    "finetune.round_kimg": ({"finetune": {"round_kimg": 0.016}}, {"finetune": 1, "rank": 1, **REVIEW}),
+    # round 1's run is found again (its output path is new); round 2 continues it
+    "rank.rounds": ({"rank": {"rounds": 2}}, {"finetune_round": 1, "rank_round": 1, "round_set": 1,
+                                              "finetune": 1, "rank": 1, **REVIEW}),
     "normalize.format": ({"normalize": {"format": "jpg"}}, NORMALIZE),
     "normalize.fit": ({"normalize": {"fit": "crop"}}, NORMALIZE),
     "normalize.enlarge": ({"normalize": {"enlarge": False}}, NORMALIZE),
@@ -60,7 +64,7 @@ EDITS = {
     "clean.min_side": ({"clean": {"min_side": 100}}, CLEAN),
     "ingest.max_pixels": ({"ingest": {"max_pixels": 90_000_000}}, {"ingest": 2, "crop": 2, **CLEAN}),
 }
-OTHER = {"the rejects file": {"report": 1, **REVIEW}, "a raw file added": RAW, "a raw file edited": RAW,
+OTHER = {"the rejects file": {"report": 1, "curated": 1, "finetune": 1, "rank": 1, **REVIEW}, "a raw file added": RAW, "a raw file edited": RAW,
          "a raw file deleted": RAW}
 RULES = {r for expected in [*OTHER.values(), *(e for _, e in EDITS.values())] for r in expected}
 

@@ -27,7 +27,7 @@ from pipeline.manifest import Row, write_manifest
 RES = 16
 TINY = {"channel_base": 256, "channel_max": 32, "mapping_layers": 2, "latent_dim": 32, "batch": 4,
         "mixed_precision": False, "r1_interval": 4, "tick_kimg": 0.016, "snapshot_kimg": 0.032,
-        "kimg": 0.032}
+        "kimg": 0.032, "round_kimg": 0.016}
 TICK_KIMG = re.compile(r"^tick \d+\s+kimg\s+([\d.]+) /", re.M)
 
 
@@ -110,13 +110,18 @@ def test_new_data_gets_a_new_run_warm_started_from_the_previous_final(
     # every snapshot records the run identity too
     assert checkpoint.read_meta(snap_a / "network-snapshot-000000032.npz")["extra"]["run"]["id"] == run_a
 
-    # new data: a new run trains kimg on it (counter from 0), from run A's final network
+    # new data: a new run continues run A's final network for round_kimg (counter from 0):
+    # a rejects edit costs one continuation, not a fresh kimg
     log_b, extra_b = train(data_b, finetune, capsys)
     run_b = extra_b["run"]["id"]
     assert run_b != run_a and run_dirs(finetune) == sorted([run_a, run_b])
     assert f"warm start {finetune / 'runs' / run_a / 'network-final.npz'} at kimg 0" in log_b
-    assert [float(k) for k in TICK_KIMG.findall(log_b)] == [0.016, 0.032]
-    assert extra_b["cur_nimg"] == 32
+    assert [float(k) for k in TICK_KIMG.findall(log_b)] == [0.016]
+    assert extra_b["cur_nimg"] == 16
+    # the run keeps what it trained on: ids + pixel hashes, whose sha256 is its fingerprint
+    lines = (finetune / "runs" / run_b / "dataset.tsv").read_text()
+    assert runs.fingerprint_of_lines(lines) == extra_b["run"]["dataset"]
+    assert [line.split("\t")[0] for line in lines.splitlines()] == [r.id for r in images[3:]]
     assert extra_b["run"]["dataset"]["images"] == len(images) - 3
     warm = extra_b["run"]["warm_start"]
     assert (warm["from"], warm["run"]) == ("previous", run_a)
@@ -201,3 +206,123 @@ def test_unreadable_snapshots_are_skipped_with_a_warning(images, tmp_path, capsy
     # training replaced the damaged snapshot at 64 with a good one; the temp file is gone
     assert checkpoint.verify_readable(truncated)["extra"]["cur_nimg"] == 64
     assert not list(snaps.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------- the loop, through snakemake
+# Real `snakemake ranked_dataset` runs on the tiny config: the rejects file and the cleaning
+# rounds reach the network (what the final network's run records it trained on), and a
+# kill during round 2 resumes round 2.
+
+LOOP = {"rank": {"rounds": 2, "drop_bottom_fraction": 0.34},
+        "finetune": {"kimg": 0.064, "round_kimg": 0.032, "snapshot_kimg": 0.032, "tick_kimg": 0.032}}
+
+
+def trained_ids(R: Path, network: Path) -> tuple[dict, set[str]]:
+    """(the network's run record, the ids its run's dataset.tsv lists), after checking that
+    dataset.tsv is what the run's fingerprint is the sha256 of."""
+    run = checkpoint.read_meta(network)["extra"]["run"]
+    lines = (R / "finetune" / "runs" / run["id"] / "dataset.tsv").read_text()
+    assert runs.fingerprint_of_lines(lines) == run["dataset"]
+    return run, {line.split("\t")[0] for line in lines.splitlines()}
+
+
+def rounds_table(R: Path) -> dict[str, str]:
+    import csv
+    with open(R / "rank" / "rounds.tsv", newline="") as f:
+        return {r["id"]: r["dropped"] for r in csv.DictReader(f, delimiter="\t")}
+
+
+def test_rejects_and_cleaning_rounds_reach_the_final_network(tmp_path, monkeypatch):
+    from conftest import run_snakemake
+    from test_determinism import make_raw
+
+    from pipeline.manifest import kept, read_manifest
+    from pipeline.rank import read_scores, scores_network
+    monkeypatch.chdir(tmp_path)
+    make_raw(tmp_path)
+    R = tmp_path / "results" / "tiny"
+    final, round1 = R / "finetune" / "network-final.npz", R / "finetune" / "round-1" / "network-final.npz"
+    run_snakemake(tmp_path, "ranked_dataset", overrides=LOOP)
+    dataset = {r.id: r for r in kept(read_manifest(R / "export" / "manifest.tsv"))}
+    assert len(dataset) >= 5
+    table = rounds_table(R)
+    dropped1 = {i for i, d in table.items() if d == "round 1"}
+    assert len(dropped1) == int(0.34 * len(dataset))
+    run1, ids1 = trained_ids(R, round1)
+    run2, ids2 = trained_ids(R, final)
+    assert ids1 == set(dataset) and run1["round"] == 1
+    # round 2 continued round 1's network on what round 1 left
+    assert ids2 == set(dataset) - dropped1 and run2["round"] == 2 and run2["parent"] == run1["id"]
+    assert run2["warm_start"]["from"] == "parent" and checkpoint.read_meta(final)["extra"]["cur_nimg"] == 32
+    assert {r.id for r in kept(read_manifest(R / "ranked" / "manifest.tsv"))} == \
+        set(dataset) - {i for i, d in table.items() if d}
+    # every output made from the final network names its run and round
+    assert scores_network(R / "rank" / "scores.tsv").startswith(f"run {run2['id']} round 2 ")
+    assert scores_network(R / "rank" / "round-1" / "scores.tsv").startswith(f"run {run1['id']} round 1 ")
+    assert {s.id for s in read_scores(R / "rank" / "round-1" / "scores.tsv")} == set(dataset)
+    page = (R / "report" / "rounds.js").read_text()
+    assert run2["id"] in page and "FACEPREP_ROUNDS" in page
+
+    # the user rejects one image by id and another by its source path
+    by_id, by_source = sorted(ids2)[:2]
+    (tmp_path / "characters").mkdir()
+    rejects = tmp_path / "characters" / "tiny.rejects.txt"
+    rejects.write_text(f"{by_id}\n{dataset[by_source].source}  # a source path\n")
+    first_round1 = round1.read_bytes()
+    proc = run_snakemake(tmp_path, "ranked_dataset", overrides=LOOP)
+    console = proc.stdout + proc.stderr
+    run1b, ids1b = trained_ids(R, round1)
+    run2b, ids2b = trained_ids(R, final)
+    assert not {by_id, by_source} & (ids1b | ids2b)
+    assert ids1b == set(dataset) - {by_id, by_source}
+    assert ids2b == ids1b - {i for i, d in rounds_table(R).items() if d == "round 1"}
+    assert rounds_table(R)[by_id] == rounds_table(R)[by_source] == "rejected"
+    # one continuation of round_kimg per round, round 1 from the last final network
+    assert run1b["warm_start"]["from"] == "previous" and run1b["warm_start"]["run"] == run2["id"]
+    assert checkpoint.read_meta(round1)["extra"]["cur_nimg"] == 32
+    assert checkpoint.read_meta(final)["extra"]["cur_nimg"] == 32
+    assert re.search(rf"^finetune: run: new run \S+{run1b['id']} \(round 1\) .* trains 0.032 kimg", console, re.M)
+
+    # back to the earlier rejects file (none): both rounds' runs are found again, untrained
+    rejects.write_text("")
+    proc = run_snakemake(tmp_path, "ranked_dataset", overrides=LOOP)
+    console = proc.stdout + proc.stderr
+    assert "new run" not in console and not re.search(r"^finetune: tick", console, re.M)
+    assert trained_ids(R, final)[0]["id"] == run2["id"] and trained_ids(R, round1)[0]["id"] == run1["id"]
+    assert round1.read_bytes() == first_round1
+
+
+def test_a_kill_during_round_2_resumes_round_2(tmp_path, monkeypatch):
+    from conftest import run_snakemake, start_snakemake
+    from test_crash_safety import kill_group
+    from test_determinism import make_raw
+    from test_finetune_recovery import job_stats, recover, wait_for
+    monkeypatch.chdir(tmp_path)
+    make_raw(tmp_path)
+    R = tmp_path / "results" / "tiny"
+    loop = {**LOOP, "finetune": {**LOOP["finetune"], "round_kimg": 0.128}}
+
+    def round2_snapshot() -> bool:
+        for info in (R / "finetune" / "runs").glob("*/run.json"):
+            if json.loads(info.read_text()).get("round") == 2:
+                return (info.parent / "snapshots" / "network-snapshot-000000032.npz").exists()
+        return False
+
+    proc = start_snakemake(tmp_path, "ranked_dataset", overrides=loop)
+    wait_for(proc, "round 2's first snapshot", round2_snapshot, timeout=1200)
+    kill_group(proc)
+    round1 = R / "finetune" / "round-1" / "network-final.npz"
+    before = (round1.stat().st_mtime_ns, round1.read_bytes())
+    assert not (R / "finetune" / "network-final.npz").exists()
+    rerun = recover(tmp_path, loop)
+    jobs = job_stats(rerun)
+    assert "finetune" in jobs and "finetune_round" not in jobs and "rank_round" not in jobs, jobs
+    assert (round1.stat().st_mtime_ns, round1.read_bytes()) == before
+    log = (R / "logs" / "finetune" / "all.log").read_text()
+    assert re.search(r"^resume: \S+network-snapshot-0000000(32|64|96)\.npz at kimg", log, re.M)
+    assert "start:" not in log and "new run" not in log
+    extra = checkpoint.read_meta(R / "finetune" / "network-final.npz")["extra"]
+    assert extra["run"]["round"] == 2 and extra["cur_nimg"] == 128
+    assert extra["run"]["parent"] == checkpoint.read_meta(round1)["extra"]["run"]["id"]
+    # the same story the second time: nothing left to do
+    assert "Nothing to be done" in (p := run_snakemake(tmp_path, "ranked_dataset", overrides=loop)).stdout + p.stderr
