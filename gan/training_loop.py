@@ -603,6 +603,7 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
             sec_per_kimg = elapsed / shown * 1000 if shown else math.nan
             last = summarize(results)
             last.update({"augment_p": ada.p, "sec_per_kimg": sec_per_kimg})
+            stop_if_diverged(results, (G, D, Gs), tick, cur_nimg, cfg, mixed, run_dir)
             eta = (total_nimg - cur_nimg) / 1000 * sec_per_kimg
             log(f"tick {tick:<4d} kimg {cur_nimg / 1000:8.3f} / {total_nimg / 1000:.3f}  "
                 f"sec/kimg {sec_per_kimg:8.2f}  loss_g {last['loss_g']:.4f}  "
@@ -625,6 +626,64 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
                                              "training_config": cfg, **run_extra})
     log(f"done: kimg {cur_nimg / 1000:.3f}; final network {output}")
     return {"cur_nimg": cur_nimg, "augment_p": ada.p, **last}
+
+
+# ---------------------------------------------------------------- divergence guard
+
+class Diverged(SystemExit):
+    """A non-finite loss or weight: the run stops (exit status 3) before any snapshot of it."""
+
+    def __init__(self, message: str):
+        super().__init__(3)
+        self.message = message
+
+
+def nonfinite_losses(results: list[StepResult]) -> list[str]:
+    """Names of the losses that were NaN or infinite in any step of ``results``."""
+    values = {"loss_g": [r.g_loss for r in results], "loss_d": [r.d_loss for r in results],
+              "r1": [r.r1 for r in results if r.r1 is not None],
+              "pl_length": [r.pl_length for r in results if r.pl_length is not None]}
+    return [name for name, vs in values.items() if vs and not np.isfinite([float(v) for v in vs]).all()]
+
+
+def nonfinite_networks(networks) -> list[str]:
+    """Names of the networks (G, D, Gs) holding a NaN or infinite variable."""
+    bad = []
+    for net in networks:
+        finite = [tf.reduce_all(tf.math.is_finite(v)) for v in net.named_variables().values()]
+        if not bool(tf.reduce_all(tf.stack(finite))):
+            bad.append(net.name)
+    return bad
+
+
+def likely_setting(bad: list[str], cfg: dict, mixed: bool) -> str:
+    """The settings to look at first for what went non-finite."""
+    hints = []
+    if mixed:
+        hints.append("mixed precision (try mixed_precision: false)")
+    if "r1" in bad:
+        hints.append(f"r1_gamma {cfg['r1_gamma']:g}")
+    if "pl_length" in bad:
+        hints.append(f"pl_weight {cfg.get('pl_weight')}")
+    hints.append(f"lr_g {cfg['lr_g']:g} / lr_d {cfg['lr_d']:g} (lower them)")
+    return "; ".join(hints)
+
+
+def stop_if_diverged(results: list[StepResult], networks, tick: int, cur_nimg: int, cfg: dict,
+                     mixed: bool, run_dir: Path) -> None:
+    """Checked every tick, before any snapshot: a NaN or infinite loss (any step of the tick)
+    or weight ends the run with one line; the newest snapshot stays the resume point."""
+    bad = nonfinite_losses(results) + [f"{name} weights" for name in nonfinite_networks(networks)]
+    if not bad:
+        return
+    snapshots = list_snapshots(run_dir)
+    resume = (f"resume point stays {snapshots[-1][1].name}" if snapshots
+              else "no snapshot yet (a rerun starts over)")
+    message = (f"diverged: non-finite {', '.join(bad)} at tick {tick} (kimg {cur_nimg / 1000:.3f}); "
+               f"stopped, no snapshot written; likely setting: {likely_setting(bad, cfg, mixed)}; "
+               f"{resume}")
+    log(message)
+    raise Diverged(message)
 
 
 def summarize(results: list[StepResult]) -> dict:
