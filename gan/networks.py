@@ -188,10 +188,12 @@ class Generator(_Network):
     # ------------------------------------------------------------------ synthesis
 
     def _modconv_layer(self, x, w_layer, scope: str, noise_index: int, noise_mode: str,
-                       up: bool, dtype) -> tf.Tensor:
+                       up: bool, dtype, random_noise=None) -> tf.Tensor:
         styles = tf.matmul(w_layer, self._w(f"{scope}/mod_weight")) + self._w(f"{scope}/mod_bias") + 1.0
         x = ops.modulated_conv2d(tf.cast(x, dtype), self._w(f"{scope}/weight", dtype), styles, up=up)
-        if noise_mode == "random":
+        if noise_mode == "random" and random_noise is not None:
+            noise = tf.cast(random_noise(noise_index, x.shape[1], x.shape[2]), dtype)
+        elif noise_mode == "random":
             noise = tf.random.normal([tf.shape(x)[0], x.shape[1], x.shape[2], 1], dtype=dtype)
         elif noise_mode == "const":
             noise = tf.cast(tf.transpose(self._vars[f"G_synthesis/noise{noise_index}"], [0, 2, 3, 1]), dtype)
@@ -210,21 +212,24 @@ class Generator(_Network):
                                  demodulate=False)
         return ops.bias_act(tf.cast(x, tf.float32), self._w(f"{scope}/bias"))
 
-    def synthesis(self, ws, noise_mode: str = "random") -> tf.Tensor:
-        """ws [N, num_ws, latent_dim] -> images [N, res, res, num_channels] (about [-1, 1])."""
+    def synthesis(self, ws, noise_mode: str = "random", random_noise=None) -> tf.Tensor:
+        """ws [N, num_ws, latent_dim] -> images [N, res, res, num_channels] (about [-1, 1]).
+        ``random_noise(layer, height, width)`` -> [N, height, width, 1], if given, supplies
+        the random noise inputs (seeded ones in training) instead of tf.random.normal."""
         ws = tf.cast(ws, tf.float32)
         const = tf.transpose(self._vars["G_synthesis/4x4/Const/const"], [0, 2, 3, 1])
         x = tf.tile(const, [tf.shape(ws)[0], 1, 1, 1])
         dtype = self._layer_dtype(2)
-        x = self._modconv_layer(x, ws[:, 0], "G_synthesis/4x4/Conv", 0, noise_mode, False, dtype)
+        x = self._modconv_layer(x, ws[:, 0], "G_synthesis/4x4/Conv", 0, noise_mode, False, dtype,
+                                random_noise)
         img = self._torgb(x, ws[:, 1], "G_synthesis/4x4/ToRGB", dtype)
         for res in range(3, self._res_log2 + 1):
             scope = f"G_synthesis/{2 ** res}x{2 ** res}"
             dtype = self._layer_dtype(res)
             x = self._modconv_layer(x, ws[:, 2 * res - 5], f"{scope}/Conv0_up", 2 * res - 5,
-                                    noise_mode, True, dtype)
+                                    noise_mode, True, dtype, random_noise)
             x = self._modconv_layer(x, ws[:, 2 * res - 4], f"{scope}/Conv1", 2 * res - 4,
-                                    noise_mode, False, dtype)
+                                    noise_mode, False, dtype, random_noise)
             img = ops.upsample_2d(img) + self._torgb(x, ws[:, 2 * res - 3], f"{scope}/ToRGB", dtype)
         return img
 

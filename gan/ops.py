@@ -144,3 +144,16 @@ def minibatch_stddev(x: tf.Tensor, group_size: int = 4, num_features: int = 1) -
     y = tf.cast(tf.reshape(y, [-1, 1, 1, num_features]), x.dtype)
     y = tf.tile(y, [group, height, width, 1])
     return tf.concat([x, y], axis=3)
+
+
+def draw_for_replica(draw, n, shape, seed, replica=(0, 1), **kwargs) -> tf.Tensor:
+    """This replica's ``n`` rows of a seeded draw over the global batch.
+
+    ``draw`` (a tf.random.stateless_* function) makes [n * replicas, *shape] from ``seed``;
+    replica r keeps rows r, r + replicas, ... (the rows it holds of the global batch, see
+    gan.training_loop). So every image gets the same latent, noise and augmentation
+    whether one replica or several train on the batch. ``replica`` = (id, count).
+    """
+    index, count = replica
+    values = draw(tf.stack([n * count, *shape]), seed=seed, **kwargs)
+    return values if count == 1 else values[index::count]
