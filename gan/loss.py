@@ -79,7 +79,7 @@ def path_lengths(synthesize: Callable[[tf.Tensor], tf.Tensor], ws: tf.Tensor, no
         tape.watch(ws)
         images = tf.cast(synthesize(ws), tf.float32)
         height, width = images.shape[1], images.shape[2]
-        noise = ops.draw_for_replica(tf.random.stateless_normal, tf.shape(images)[0], images.shape[1:],
+        noise = ops.draw_for_replica(ops.stateless_normal, tf.shape(images)[0], images.shape[1:],
                                      noise_seed, replica) / float(np.sqrt(height * width))
         total = tf.reduce_sum(images * noise)
     grads = tf.cast(tape.gradient(total, ws), tf.float32)

@@ -39,8 +39,8 @@ SNAPSHOT_FILE = re.compile(r"^network-snapshot-(\d{9})\.npz$")
 STYLE_MIXING_PROB = 0.9        # StyleGAN2 config-e/f
 ADA_INTERVAL = 4               # minibatches between p adjustments (stylegan2-ada)
 GRID = (8, 4)                  # columns, rows of the sample grids
-# Mixed precision as stylegan2-ada: float16 convolutions in the 4 highest resolutions,
-# activations clamped to +-256 there.
+# Mixed precision as stylegan2-ada: float16 convolutions in the 4 highest resolutions (8x8 and up),
+# every conv layer's output clamped to +-256.
 FP16_RESOLUTIONS, FP16_CONV_CLAMP = 4, 256.0
 # Architecture keys: a snapshot trained with other values is not resumed.
 ARCH_KEYS = ("pretrained", "channel_base", "channel_max", "mapping_layers", "latent_dim")
@@ -362,7 +362,7 @@ class Trainer:
 
     def _step_seed(self, step, k: int) -> tf.Tensor:
         base = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
-        return tf.random.experimental.stateless_fold_in(base, k)
+        return ops.fold_in(base, k)
 
     def _replica(self):
         """(this replica's id, replicas)."""
@@ -376,8 +376,8 @@ class Trainer:
         """Seeded noise inputs for G.synthesis, one draw per layer."""
         seed = self._step_seed(step, k)
         return lambda layer, height, width: ops.draw_for_replica(
-            tf.random.stateless_normal, n, [height, width, 1],
-            tf.random.experimental.stateless_fold_in(seed, layer), self._replica())
+            ops.stateless_normal, n, [height, width, 1],
+            ops.fold_in(seed, layer), self._replica())
 
     def _generate(self, n, step, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         """Fakes with style mixing (as config-e/f training); also the batch's mean w."""
@@ -387,13 +387,13 @@ class Trainer:
 
     def _mixed_ws(self, n, step, k: int) -> tf.Tensor:
         """ws [n, num_ws, w_dim] from seeded z, style-mixed with probability 0.9."""
-        z = self._draw(tf.random.stateless_normal, n, [self.latent_dim], step, k)
+        z = self._draw(ops.stateless_normal, n, [self.latent_dim], step, k)
         ws = self.G.mapping(z)
         if self.num_ws > 1:
-            z2 = self._draw(tf.random.stateless_normal, n, [self.latent_dim], step, k + 1)
+            z2 = self._draw(ops.stateless_normal, n, [self.latent_dim], step, k + 1)
             ws2 = self.G.mapping(z2)
-            mix = self._draw(tf.random.stateless_uniform, n, [], step, k + 2) < STYLE_MIXING_PROB
-            cutoff = self._draw(tf.random.stateless_uniform, n, [], step, k + 3, minval=1,
+            mix = self._draw(ops.stateless_uniform, n, [], step, k + 2) < STYLE_MIXING_PROB
+            cutoff = self._draw(ops.stateless_uniform, n, [], step, k + 3, minval=1,
                                 maxval=self.num_ws, dtype=tf.int32)
             cutoff = tf.where(mix, cutoff, self.num_ws)
             use_first = tf.range(self.num_ws)[None, :] < cutoff[:, None]

@@ -44,9 +44,14 @@ CFG = {**ARCH, "batch": 8, "mixed_precision": False, "r1_interval": 2, "pl_weigh
        "tick_kimg": 0.032, "snapshot_kimg": 1, "mirror": True}
 TICK = re.compile(r"^tick \d+\s+kimg\s+([\d.]+) / [\d.]+\s+sec/kimg\s+\S+\s+loss_g (\S+)\s+"
                   r"loss_d (\S+)\s+r1 (\S+)\s+augment_p (\S+)", re.M)
-# Measured on this tiny run: weights differ by at most 5.3e-6 (G_synthesis/8x8/Conv1/weight),
-# losses agree to the 4 digits printed. The tolerance leaves 20x room for other CPUs.
-WEIGHT_ATOL = 1e-4
+# Measured on this run (8 minibatches, tensorflow-cpu 2.21): losses agree to the 4 digits
+# printed; weights moved by 8e-3 (D) and 3e-3 (G) at the median, and 1 and 2 replicas differ by
+# 2.4e-6 (D) / 4.8e-7 (G) at the median, 9.5e-5 at the 99.9th percentile and 2.5e-4 at most.
+# Adam turns a rounding-level gradient difference near zero into up to a full lr-sized step, so
+# the bound on every weight is half of one step at lr 0.002; the median bound is 1000x below
+# the median movement.
+WEIGHT_ATOL = 1e-3
+WEIGHT_MEDIAN_ATOL = 1e-5
 RANK_CFG = {"method": "mean_logit", "group_size": 4, "shuffles": 2, "mirror": True, "seed": 0,
             "batch": 8, "knn_k": 3}
 
@@ -118,9 +123,12 @@ def test_two_replicas_train_what_one_replica_trains(runs):
     start = checkpoint.load_network(runs[1][1].parent.parent / "start.npz")
     for i, name in enumerate(("G", "D", "Gs")):
         one, two = nets[1][i].named_variables(), nets[2][i].named_variables()
-        moved = max(np.abs(one[k].numpy() - start[i].named_variables()[k].numpy()).max() for k in one)
-        assert moved > 100 * WEIGHT_ATOL, name                 # training moved the weights...
-        for key in one:                                        # ...the same way on both
+        moved = np.concatenate([np.abs(one[k].numpy() - start[i].named_variables()[k].numpy()).ravel()
+                                for k in one])
+        diff = np.concatenate([np.abs(two[k].numpy() - one[k].numpy()).ravel() for k in one])
+        assert np.median(moved) > 100 * WEIGHT_MEDIAN_ATOL, name    # training moved the weights...
+        assert np.median(diff) < WEIGHT_MEDIAN_ATOL, name           # ...the same way on both
+        for key in one:
             np.testing.assert_allclose(two[key].numpy(), one[key].numpy(), atol=WEIGHT_ATOL,
                                        err_msg=f"{name} {key}")
     # w_avg (truncation centre) and EMA: Gs differs from G, equally on both
