@@ -22,11 +22,12 @@ RES = 8          # 4x4 stays float32 (as NVIDIA), 8x8 runs in float16
 STEPS = 50
 TINY = {"channel_base": 256, "channel_max": 32, "mapping_layers": 2, "latent_dim": 32, "batch": 4,
         "r1_interval": 4, "pl_weight": 2.0, "pl_interval": 4, "ada_target": 0.6, "seed": 0}
-# Measured at the first minibatch (see the test's output): float16 in the 8x8 and 16x16 layers
-# moves the losses by up to ~2e-3 relative; XLA's fused float32 by ~1e-6.
-START_RTOL = {"mixed": 2e-2, "xla": 1e-4, "mixed+xla": 2e-2}
-MODES = {"mixed": {"mixed_precision": True}, "xla": {"xla": True},
-         "mixed+xla": {"mixed_precision": True, "xla": True}}
+# Measured at the first minibatch (see the test's output): float16 in the 8x8 layers
+# moved the losses by 1.7e-3 relative at most; XLA's fused float32 by 4.7e-6.
+# (mixed + xla together also passed, 1.7e-3, but costs another ~77 s of XLA compilation on 2
+# cores: left out of the suite.)
+START_RTOL = {"mixed": 2e-2, "xla": 1e-4}
+MODES = {"mixed": {"mixed_precision": True}, "xla": {"xla": True}}
 
 
 @pytest.fixture(scope="module", autouse=True)
