@@ -14,9 +14,14 @@ CLUSTER_PACKAGES := slurm-wlm slurmdbd munge mariadb-server
 CASCADE_URL := https://raw.githubusercontent.com/nagadomi/lbpcascade_animeface/master/lbpcascade_animeface.xml
 CASCADE_SHA256 := 9376d30ac38db6bda2a68b88b3b76bbd7e6aa33af47f7f5c76bc88ca75f1ce30
 
-.PHONY: setup system-packages cluster-packages demo test models lint clean-demo review
+.PHONY: setup system-packages cluster-packages gpu-setup demo test models lint clean-demo review
 
-setup: system-packages $(VENV)/.installed
+# An NVIDIA GPU (nvidia-smi answers): `setup` also swaps tensorflow-cpu for the CUDA build
+# (gpu-setup); GPU=0 keeps the CPU build, GPU=1 forces the swap.
+GPU ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+TF_VERSION := $(shell sed -n 's/^tensorflow-cpu==\([0-9.]*\).*/\1/p' requirements.txt)
+
+setup: system-packages $(VENV)/.installed $(if $(filter 1,$(GPU)),gpu-setup)
 
 system-packages:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -41,6 +46,20 @@ $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $@
+
+# The CUDA build of TensorFlow (its pip extra brings the CUDA/cuDNN wheels) in place of
+# tensorflow-cpu. waifu2x's Vulkan needs libvulkan1 (system-packages) and the ICD the NVIDIA
+# driver installs (/usr/share/vulkan/icd.d/nvidia_icd.json); without it waifu2x runs on CPU.
+gpu-setup: $(VENV)/.gpu-installed
+
+$(VENV)/.gpu-installed: $(VENV)/.installed
+	$(BIN)/python -m pip uninstall -q -y tensorflow-cpu tensorflow
+	$(BIN)/python -m pip install -q "tensorflow[and-cuda]==$(TF_VERSION)"
+	$(BIN)/python -c "import tensorflow as tf; g = tf.config.list_physical_devices('GPU'); \
+	  print('TensorFlow sees', len(g), 'GPU(s):', [d.name for d in g])"
+	@ls /usr/share/vulkan/icd.d/nvidia_icd.json /etc/vulkan/icd.d/nvidia_icd.json 2>/dev/null \
+	  || echo "note: no NVIDIA Vulkan ICD found: waifu2x will run on the CPU (see README, GPU)"
 	touch $@
 
 demo: setup

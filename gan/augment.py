@@ -18,6 +18,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from gan import ops
+
 # stylegan2-ada-pytorch's defaults for these transformations
 TRANSLATE_MAX = 0.125        # of the image size
 BRIGHTNESS_STD = 0.2
@@ -27,15 +29,19 @@ SATURATION_STD = 1.0         # log2 scale
 
 def _seed(seed: tf.Tensor, k: int) -> tf.Tensor:
     """A distinct stateless seed per transformation, derived from the step's seed."""
-    return tf.random.experimental.stateless_fold_in(seed, k)
+    return ops.fold_in(seed, k)
 
 
-def _chosen(seed, n, p):
-    return tf.random.stateless_uniform([n], seed=seed) < p
+def augment(images: tf.Tensor, p: tf.Tensor | float, seed: tf.Tensor, replica=(0, 1)) -> tf.Tensor:
+    """Augment a NHWC batch in [-1, 1] (square images); ``seed`` is an int [2] tensor.
+    Under several replicas (``replica`` = (id, count)) each image draws what it would in one
+    replica's batch (gan.ops.draw_for_replica)."""
+    def draw(fn, k, shape=(), **kwargs):
+        return ops.draw_for_replica(fn, n, shape, _seed(seed, k), replica, **kwargs)
 
+    def chosen(k):   # which images get transformation k, each with probability p
+        return draw(ops.stateless_uniform, k) < p
 
-def augment(images: tf.Tensor, p: tf.Tensor | float, seed: tf.Tensor) -> tf.Tensor:
-    """Augment a NHWC batch in [-1, 1] (square images); ``seed`` is an int [2] tensor."""
     p = tf.cast(p, tf.float32)
     seed = tf.cast(seed, tf.int64)
     dtype = images.dtype
@@ -47,24 +53,27 @@ def augment(images: tf.Tensor, p: tf.Tensor | float, seed: tf.Tensor) -> tf.Tens
     as4 = lambda v: tf.reshape(v, [-1, 1, 1, 1])  # noqa: E731
 
     # x-flip
-    flip = _chosen(_seed(seed, 0), n, p)
+    flip = chosen(0)
     x = tf.where(as4(flip), x[:, :, ::-1, :], x)
 
     # rotation by k * 90 degrees, k uniform in 0..3
-    rotate = _chosen(_seed(seed, 1), n, p)
-    k = tf.random.stateless_uniform([n], seed=_seed(seed, 2), maxval=4, dtype=tf.int32)
+    rotate = chosen(1)
+    k = draw(ops.stateless_uniform, 2, maxval=4, dtype=tf.int32)
     k = tf.where(rotate, k, 0)
-    # each image matches one k, so applying the three cases in turn rotates it once
-    x = tf.where(as4(k == 1), tf.image.rot90(x, 1), x)
+    # each image matches one k, so applying the three cases in turn rotates it once;
+    # transposes and reversals (tf.image.rot90's, without its tf.cond: XLA cannot compile the
+    # cond's gradient inside R1's double gradient)
+    transposed = tf.transpose(x, [0, 2, 1, 3])
+    x = tf.where(as4(k == 1), transposed[:, ::-1], x)
     x = tf.where(as4(k == 2), x[:, ::-1, ::-1, :], x)
-    x = tf.where(as4(k == 3), tf.image.rot90(x, 3), x)
+    x = tf.where(as4(k == 3), transposed[:, :, ::-1], x)
 
     # integer translation with reflect padding
     max_shift = int(round(TRANSLATE_MAX * size))
     if max_shift > 0:
-        translate = _chosen(_seed(seed, 3), n, p)
-        shift = tf.random.stateless_uniform([n, 2], seed=_seed(seed, 4), minval=-max_shift,
-                                            maxval=max_shift + 1, dtype=tf.int32)
+        translate = chosen(3)
+        shift = draw(ops.stateless_uniform, 4, [2], minval=-max_shift,
+                     maxval=max_shift + 1, dtype=tf.int32)
         shift = tf.where(translate[:, None], shift, 0)
         padded = tf.pad(x, [[0, 0], [max_shift, max_shift], [max_shift, max_shift], [0, 0]],
                         mode="REFLECT")
@@ -73,19 +82,19 @@ def augment(images: tf.Tensor, p: tf.Tensor | float, seed: tf.Tensor) -> tf.Tens
         x = tf.gather(x, base - shift[:, 1:], axis=2, batch_dims=1)
 
     # brightness: add a per-image offset
-    bright = tf.where(_chosen(_seed(seed, 5), n, p),
-                      tf.random.stateless_normal([n], seed=_seed(seed, 6)) * BRIGHTNESS_STD, 0.0)
+    bright = tf.where(chosen(5),
+                      draw(ops.stateless_normal, 6) * BRIGHTNESS_STD, 0.0)
     x = x + as4(bright)
 
     # contrast: scale around mid-grey (0 in [-1, 1])
-    contrast = tf.where(_chosen(_seed(seed, 7), n, p),
-                        tf.random.stateless_normal([n], seed=_seed(seed, 8)) * CONTRAST_STD, 0.0)
+    contrast = tf.where(chosen(7),
+                        draw(ops.stateless_normal, 8) * CONTRAST_STD, 0.0)
     x = x * as4(tf.pow(2.0, contrast))
 
     # saturation: scale the distance from the grey (luma) axis of each pixel
     if x.shape[-1] == 3:
-        sat = tf.where(_chosen(_seed(seed, 9), n, p),
-                       tf.random.stateless_normal([n], seed=_seed(seed, 10)) * SATURATION_STD, 0.0)
+        sat = tf.where(chosen(9),
+                       draw(ops.stateless_normal, 10) * SATURATION_STD, 0.0)
         grey = tf.reduce_mean(x, axis=-1, keepdims=True)
         x = grey + (x - grey) * as4(tf.pow(2.0, sat))
     return tf.cast(x, dtype)

@@ -11,6 +11,8 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from gan import ops
+
 
 def generator_loss(fake_logits: tf.Tensor) -> tf.Tensor:
     """Non-saturating logistic loss: -log(sigmoid(D(G(z)))) = softplus(-D(G(z)))."""
@@ -67,26 +69,30 @@ def pl_weight_for(cfg: dict, channel_base: int) -> float:
     return float(weight)
 
 
-def path_lengths(synthesize: Callable[[tf.Tensor], tf.Tensor], ws: tf.Tensor, noise_seed
-                 ) -> tuple[tf.Tensor, tf.Tensor]:
+def path_lengths(synthesize: Callable[[tf.Tensor], tf.Tensor], ws: tf.Tensor, noise_seed,
+                 replica=(0, 1)) -> tuple[tf.Tensor, tf.Tensor]:
     """(|J_w^T y| per image, images): ws [N, num_ws, w_dim]; y is seeded normal noise scaled
-    by 1/sqrt(H*W); the length is sqrt(mean over layers of the squared norm over w_dim).
+    by 1/sqrt(H*W) (this replica's rows of the global draw, gan.ops.draw_for_replica); the
+    length is sqrt(mean over layers of the squared norm over w_dim).
     Differentiable (a nested tape), so a penalty on it trains the generator."""
     with tf.GradientTape() as tape:
         tape.watch(ws)
         images = tf.cast(synthesize(ws), tf.float32)
         height, width = images.shape[1], images.shape[2]
-        noise = tf.random.stateless_normal(tf.shape(images), seed=noise_seed) / float(np.sqrt(height * width))
+        noise = ops.draw_for_replica(ops.stateless_normal, tf.shape(images)[0], images.shape[1:],
+                                     noise_seed, replica) / float(np.sqrt(height * width))
         total = tf.reduce_sum(images * noise)
     grads = tf.cast(tape.gradient(total, ws), tf.float32)
     return tf.sqrt(tf.reduce_mean(tf.reduce_sum(tf.square(grads), axis=2), axis=1)), images
 
 
-def path_length_penalty(lengths: tf.Tensor, pl_mean: tf.Tensor, decay: float
+def path_length_penalty(lengths: tf.Tensor, pl_mean: tf.Tensor, decay: float, batch_mean=None
                         ) -> tuple[tf.Tensor, tf.Tensor]:
-    """((|J^T y| - a)^2 per image, a): a = pl_mean moved by ``decay`` toward this batch's mean
-    length; as in NVIDIA's code the gradient also flows through a's batch-mean part."""
-    new_mean = pl_mean + decay * (tf.reduce_mean(lengths) - pl_mean)
+    """((|J^T y| - a)^2 per image, a): a = pl_mean moved by ``decay`` toward the batch's mean
+    length (``batch_mean``: the mean over all replicas; default this batch's); as in NVIDIA's
+    code the gradient also flows through a's batch-mean part."""
+    batch_mean = tf.reduce_mean(lengths) if batch_mean is None else batch_mean
+    new_mean = pl_mean + decay * (batch_mean - pl_mean)
     return tf.square(lengths - new_mean), new_mean
 
 

@@ -12,8 +12,10 @@ transposed on use.
 Additions to the gan/ contract (all optional keyword arguments):
 - ``Generator(..., mapping_lrmul=0.01, w_avg_beta=0.995, num_fp16_res=0, conv_clamp=None,
   seed=None)``, ``Discriminator(..., num_fp16_res=0, conv_clamp=None, seed=None)``:
-  ``num_fp16_res`` runs the convolutions of that many highest resolutions in float16 (GPU
-  mixed precision, stylegan2-ada style; ``conv_clamp`` clamps their activations, e.g. 256).
+  ``num_fp16_res`` runs the convolutions of that many highest resolutions (8x8 and up) in
+  float16 (GPU mixed precision, stylegan2-ada style); ``conv_clamp`` (e.g. 256) clamps the
+  output of every conv layer (ToRGB and D's 4x4 conv too, not D's skip or dense layers), as
+  stylegan2-ada-pytorch does whenever it is set.
 - ``G(z, ..., truncation_cutoff=None)``; ``noise_mode`` also accepts ``"none"``.
 - ``D(images, training=False)``; ``D.variables_by_resolution()`` (for freeze-D);
   ``D.features(images)`` (the activations before minibatch-stddev, for ``pipeline.rank``).
@@ -103,7 +105,10 @@ class _Network(tf.Module):
             var.assign(np.asarray(arrays[name], dtype=np.float32))
 
     def _layer_dtype(self, res_log2: int):
-        return tf.float16 if res_log2 > self._res_log2 - self._num_fp16_res else tf.float32
+        """float16 in the ``num_fp16_res`` highest resolutions, never below 8x8 (as
+        stylegan2-ada: the 4x4 layers stay float32)."""
+        fp16 = res_log2 > self._res_log2 - self._num_fp16_res and res_log2 >= 3
+        return tf.float16 if fp16 else tf.float32
 
 
 class Generator(_Network):
@@ -188,10 +193,12 @@ class Generator(_Network):
     # ------------------------------------------------------------------ synthesis
 
     def _modconv_layer(self, x, w_layer, scope: str, noise_index: int, noise_mode: str,
-                       up: bool, dtype) -> tf.Tensor:
+                       up: bool, dtype, random_noise=None) -> tf.Tensor:
         styles = tf.matmul(w_layer, self._w(f"{scope}/mod_weight")) + self._w(f"{scope}/mod_bias") + 1.0
         x = ops.modulated_conv2d(tf.cast(x, dtype), self._w(f"{scope}/weight", dtype), styles, up=up)
-        if noise_mode == "random":
+        if noise_mode == "random" and random_noise is not None:
+            noise = tf.cast(random_noise(noise_index, x.shape[1], x.shape[2]), dtype)
+        elif noise_mode == "random":
             noise = tf.random.normal([tf.shape(x)[0], x.shape[1], x.shape[2], 1], dtype=dtype)
         elif noise_mode == "const":
             noise = tf.cast(tf.transpose(self._vars[f"G_synthesis/noise{noise_index}"], [0, 2, 3, 1]), dtype)
@@ -201,30 +208,32 @@ class Generator(_Network):
             raise ValueError(f"noise_mode must be random, const or none, got {noise_mode!r}")
         if noise is not None:
             x = x + noise * self._w(f"{scope}/noise_strength", dtype)
-        clamp = self.conv_clamp if dtype == tf.float16 else None
-        return ops.bias_act(x, self._w(f"{scope}/bias"), act="lrelu", clamp=clamp)
+        return ops.bias_act(x, self._w(f"{scope}/bias"), act="lrelu", clamp=self.conv_clamp)
 
     def _torgb(self, x, w_layer, scope: str, dtype) -> tf.Tensor:
         styles = tf.matmul(w_layer, self._w(f"{scope}/mod_weight")) + self._w(f"{scope}/mod_bias") + 1.0
         x = ops.modulated_conv2d(tf.cast(x, dtype), self._w(f"{scope}/weight", dtype), styles,
                                  demodulate=False)
-        return ops.bias_act(tf.cast(x, tf.float32), self._w(f"{scope}/bias"))
+        return ops.bias_act(tf.cast(x, tf.float32), self._w(f"{scope}/bias"), clamp=self.conv_clamp)
 
-    def synthesis(self, ws, noise_mode: str = "random") -> tf.Tensor:
-        """ws [N, num_ws, latent_dim] -> images [N, res, res, num_channels] (about [-1, 1])."""
+    def synthesis(self, ws, noise_mode: str = "random", random_noise=None) -> tf.Tensor:
+        """ws [N, num_ws, latent_dim] -> images [N, res, res, num_channels] (about [-1, 1]).
+        ``random_noise(layer, height, width)`` -> [N, height, width, 1], if given, supplies
+        the random noise inputs (seeded ones in training) instead of tf.random.normal."""
         ws = tf.cast(ws, tf.float32)
         const = tf.transpose(self._vars["G_synthesis/4x4/Const/const"], [0, 2, 3, 1])
         x = tf.tile(const, [tf.shape(ws)[0], 1, 1, 1])
         dtype = self._layer_dtype(2)
-        x = self._modconv_layer(x, ws[:, 0], "G_synthesis/4x4/Conv", 0, noise_mode, False, dtype)
+        x = self._modconv_layer(x, ws[:, 0], "G_synthesis/4x4/Conv", 0, noise_mode, False, dtype,
+                                random_noise)
         img = self._torgb(x, ws[:, 1], "G_synthesis/4x4/ToRGB", dtype)
         for res in range(3, self._res_log2 + 1):
             scope = f"G_synthesis/{2 ** res}x{2 ** res}"
             dtype = self._layer_dtype(res)
             x = self._modconv_layer(x, ws[:, 2 * res - 5], f"{scope}/Conv0_up", 2 * res - 5,
-                                    noise_mode, True, dtype)
+                                    noise_mode, True, dtype, random_noise)
             x = self._modconv_layer(x, ws[:, 2 * res - 4], f"{scope}/Conv1", 2 * res - 4,
-                                    noise_mode, False, dtype)
+                                    noise_mode, False, dtype, random_noise)
             img = ops.upsample_2d(img) + self._torgb(x, ws[:, 2 * res - 3], f"{scope}/ToRGB", dtype)
         return img
 
@@ -279,8 +288,7 @@ class Discriminator(_Network):
 
     def _conv(self, x, scope: str, act: str = "lrelu", down: bool = False, dtype=tf.float32):
         x = ops.conv2d(x, self._w(f"{scope}/weight", dtype), down=down)
-        clamp = self.conv_clamp if dtype == tf.float16 else None
-        return ops.bias_act(x, self._w(f"{scope}/bias"), act=act, clamp=clamp)
+        return ops.bias_act(x, self._w(f"{scope}/bias"), act=act, clamp=self.conv_clamp)
 
     def features(self, images) -> tuple[tf.Tensor, list[tf.Tensor]]:
         """images [N, res, res, C] in [-1, 1] -> (the float32 [N, 4, 4, C] map that

@@ -144,3 +144,46 @@ def minibatch_stddev(x: tf.Tensor, group_size: int = 4, num_features: int = 1) -
     y = tf.cast(tf.reshape(y, [-1, 1, 1, num_features]), x.dtype)
     y = tf.tile(y, [group, height, width, 1])
     return tf.concat([x, y], axis=3)
+
+
+# Philox named, not "auto_select": TensorFlow's kernels pick Philox on CPU and GPU, XLA would
+# pick ThreeFry, and then a jit-compiled step (xla: true) would draw other numbers.
+RANDOM_ALG = "philox"
+UNIFORM_BITS = 24   # float32's mantissa
+
+
+def stateless_uniform(shape, seed, minval=0, maxval=None, dtype=tf.float32, alg=RANDOM_ALG) -> tf.Tensor:
+    """tf.random.stateless_uniform, but float values are made from Philox integers: the
+    integer draws are the same with and without XLA, TensorFlow's float ones were not (measured
+    on tensorflow-cpu 2.21), and a jit-compiled step must see the numbers the plain one sees."""
+    dtype = tf.as_dtype(dtype)
+    if dtype.is_integer:
+        return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype=dtype, alg=alg)
+    bits = tf.random.stateless_uniform(shape, seed, 0, 1 << UNIFORM_BITS, dtype=tf.int32, alg=alg)
+    unit = (tf.cast(bits, tf.float32) + 0.5) * (1.0 / (1 << UNIFORM_BITS))   # in (0, 1)
+    high = 1.0 if maxval is None else maxval
+    return tf.cast(minval + unit * (high - minval), dtype)
+
+
+def stateless_normal(shape, seed, alg=RANDOM_ALG) -> tf.Tensor:
+    """Standard normal values by Box-Muller from two of ``stateless_uniform``'s draws."""
+    u = stateless_uniform(tf.concat([[2], tf.cast(shape, tf.int32)], axis=0), seed, alg=alg)
+    return tf.sqrt(-2.0 * tf.math.log(u[0])) * tf.cos(2.0 * np.pi * u[1])
+
+
+def fold_in(seed, k) -> tf.Tensor:
+    """A distinct stateless seed for draw ``k`` from ``seed`` (the same with and without XLA)."""
+    return tf.random.experimental.stateless_fold_in(seed, k, alg=RANDOM_ALG)
+
+
+def draw_for_replica(draw, n, shape, seed, replica=(0, 1), **kwargs) -> tf.Tensor:
+    """This replica's ``n`` rows of a seeded draw over the global batch.
+
+    ``draw`` (stateless_normal or stateless_uniform above) makes [n * replicas, *shape] from ``seed``;
+    replica r keeps rows r, r + replicas, ... (the rows it holds of the global batch, see
+    gan.training_loop). So every image gets the same latent, noise and augmentation
+    whether one replica or several train on the batch. ``replica`` = (id, count).
+    """
+    index, count = replica
+    values = draw(tf.stack([n * count, *shape]), seed=seed, alg=RANDOM_ALG, **kwargs)
+    return values if count == 1 else values[index::count]

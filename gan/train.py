@@ -36,7 +36,8 @@ def main(argv=None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # keep TF's C++ INFO/WARNING out of the log
     from gan import runs
     from gan.dataset import dataset_info
-    from gan.training_loop import training_loop   # TensorFlow loads only when training
+    from gan.training_loop import select_devices, training_loop   # TensorFlow loads only when training
+    select_devices(cfg)   # before TensorFlow's runtime starts (reading the data starts it)
     info = dataset_info(a.data)
     lines = runs.dataset_lines(a.manifest) if a.manifest else None
     fingerprint = (runs.fingerprint_of_lines(lines) if lines is not None

@@ -17,6 +17,7 @@ Run directory (`--run-dir`, e.g. results/<name>/finetune):
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 import zipfile
@@ -30,6 +31,7 @@ from PIL import Image
 
 from gan import augment as augment_lib
 from gan import loss as loss_lib
+from gan import ops
 from gan.dataset import dataset_info, make_dataset, to_uint8
 from util.files import atomic_write_with, file_sha256
 
@@ -37,8 +39,8 @@ SNAPSHOT_FILE = re.compile(r"^network-snapshot-(\d{9})\.npz$")
 STYLE_MIXING_PROB = 0.9        # StyleGAN2 config-e/f
 ADA_INTERVAL = 4               # minibatches between p adjustments (stylegan2-ada)
 GRID = (8, 4)                  # columns, rows of the sample grids
-# Mixed precision as stylegan2-ada: float16 convolutions in the 4 highest resolutions,
-# activations clamped to +-256 there.
+# Mixed precision as stylegan2-ada: float16 convolutions in the 4 highest resolutions (8x8 and up),
+# every conv layer's output clamped to +-256.
 FP16_RESOLUTIONS, FP16_CONV_CLAMP = 4, 256.0
 # Architecture keys: a snapshot trained with other values is not resumed.
 ARCH_KEYS = ("pretrained", "channel_base", "channel_max", "mapping_layers", "latent_dim")
@@ -50,18 +52,92 @@ def log(msg: str) -> None:
 
 # ---------------------------------------------------------------- devices and precision
 
-def setup_devices(cfg: dict) -> tuple[tf.distribute.Strategy, bool]:
-    """(strategy, mixed precision on?) and seeds; deterministic ops on CPU."""
+CPU_REPLICAS_ENV = "FACEPREP_CPU_REPLICAS"
+
+
+def pick_gpus(setting, count: int) -> list[int]:
+    """Indices of the visible GPUs that train, from ``finetune.gpus``: ``all``, a number
+    (the first N) or a comma list of indices ("0,2"). CUDA_VISIBLE_DEVICES narrows the
+    visible set before this."""
+    if setting in (None, "all"):
+        return list(range(count))
+    if isinstance(setting, int):
+        if setting > count:
+            raise SystemExit(f"finetune.gpus: {setting} GPUs asked for, {count} visible")
+        return list(range(setting))
+    chosen = [int(i) for i in str(setting).split(",")]
+    if any(i >= count for i in chosen) or len(set(chosen)) != len(chosen):
+        raise SystemExit(f"finetune.gpus: {setting!r} does not name distinct GPUs among the "
+                         f"{count} visible (0..{count - 1})")
+    return chosen
+
+
+def select_devices(cfg: dict) -> None:
+    """Before TensorFlow's runtime starts (gan.train calls it first): the GPUs that train
+    (``finetune.gpus``), with memory grown as needed. Without GPUs, FACEPREP_CPU_REPLICAS=N
+    splits the CPU into N logical devices, so that the several-GPU path (MirroredStrategy)
+    runs on any machine (tests/test_gan_replicas.py)."""
     gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)
+    cpu_replicas = int(os.environ.get(CPU_REPLICAS_ENV, "1"))
+    try:
+        if gpus:
+            chosen = [gpus[i] for i in pick_gpus(cfg.get("gpus", "all"), len(gpus))]
+            tf.config.set_visible_devices(chosen, "GPU")
+            for gpu in chosen:
+                tf.config.experimental.set_memory_growth(gpu, True)
+        elif cpu_replicas > 1:
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_replicas)])
+    except RuntimeError as e:   # the runtime started already (an earlier run in this process)
+        log(f"devices: already initialized, kept as they are ({e})")
+
+
+def training_devices() -> list[str]:
+    """The logical devices that hold one replica each: the selected GPUs, else the logical
+    CPUs (one, unless FACEPREP_CPU_REPLICAS split it)."""
+    return [d.name for d in (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))]
+
+
+def describe_devices(devices: list[str]) -> str:
+    """'2 replica(s) (MirroredStrategy) on GPU:0 (NVIDIA H100), GPU:1 (...)' for the console."""
+    names = []
+    gpus = tf.config.get_visible_devices("GPU")
+    for i, device in enumerate(devices):
+        short = device.split("device:")[-1]
+        detail = ""
+        if "GPU" in short and i < len(gpus):
+            detail = tf.config.experimental.get_device_details(gpus[i]).get("device_name", "")
+        names.append(f"{short} ({detail})" if detail else short)
+    how = " (MirroredStrategy)" if len(devices) > 1 else ""
+    return f"{len(devices)} replica(s){how} on {', '.join(names)}"
+
+
+def setup_devices(cfg: dict) -> tuple[tf.distribute.Strategy, bool]:
+    """(strategy, mixed precision on?) and seeds; deterministic ops on CPU. Several devices
+    (GPUs, or logical CPUs in tests) train as MirroredStrategy replicas."""
+    select_devices(cfg)
+    devices = training_devices()
     keras.utils.set_random_seed(int(cfg["seed"]))
+    gpus = tf.config.list_logical_devices("GPU")
     if not gpus:
         tf.config.experimental.enable_op_determinism()
-    strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
+    strategy = tf.distribute.MirroredStrategy(devices) if len(devices) > 1 else tf.distribute.get_strategy()
     mixed = cfg["mixed_precision"]
     mixed = bool(gpus) if mixed == "auto" else bool(mixed)
     return strategy, mixed
+
+
+def interleave_for_replicas(images: tf.Tensor, replicas: int) -> tf.Tensor:
+    """Reorders a global batch so that the contiguous slices a MirroredStrategy hands out give
+    replica r the rows r, r + replicas, ...: the layout gan.ops.draw_for_replica draws fakes
+    in, under which each replica's minibatch-stddev groups are groups of the global batch
+    (see tests/test_gan_replicas.py)."""
+    if replicas == 1:
+        return images
+    shape = tf.shape(images)
+    per_replica = tf.reshape(images, tf.concat([[-1, replicas], shape[1:]], axis=0))
+    return tf.reshape(tf.experimental.numpy.swapaxes(per_replica, 0, 1), shape)
 
 
 # ---------------------------------------------------------------- snapshots
@@ -276,27 +352,45 @@ class Trainer:
 
     # -- pieces used inside a replica
 
+    # Randomness: every draw is seeded by (seed, step, k) over the global batch, and each
+    # replica keeps its rows of it (gan.ops.draw_for_replica), so one replica and several
+    # train on the same latents, noise and augmentations.
+
     def _step_seed(self, step, k: int) -> tf.Tensor:
-        ctx = tf.distribute.get_replica_context()
-        replica = ctx.replica_id_in_sync_group if ctx is not None else 0
         base = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(step, tf.int64)])
-        return tf.random.experimental.stateless_fold_in(base, replica * 1000 + k)
+        return ops.fold_in(base, k)
+
+    def _replica(self):
+        """(this replica's id, replicas)."""
+        ctx = tf.distribute.get_replica_context()
+        return (ctx.replica_id_in_sync_group if ctx is not None else 0), self.replicas
+
+    def _draw(self, fn, n, shape, step, k: int, **kwargs) -> tf.Tensor:
+        return ops.draw_for_replica(fn, n, shape, self._step_seed(step, k), self._replica(), **kwargs)
+
+    def _noise(self, n, step, k: int):
+        """Seeded noise inputs for G.synthesis, one draw per layer."""
+        seed = self._step_seed(step, k)
+        return lambda layer, height, width: ops.draw_for_replica(
+            ops.stateless_normal, n, [height, width, 1],
+            ops.fold_in(seed, layer), self._replica())
 
     def _generate(self, n, step, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         """Fakes with style mixing (as config-e/f training); also the batch's mean w."""
         ws = self._mixed_ws(n, step, k)
-        return self.G.synthesis(ws, noise_mode="random"), tf.reduce_mean(ws[:, 0], axis=0)
+        return (self.G.synthesis(ws, noise_mode="random", random_noise=self._noise(n, step, k + 4)),
+                tf.reduce_mean(ws[:, 0], axis=0))
 
     def _mixed_ws(self, n, step, k: int) -> tf.Tensor:
         """ws [n, num_ws, w_dim] from seeded z, style-mixed with probability 0.9."""
-        z = tf.random.stateless_normal([n, self.latent_dim], seed=self._step_seed(step, k))
+        z = self._draw(ops.stateless_normal, n, [self.latent_dim], step, k)
         ws = self.G.mapping(z)
         if self.num_ws > 1:
-            z2 = tf.random.stateless_normal([n, self.latent_dim], seed=self._step_seed(step, k + 1))
+            z2 = self._draw(ops.stateless_normal, n, [self.latent_dim], step, k + 1)
             ws2 = self.G.mapping(z2)
-            mix = tf.random.stateless_uniform([n], seed=self._step_seed(step, k + 2)) < STYLE_MIXING_PROB
-            cutoff = tf.random.stateless_uniform([n], seed=self._step_seed(step, k + 3), minval=1,
-                                                 maxval=self.num_ws, dtype=tf.int32)
+            mix = self._draw(ops.stateless_uniform, n, [], step, k + 2) < STYLE_MIXING_PROB
+            cutoff = self._draw(ops.stateless_uniform, n, [], step, k + 3, minval=1,
+                                maxval=self.num_ws, dtype=tf.int32)
             cutoff = tf.where(mix, cutoff, self.num_ws)
             use_first = tf.range(self.num_ws)[None, :] < cutoff[:, None]
             ws = tf.where(use_first[:, :, None], ws, ws2)
@@ -304,7 +398,7 @@ class Trainer:
 
     def _discriminate(self, images, p, step, k: int) -> tf.Tensor:
         if self.use_augment:
-            images = augment_lib.augment(images, p, self._step_seed(step, k))
+            images = augment_lib.augment(images, p, self._step_seed(step, k), self._replica())
         return tf.cast(self.D(images), tf.float32)
 
     def _scaled(self, opt, loss):
@@ -352,9 +446,16 @@ class Trainer:
         n = self.pl_batch
         with tf.GradientTape() as tape:
             ws = self._mixed_ws(n, step, 50)
-            lengths, _ = loss_lib.path_lengths(lambda w: self.G.synthesis(w, noise_mode="random"), ws,
-                                               self._step_seed(step, 54))
-            penalty, _ = loss_lib.path_length_penalty(lengths, self.pl_mean, self.pl_decay)
+            noise = self._noise(n, step, 55)
+            lengths, _ = loss_lib.path_lengths(
+                lambda w: self.G.synthesis(w, noise_mode="random", random_noise=noise), ws,
+                self._step_seed(step, 54), self._replica())
+            batch_mean = None
+            if self.replicas > 1:   # the mean over all replicas, as one replica would see it
+                total = tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, tf.reduce_sum(lengths))
+                batch_mean = total / (n * self.replicas)
+            penalty, _ = loss_lib.path_length_penalty(lengths, self.pl_mean, self.pl_decay, batch_mean)
             pl_loss = tf.nn.compute_average_loss(
                 loss_lib.lazy_pl_loss(penalty, self.pl_weight, self.pl_interval),
                 global_batch_size=n * self.replicas)
@@ -499,8 +600,7 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
     strategy, mixed = setup_devices(cfg)
     info = dataset_info(data_dir)
     log(f"data: {info.path} ({info.num_images} images, {info.resolution} px); "
-        f"{strategy.num_replicas_in_sync} replica(s) on "
-        f"{'GPU' if tf.config.list_physical_devices('GPU') else 'CPU'}; "
+        f"{describe_devices(training_devices())}; "
         f"mixed precision {'on' if mixed else 'off'}; xla {'on' if cfg.get('xla') else 'off'}")
 
     resume_from = pick_resume(run_dir, cfg, info.resolution, run)
@@ -559,6 +659,8 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
     # A resumed run draws a new data order (seeded by where it resumes), not the same one again.
     data = make_dataset(data_dir, batch, mirror=bool(cfg["mirror"]),
                         seed=int(cfg["seed"]) * 1_000_003 + cur_nimg)
+    if trainer.replicas > 1:
+        data = data.map(lambda images: interleave_for_replicas(images, trainer.replicas))
     batches = iter(strategy.experimental_distribute_dataset(data))
 
     def snapshot() -> Path:
@@ -599,6 +701,7 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
             sec_per_kimg = elapsed / shown * 1000 if shown else math.nan
             last = summarize(results)
             last.update({"augment_p": ada.p, "sec_per_kimg": sec_per_kimg})
+            stop_if_diverged(results, (G, D, Gs), tick, cur_nimg, cfg, mixed, run_dir)
             eta = (total_nimg - cur_nimg) / 1000 * sec_per_kimg
             log(f"tick {tick:<4d} kimg {cur_nimg / 1000:8.3f} / {total_nimg / 1000:.3f}  "
                 f"sec/kimg {sec_per_kimg:8.2f}  loss_g {last['loss_g']:.4f}  "
@@ -621,6 +724,64 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
                                              "training_config": cfg, **run_extra})
     log(f"done: kimg {cur_nimg / 1000:.3f}; final network {output}")
     return {"cur_nimg": cur_nimg, "augment_p": ada.p, **last}
+
+
+# ---------------------------------------------------------------- divergence guard
+
+class Diverged(SystemExit):
+    """A non-finite loss or weight: the run stops (exit status 3) before any snapshot of it."""
+
+    def __init__(self, message: str):
+        super().__init__(3)
+        self.message = message
+
+
+def nonfinite_losses(results: list[StepResult]) -> list[str]:
+    """Names of the losses that were NaN or infinite in any step of ``results``."""
+    values = {"loss_g": [r.g_loss for r in results], "loss_d": [r.d_loss for r in results],
+              "r1": [r.r1 for r in results if r.r1 is not None],
+              "pl_length": [r.pl_length for r in results if r.pl_length is not None]}
+    return [name for name, vs in values.items() if vs and not np.isfinite([float(v) for v in vs]).all()]
+
+
+def nonfinite_networks(networks) -> list[str]:
+    """Names of the networks (G, D, Gs) holding a NaN or infinite variable."""
+    bad = []
+    for net in networks:
+        finite = [tf.reduce_all(tf.math.is_finite(v)) for v in net.named_variables().values()]
+        if not bool(tf.reduce_all(tf.stack(finite))):
+            bad.append(net.name)
+    return bad
+
+
+def likely_setting(bad: list[str], cfg: dict, mixed: bool) -> str:
+    """The settings to look at first for what went non-finite."""
+    hints = []
+    if mixed:
+        hints.append("mixed precision (try mixed_precision: false)")
+    if "r1" in bad:
+        hints.append(f"r1_gamma {cfg['r1_gamma']:g}")
+    if "pl_length" in bad:
+        hints.append(f"pl_weight {cfg.get('pl_weight')}")
+    hints.append(f"lr_g {cfg['lr_g']:g} / lr_d {cfg['lr_d']:g} (lower them)")
+    return "; ".join(hints)
+
+
+def stop_if_diverged(results: list[StepResult], networks, tick: int, cur_nimg: int, cfg: dict,
+                     mixed: bool, run_dir: Path) -> None:
+    """Checked every tick, before any snapshot: a NaN or infinite loss (any step of the tick)
+    or weight ends the run with one line; the newest snapshot stays the resume point."""
+    bad = nonfinite_losses(results) + [f"{name} weights" for name in nonfinite_networks(networks)]
+    if not bad:
+        return
+    snapshots = list_snapshots(run_dir)
+    resume = (f"resume point stays {snapshots[-1][1].name}" if snapshots
+              else "no snapshot yet (a rerun starts over)")
+    message = (f"diverged: non-finite {', '.join(bad)} at tick {tick} (kimg {cur_nimg / 1000:.3f}); "
+               f"stopped, no snapshot written; likely setting: {likely_setting(bad, cfg, mixed)}; "
+               f"{resume}")
+    log(message)
+    raise Diverged(message)
 
 
 def summarize(results: list[StepResult]) -> dict:
