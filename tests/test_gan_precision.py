@@ -14,7 +14,7 @@ import tensorflow as tf
 from conftest import square_testdata_pngs
 
 from gan.dataset import make_dataset
-from gan.train import resolve_config
+from util.config import with_defaults
 from gan.training_loop import Trainer, build_networks, nonfinite_networks, setup_devices
 from pipeline.export import write_tfrecords
 
@@ -48,7 +48,7 @@ def real_batches(tmp_path_factory):
 
 
 def train(overrides: dict, batches) -> dict:
-    cfg = resolve_config({**TINY, "mixed_precision": False, **overrides})
+    cfg = with_defaults("finetune", {**TINY, "mixed_precision": False, **overrides})
     strategy, mixed = setup_devices(cfg)
     G, D, Gs, _, _ = build_networks(cfg, RES, 3, None, mixed)
     trainer = Trainer(G, D, Gs, cfg, strategy, mixed)
