@@ -244,7 +244,9 @@ def test_two_ticks_in_the_browser_drop_exactly_those_two_images(finished_run, br
     from selenium.webdriver.common.by import By
     from gan.checkpoint import read_meta
     run = read_meta(finished_run / R / "finetune" / "network-final.npz")["extra"]["run"]
-    assert f"run {run['id']}, round 1 of 1" in driver.find_element(By.ID, "rounds-network").text
+    # the panel sits in the "Scores & samples" tab (hidden until opened): its text content
+    panel = driver.find_element(By.ID, "rounds-network").get_attribute("textContent")
+    assert f"run {run['id']}, round 1 of 1" in panel
     assert not driver.find_elements(By.ID, "rounds-stale")
 
 
