@@ -58,6 +58,10 @@ class ModelError(RuntimeError):
     """A model file is missing or is not the expected file; the message says how to fix it."""
 
 
+class DetectorLoadError(RuntimeError):
+    """The detector's library could not load a model file that exists (a damaged file)."""
+
+
 # ---------------------------------------------------------------- model files
 
 def resolve_cascade_path(models: dict | None = None) -> Path:
@@ -731,8 +735,8 @@ def crop_image(row: Row, crop: dict, detector, out: ShardDir,
             if found:  # faces there, all below min_face: the user may want to lower it
                 details["small_faces"] = [list(f.box) for f in found]
             return [row.drop("no_face", width=size[0], height=size[1], details=details)]
-    except ModelError:
-        raise  # no detector: the whole stage stops, saying how to get the model
+    except (ModelError, DetectorLoadError):
+        raise  # no detector: the whole stage stops (the log says why)
     except Exception as e:  # one odd image must not cost the other thousands in the shard
         return [row.drop("crop_error", details={"error": f"{type(e).__name__}: {e}"})]
     if im is None:  # faces to cut from stored detections: the pixels are needed now
@@ -786,7 +790,13 @@ class LazyDetector:
     def detect(self, rgb: np.ndarray) -> list[Face]:
         with self._lock:
             if self._detector is None:
-                self._detector = make_detector(self._crop, self._models)
+                try:
+                    self._detector = make_detector(self._crop, self._models)
+                except ModelError:
+                    raise
+                except Exception as e:  # a damaged model file stops the stage, not each image
+                    raise DetectorLoadError(f"the {self._crop['method']} detector could not load "
+                                            f"its models: {type(e).__name__}: {e}") from e
         return self._detector.detect(rgb)
 
 

@@ -80,6 +80,7 @@ def test_a_failing_job_shows_its_log_tail_and_path(workdir):
                          overrides={"crop": {"method": "dlib"}, "models": {"dlib_dir": str(models)},
                                     "shards": 1})
     assert proc.returncode != 0
+    assert "--- rule crop failed" in proc.stderr, proc.stderr[-3000:]
     tail = proc.stderr[proc.stderr.rindex("--- rule crop failed"):]
     assert "last lines of results/tiny/logs/crop/0.log:" in tail
     assert "RuntimeError" in tail  # dlib's own error, from the log

@@ -264,8 +264,10 @@ def test_cluster_outputs_identical_to_local_run(cluster_run, local_run):
     local = {k: v for k, v in local.items() if not NOT_DETERMINISTIC.match(k)}
     # the dataset and the ranked dataset are among them (ranked_dataset writes the ranked
     # ZIP; the export's own ZIP belongs to the `dataset` target)
-    for folder in ("export", "ranked"):
+    # (training reads the curated set's TFRecords: export's own belong to the `dataset` target)
+    for folder in ("export", "curated", "ranked"):
         assert f"{folder}/manifest.tsv" in local
+    for folder in ("curated", "ranked"):
         assert any(k.startswith(folder + "/") and k.endswith(".tfrecords") for k in local)
     assert any(k.startswith("ranked/") and k.endswith(".zip") for k in local)
     assert any(k.endswith("/manifest.tsv") and k.count("/") == 2 for k in local)  # per shard
