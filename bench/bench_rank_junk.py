@@ -30,8 +30,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, TESTDATA, machine, spearman  # noqa: E402
+from common import REPO, TESTDATA, auc, machine, spearman  # noqa: E402
 
+from util.config import defaults  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.manifest import Row, read_manifest, write_manifest  # noqa: E402
 
@@ -125,19 +126,6 @@ def train(data: Path, seed: int, kimg: float, extra: dict) -> Path:
     return final
 
 
-def rank_defaults() -> dict:
-    """The rank block's defaults from the config schema (what a user gets)."""
-    import yaml
-    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
-    return {k: v["default"] for k, v in schema["properties"]["rank"]["properties"].items()}
-
-
-def auc(scores: np.ndarray, junk: np.ndarray) -> float:
-    """P(junk scores below a face), ties count half."""
-    j, f = scores[junk], scores[~junk]
-    return float(((j[:, None] < f[None, :]).sum() + 0.5 * (j[:, None] == f[None, :]).sum()) / (len(j) * len(f)))
-
-
 def caught(scores: np.ndarray, junk: np.ndarray, fraction: float) -> int:
     bottom = np.argsort(scores, kind="stable")[: int(round(fraction * len(scores)))]
     return int(junk[bottom].sum())
@@ -178,7 +166,7 @@ def report(rows, nets: dict, methods: list[str], shuffles: int, label: str) -> N
     junk = np.array([bool(r.details.get("junk")) for r in rows])
     table = {}
     for method in methods:
-        cfg = {**rank_defaults(), "method": method, "shuffles": shuffles}
+        cfg = {**defaults("rank"), "method": method, "shuffles": shuffles}
         per_seed = {}
         for seed, net in nets.items():
             D = load_network(net)[1]

@@ -20,16 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_rank_sources as b  # noqa: E402
-from common import REPO  # noqa: E402,F401
+from common import REPO, auc  # noqa: E402,F401
 import numpy as np
 from pipeline.manifest import read_manifest
 from pipeline import rank
 import tensorflow as tf
 from gan.checkpoint import load_network
 
-def auc(s, junk):
-    j, f = s[junk], s[~junk]
-    return float(((j[:, None] < f[None, :]).sum() + 0.5 * (j[:, None] == f[None, :]).sum()) / (len(j) * len(f)))
 
 def worst10(s, junk):
     return int(junk[np.argsort(s, kind="stable")[:10]].sum())
@@ -256,7 +253,7 @@ def networks() -> list[tuple[str, str, Path]]:
 def main() -> None:
     cache = b.OUT / "signals"
     cache.mkdir(parents=True, exist_ok=True)
-    cfg = b.rank_defaults()
+    cfg = b.defaults("rank")
     data = {}
     for src, label, net in networks():
         path = cache / f"{label}.npz"

@@ -41,8 +41,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, TESTDATA, machine, spearman  # noqa: E402
+from common import REPO, TESTDATA, auc, machine, spearman  # noqa: E402
 
+from util.config import defaults  # noqa: E402
 from pipeline.imaging import load_rgb  # noqa: E402
 from pipeline.manifest import Row, read_manifest, write_manifest  # noqa: E402
 
@@ -248,19 +249,6 @@ def train(source: str, seed: int, kimg: float, pretrained: Path | None = None, t
     return final
 
 
-def rank_defaults() -> dict:
-    """The rank block's defaults from the config schema (what a user gets)."""
-    import yaml
-    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
-    return {k: v["default"] for k, v in schema["properties"]["rank"]["properties"].items()}
-
-
-def auc(scores: np.ndarray, junk: np.ndarray) -> float:
-    """P(junk scores below a face), ties count half."""
-    j, f = scores[junk], scores[~junk]
-    return float(((j[:, None] < f[None, :]).sum() + 0.5 * (j[:, None] == f[None, :]).sum()) / (len(j) * len(f)))
-
-
 def in_worst(scores: np.ndarray, junk: np.ndarray, k: int) -> int:
     return int(junk[np.argsort(scores, kind="stable")[:k]].sum())
 
@@ -268,7 +256,7 @@ def in_worst(scores: np.ndarray, junk: np.ndarray, k: int) -> int:
 def score(D, rows, method: str, shuffles: int) -> tuple[np.ndarray, dict, float]:
     """(score per row, {signal: values turned so that low = bad}, seconds) with pipeline.rank."""
     from pipeline import rank
-    cfg = {**rank_defaults(), "method": method, "shuffles": shuffles}
+    cfg = {**defaults("rank"), "method": method, "shuffles": shuffles}
     t = time.time()
     scores = {s.id: s for s in rank.score_dataset(D, rows, cfg, RES, progress=False)}
     signals = {name: np.array([scores[r.id].signals[name] for r in rows])

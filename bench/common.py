@@ -51,3 +51,11 @@ def spearman(a, b) -> float:
     import numpy as np
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def auc(scores, junk) -> float:
+    """P(a junk image scores below a face), ties count half: how well ``scores`` (low = bad)
+    put the ``junk`` mask (numpy bool array) at the bottom."""
+    j, f = scores[junk], scores[~junk]
+    return float(((j[:, None] < f[None, :]).sum() + 0.5 * (j[:, None] == f[None, :]).sum())
+                 / (len(j) * len(f)))
