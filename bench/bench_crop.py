@@ -37,11 +37,11 @@ from conftest import voc_boxes  # noqa: E402
 import crop_evaluation  # noqa: E402  (tests/: detector evaluation)
 from pipeline import crop, ingest  # noqa: E402
 from pipeline.manifest import Row, read_manifest, write_manifest  # noqa: E402
+from util.config import with_defaults  # noqa: E402
 
 CASCADE = Path(os.environ.get("FACEPREP_ANIMEFACE_CASCADE", SHARED / "models" / "lbpcascade_animeface.xml"))
 CROP_DEFAULTS = yaml.safe_load((REPO / "config.yaml").read_text())["crop"]
-INGEST_CFG = {"extensions": ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"],
-              "max_pixels": 40_000_000}
+INGEST_CFG = with_defaults("ingest", {"max_pixels": 40_000_000})
 STRESS = "broken/huge_6000x4000.png"
 
 

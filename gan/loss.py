@@ -63,7 +63,7 @@ PL_CONFIG_F_CHANNEL_BASE = 16384   # config-f's fmap_base (16 << 10); config-e i
 
 def pl_weight_for(cfg: dict, channel_base: int) -> float:
     """``pl_weight``: a number as given; ``auto`` = 2 for config-f sized networks, else 0 (off)."""
-    weight = cfg.get("pl_weight", "auto")
+    weight = cfg["pl_weight"]
     if weight == "auto":
         return 2.0 if int(channel_base) >= PL_CONFIG_F_CHANNEL_BASE else 0.0
     return float(weight)

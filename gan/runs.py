@@ -33,12 +33,12 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.manifest import kept, read_manifest  # dataset_fingerprint reads the export manifest
 from util.files import AtomicDir, atomic_write_text, file_sha256
+# what a training set is (ids + image bytes): below both packages, pipeline.rounds writes it too
+from util.fingerprint import dataset_fingerprint, dataset_lines, fingerprint_of_lines  # noqa: F401
 
 RUNS = "runs"
 LATEST = "latest"
@@ -50,27 +50,6 @@ SCRATCH_ARCH_KEYS = ("latent_dim", "mapping_layers", "channel_base", "channel_ma
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def dataset_lines(manifest: str | os.PathLike) -> str:
-    """"<id>\t<sha256 of the image's bytes>\n" for every kept image of ``manifest``, in id
-    order: what a fingerprint is the sha256 of (kept as dataset.tsv in each run)."""
-    rows = sorted(kept(read_manifest(manifest)), key=lambda r: r.id)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # hashlib frees the GIL
-        digests = list(pool.map(file_sha256, [r.path for r in rows]))
-    return "".join(f"{r.id}\t{digest}\n" for r, digest in zip(rows, digests))
-
-
-def fingerprint_of_lines(lines: str) -> dict:
-    return {"sha256": hashlib.sha256(lines.encode("utf-8", "surrogateescape")).hexdigest(),
-            "images": lines.count("\n")}
-
-
-def dataset_fingerprint(manifest: str | os.PathLike) -> dict:
-    """sha256 over (id, sha256 of the exported image's bytes) of every dataset image, in id
-    order: the same pictures under the same ids give the same fingerprint whatever the files'
-    mtimes; a changed, added, removed or renamed image gives another."""
-    return fingerprint_of_lines(dataset_lines(manifest))
 
 
 def tfrecords_fingerprint(data_dir: str | os.PathLike) -> dict:
@@ -237,7 +216,7 @@ def prepare_run(finetune_dir: str | os.PathLike, cfg: dict, fingerprint: dict, r
         warm = {"mode": "parent", "from": "parent", "run": parent["id"], "network": parent["network"],
                 "network_sha256": parent["network_sha256"]}
     else:
-        warm = {"mode": cfg.get("warm_start", "previous")}
+        warm = {"mode": cfg["warm_start"]}
         if warm["mode"] == "previous" and (prev := previous_run(runs_dir, identity)) is not None:
             warm.update({"from": "previous", "run": prev.name, "network": str(prev / FINAL),
                          "network_sha256": file_sha256(prev / FINAL)})

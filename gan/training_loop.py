@@ -81,7 +81,7 @@ def select_devices(cfg: dict) -> None:
     cpu_replicas = int(os.environ.get(CPU_REPLICAS_ENV, "1"))
     try:
         if gpus:
-            chosen = [gpus[i] for i in pick_gpus(cfg.get("gpus", "all"), len(gpus))]
+            chosen = [gpus[i] for i in pick_gpus(cfg["gpus"], len(gpus))]
             tf.config.set_visible_devices(chosen, "GPU")
             for gpu in chosen:
                 tf.config.experimental.set_memory_growth(gpu, True)
@@ -305,16 +305,16 @@ class Trainer:
         self.seed = int(cfg["seed"])
         self.r1_gamma = float(cfg["r1_gamma"])
         self.r1_interval = int(cfg["r1_interval"]) if self.r1_gamma > 0 else 0
-        self.use_augment = float(cfg.get("ada_target", 0.0)) > 0
+        self.use_augment = float(cfg["ada_target"]) > 0
         self.latent_dim = int(G.latent_dim)
         self.num_ws = int(G.num_ws)
         # path-length regularization (config-f; `auto` turns it on for config-f widths)
         self.pl_weight = loss_lib.pl_weight_for(cfg, G.init_kwargs["channel_base"])
-        self.pl_interval = int(cfg.get("pl_interval", 4)) if self.pl_weight > 0 else 0
-        self.pl_decay = float(cfg.get("pl_decay", 0.01))
-        self.pl_batch = max(1, self.batch // self.replicas // int(cfg.get("pl_batch_shrink", 2)))
+        self.pl_interval = int(cfg["pl_interval"]) if self.pl_weight > 0 else 0
+        self.pl_decay = float(cfg["pl_decay"])
+        self.pl_batch = max(1, self.batch // self.replicas // int(cfg["pl_batch_shrink"]))
 
-        self.frozen_d = frozen_d_variables(D, int(cfg.get("freeze_d", 0)))
+        self.frozen_d = frozen_d_variables(D, int(cfg["freeze_d"]))
         frozen = {v.ref() for v in self.frozen_d}
         self.g_trainables = [v for v in G.named_variables().values() if v.trainable]
         self.d_trainables = [v for v in D.named_variables().values()
@@ -335,7 +335,7 @@ class Trainer:
             self.opt_d.build(self.d_trainables)
         self.mixed_precision = mixed_precision
 
-        jit = bool(cfg.get("xla", False))
+        jit = bool(cfg["xla"])
         if jit and self.replicas > 1:
             # the optimizers' cross-replica all-reduce cannot sit inside one XLA cluster
             log("xla: off with several GPUs (MirroredStrategy); each GPU runs plain TF")
@@ -612,8 +612,8 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
         raise ValueError(f"the network is {G.resolution} px but the dataset is {info.resolution} px "
                          "(fine-tuning at another resolution is not supported)")
     cur_nimg = int(extra.get("cur_nimg", 0))
-    ada = augment_lib.AdaController(float(cfg.get("ada_target", 0.0)), int(cfg["batch"]),
-                                    ADA_INTERVAL, float(cfg.get("ada_kimg", 500)),
+    ada = augment_lib.AdaController(float(cfg["ada_target"]), int(cfg["batch"]),
+                                    ADA_INTERVAL, float(cfg["ada_kimg"]),
                                     p=float(extra.get("augment_p", 0.0)))
     trainer = Trainer(G, D, Gs, cfg, strategy, mixed)
     trainer.pl_mean.assign(float(extra.get("pl_mean", 0.0)))   # path-length average resumes too
@@ -640,7 +640,7 @@ def training_loop(data_dir: str | Path, run_dir: str | Path, cfg: dict, output: 
 
     total_nimg = int(round(float(cfg["kimg"]) * 1000))
     snapshot_nimg = max(1, int(round(float(cfg["snapshot_kimg"]) * 1000)))
-    tick_nimg = max(1, int(round(float(cfg.get("tick_kimg", 4)) * 1000)))
+    tick_nimg = max(1, int(round(float(cfg["tick_kimg"]) * 1000)))
     batch = int(cfg["batch"])
 
     samples_dir = run_dir / "samples"

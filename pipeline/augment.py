@@ -25,12 +25,28 @@ from PIL import Image, ImageEnhance, ImageFilter
 from tqdm import tqdm
 
 from pipeline.imaging import load_rgb
-from pipeline.manifest import Row, ShardDir, load_config_arg, read_manifest, stage_argparser
-from pipeline.normalize import encode, validation_error
+from pipeline.manifest import Drop, Row, ShardDir, declare, load_config_arg, read_manifest, stage_argparser
+from pipeline.normalize import encode, encode_keys, validation_error
 
 # ImageMagick -colorize colours of the seed's colour shifts
 COLORS = {"red": (255, 0, 0), "orange": (255, 165, 0), "yellow": (255, 255, 0),
           "green": (0, 128, 0), "blue": (0, 0, 255), "purple": (128, 0, 128)}
+
+
+# the page's note: a row's error and the sizes its rows carry from ingest and clean
+_NOTE = ("error", "bytes", "file_bytes", "colorful_fraction")
+# Every reason this stage drops a new copy for: its ``details.augment`` holds the op, its
+# parameters and the error or size.
+DROPS = declare(*(Drop(reason, text, ("augment",), note=_NOTE) for reason, text in (
+    ("decode_error", "the face to copy could not be read"),
+    ("not_normalized", "the face to copy is not normalize.resolution square"),
+    ("augment_error", "the augmentation failed"))))
+
+
+def config_keys(config: dict) -> dict:
+    """Exactly the config this stage reads (its rule's param): the augment block, and the
+    new images are encoded exactly like normalize's (its size, format and quality)."""
+    return {**config["augment"], **encode_keys(config["normalize"])}
 
 
 # ---------------------------------------------------------------- operations
@@ -154,7 +170,7 @@ def augment_row(row: Row, out: ShardDir, cfg: dict) -> list[Row]:
         record = {"op": op, **params, "seed": cfg["seed"]}
         tmp_path, final_path = out.path(f"{new_id}.{fmt}")
         try:
-            encode(apply(im, op, params), tmp_path, fmt, cfg.get("quality", 95))
+            encode(apply(im, op, params), tmp_path, fmt, cfg.get("quality"))  # only JPEG reads it (config_keys passes it then)
             error = validation_error(tmp_path, res, fmt)
         except Exception as e:
             error = f"{type(e).__name__}: {e}"
@@ -170,7 +186,7 @@ def augment_row(row: Row, out: ShardDir, cfg: dict) -> list[Row]:
 
 def augment_shard(rows: list[Row], out: ShardDir, cfg: dict, threads: int = 1) -> list[Row]:
     """Every input row unchanged, each kept one followed by its new copies."""
-    if not cfg.get("enabled", True):
+    if not cfg["enabled"]:
         cfg = {**cfg, "copies": 0}
     todo = [r for r in rows if r.kept]
     with ThreadPoolExecutor(max(1, threads)) as pool:  # PIL and OpenCV release the GIL

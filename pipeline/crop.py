@@ -26,7 +26,6 @@ smaller faces found in ``details.small_faces``.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import threading
@@ -38,9 +37,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.imaging import (ContentStore, code_digest, file_digest, first_real_frame, load_rgb,
+from pipeline.imaging import (ContentStore, code_digest, file_digest, first_real_frame, load_rgb_of,
                               save_png)
-from pipeline.manifest import Row, ShardDir, kept, load_config_arg, read_manifest, stage_argparser
+from pipeline.manifest import Drop, Row, ShardDir, declare, kept, load_config_arg, read_manifest, stage_argparser
 
 # cv2 and dlib are imported where they are used: the Snakefile imports this module at
 # parse time (for the model paths) and must not pay for loading them.
@@ -52,6 +51,28 @@ CASCADE_SHA256 = "9376d30ac38db6bda2a68b88b3b76bbd7e6aa33af47f7f5c76bc88ca75f1ce
 DEFAULT_CASCADE = REPO / "models" / "lbpcascade_animeface.xml"
 LANDMARKS_68 = "shape_predictor_68_face_landmarks.dat"
 MMOD_DETECTOR = "mmod_human_face_detector.dat"
+
+# Every reason crop drops a file for: the details its rows carry (the page's note shows the
+# ``note`` ones; no_face's note is its own, pipeline/report.py drop_note) and what to change
+# when no face was kept (pipeline/survivors.py).
+_HINT = "lower crop.min_face or try another crop.method"
+DROPS = declare(
+    Drop("no_face", "no face of at least crop.min_face found", ("method", "min_face", "small_faces"),
+         hint=_HINT),
+    Drop("load_error", "the file could not be loaded for detection", ("error",), note=("error", "bytes"),
+         hint=_HINT),
+    Drop("crop_error", "detecting or cutting the face failed", ("error",), note=("error", "bytes"),
+         hint=_HINT),
+)
+
+
+def config_keys(config: dict) -> dict:
+    """Exactly the config this stage reads (its rule's param): the crop keys the chosen
+    detector reads (its class's ``config_keys``) and the model paths it reads (moving a
+    model it does not use reruns nothing). Raises ModelError when a model file is missing."""
+    crop = config["crop"]
+    return {"crop": {k: crop[k] for k in detector_class(crop["method"]).config_keys(crop)},
+            "models": used_models(crop, config["models"])}
 
 
 class ModelError(RuntimeError):
@@ -278,8 +299,8 @@ class AnimeFaceDetector(Detector):
     @classmethod
     def create(cls, crop, models):
         return cls(verify_cascade(resolve_cascade_path(models)), crop["scale_factor"],
-                   crop["min_neighbors"], crop["min_face"], crop.get("rotate_pass", False),
-                   crop.get("small_faces", True))
+                   crop["min_neighbors"], crop["min_face"], crop["rotate_pass"],
+                   crop["small_faces"])
 
     def _classifier(self):
         import cv2
@@ -694,15 +715,6 @@ class DetectionStore:
                       for f in faces]})
 
 
-def decode(data: bytes, path: str):
-    """``load_rgb`` of a file's bytes; where they do not decode, of its path, so the error
-    names the file (a message about the bytes would name a memory address)."""
-    try:
-        return load_rgb(io.BytesIO(data))
-    except Exception:
-        return load_rgb(path)
-
-
 def crop_image(row: Row, crop: dict, detector, out: ShardDir,
                store: DetectionStore | None = None) -> list[Row]:
     """All output rows for one kept ingest row (faces, or one drop row)."""
@@ -715,7 +727,7 @@ def crop_image(row: Row, crop: dict, detector, out: ShardDir,
         digest = file_digest(data)
         stored = store.get(digest)
         if stored is None:
-            im, notes = decode(data, row.path)
+            im, notes = load_rgb_of(data, row.path)
     except Exception as e:  # ingest checked the decode; a file changed since must not stop the shard
         return [row.drop("load_error", details={"error": f"{type(e).__name__}: {e}"})]
     try:
@@ -741,7 +753,7 @@ def crop_image(row: Row, crop: dict, detector, out: ShardDir,
         return [row.drop("crop_error", details={"error": f"{type(e).__name__}: {e}"})]
     if im is None:  # faces to cut from stored detections: the pixels are needed now
         try:
-            im, notes = decode(data, row.path)
+            im, notes = load_rgb_of(data, row.path)
         except Exception as e:
             return [row.drop("load_error", details={"error": f"{type(e).__name__}: {e}"})]
     try:
@@ -822,9 +834,9 @@ def main(argv=None) -> None:
     output = Path(args.output)
     folder, manifest_name = (output.parent, output.name) if output.suffix == ".tsv" else (output, "manifest.tsv")
     try:
-        store = DetectionStore(args.detections, cfg["crop"], cfg.get("models", {}))
+        store = DetectionStore(args.detections, cfg["crop"], cfg["models"])
         with ShardDir(folder) as out:
-            result = crop_shard(rows, cfg["crop"], cfg.get("models", {}), out, args.threads, store)
+            result = crop_shard(rows, cfg["crop"], cfg["models"], out, args.threads, store)
             out.write_manifest(result, manifest_name)
     except ModelError as e:
         raise SystemExit(str(e)) from None

@@ -36,10 +36,30 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.manifest import (HEADER_BYTES, Row, ShardDir, atomic_write_with, dropped_ids,
+from pipeline.manifest import (HEADER_BYTES, Drop, Row, ShardDir, atomic_write_with, declare, dropped_ids,
                                iter_manifest, iter_manifests, kept, load_config_arg, plain_fields,
                                read_manifest, row_line, write_manifest)
 from pipeline.rank import read_scores
+from util.config import with_defaults
+
+# the page's note: a row's error and the sizes its rows carry from ingest and clean
+_NOTE = ("error", "bytes", "file_bytes", "colorful_fraction")
+# Every reason an exported set (the ranked dataset, a cleaning round's set: pipeline/rounds.py)
+# lists an image as dropped for, with the score it had; and the page's funnel's word for the
+# faces the dataset does not list (dedup's duplicates, counted, not rows).
+DROPS = declare(
+    Drop("rejected", "in the rejects file", ("score",), note=_NOTE),
+    Drop("bottom_fraction", "in the worst rank.drop_bottom_fraction", ("score", "round"), note=_NOTE),
+    Drop("below_threshold", "scored below rank.drop_below by its round's network",
+         ("score", "round", "threshold"), note=_NOTE),
+    Drop("duplicate", "not exported (a duplicate)"),
+)
+
+
+def config_keys(config: dict) -> dict:
+    """Exactly the config an export with files reads (rule ranked_export's param; the
+    dataset gather writes only the manifest: rules/export.smk)."""
+    return dict(config["export"])
 
 SHUFFLE_SEED = 123  # NVIDIA dataset_tool.py: TFRecordExporter.choose_shuffled_order
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the earliest date ZIP can store: fixed for reproducibility
@@ -392,11 +412,12 @@ def export(rows: list[Row], folder: Path, name: str, cfg: dict, extra_rows: list
     """Write TFRecords, ZIP (if configured) and the manifest (last) for ``rows`` (kept)."""
     if not rows:
         raise SystemExit("export: no images left to export (see the stage manifests for why)")
-    if cfg.get("tfrecords", True):
+    cfg = with_defaults("export", cfg)
+    if cfg["tfrecords"]:
         positions = write_tfrecords(rows, folder / "tfrecords", name, threads)
     else:
         positions = record_positions(len(rows))
-    if cfg.get("zip", True):
+    if cfg["zip"]:
         write_zip(rows, folder / f"{name}.zip", threads)
     write_manifest(folder / "manifest.tsv", listed_rows(rows, positions, extra_rows))
     print(f"export: {len(rows)} images -> {folder}")
@@ -417,7 +438,7 @@ def main(argv=None) -> None:
     p.add_argument("--drop-bottom-fraction", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=1, help="worker processes for decoding/levels")
     a = p.parse_args(argv)
-    cfg = load_config_arg(a.config)
+    cfg = with_defaults("export", load_config_arg(a.config))
     folder = Path(a.folder)
     if a.tfrecords_of or a.zip_of:
         # only what the files need of each row (a million rows' details are GBs)
@@ -448,7 +469,7 @@ def main(argv=None) -> None:
                threads=a.threads)
         return
     duplicates = dropped_ids(a.dedup) if a.dedup else set()
-    if not cfg.get("tfrecords", True) and not cfg.get("zip", True):
+    if not cfg["tfrecords"] and not cfg["zip"]:
         # the workflow's export gather: only the manifest, streamed (no rows held)
         folder.mkdir(parents=True, exist_ok=True)
         n = write_dataset_manifest(a.manifests, duplicates, folder / "manifest.tsv")

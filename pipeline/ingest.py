@@ -21,10 +21,22 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.imaging import ContentStore, code_digest, decode_check, file_digest, too_large
-from pipeline.manifest import (Row, atomic_write_text, load_config_arg, read_text, write_manifest)
+from pipeline.manifest import Drop, Row, atomic_write_text, declare, load_config_arg, read_text, write_manifest
+from util.config import with_defaults
 
 RATING_ALIASES = {"general": "g", "sensitive": "s", "safe": "s", "questionable": "q",
                   "explicit": "e"}
+
+
+def config_keys(config: dict) -> dict:
+    """Exactly the config the per-shard ingest reads (its rule's param): the tags and
+    ratings are decided by the metadata filter, whose decisions are an input."""
+    return {k: config["ingest"][k] for k in ("extensions", "max_pixels", "damaged")}
+
+
+def metadata_keys(config: dict) -> dict:
+    """Exactly the config the metadata filter reads (rule metadata_filter's param)."""
+    return {k: config["ingest"][k] for k in ("tags_include", "tags_exclude", "ratings")}
 
 
 # ---------------------------------------------------------------- listing and shards
@@ -55,9 +67,45 @@ SYMLINK_LOOP = "symlink_loop"              # a link to itself or to a folder it 
 SYMLINK_OUTSIDE = "symlink_outside_raw_dir"
 NOT_A_FILE = "not_a_regular_file"          # FIFO, socket, device: opening one could block
 SYMLINK_REPEATED = "symlink_repeated"      # folder already listed through MAX_LINKS_PER_FOLDER links
+UNREADABLE = "unreadable"                  # a file (or its link target) that cannot be stat'ed or read
+
 # Links can reach a folder along exponentially many paths (a/l1,a/l2 -> b; b/l1,b/l2 -> c...):
 # each real folder is listed through at most this many folder links.
 MAX_LINKS_PER_FOLDER = 16
+
+# Every reason ingest drops a file for: the details its rows carry (the page's note shows
+# the ``note`` ones) and what to change when no file was kept (pipeline/survivors.py).
+_NOTE = ("error", "bytes", "max_pixels", "extension")
+_HINT = "put readable images in raw_dir (extensions in ingest.extensions)"
+_LINK = ("link",)  # a listing problem's row names the link's target, if it is a link
+DROPS = declare(*(Drop(reason, text, details, note=_NOTE, hint=_HINT) for reason, text, details in (
+    # the listing's (list_raw_dir)
+    (HIDDEN_FOLDER, "inside a dot-folder, which is not searched", _LINK),
+    (UNREADABLE_FOLDER, "its folder could not be listed", _LINK),
+    (DANGLING_SYMLINK, "a link whose target does not exist", _LINK),
+    (SYMLINK_LOOP, "a link to itself or to a folder it is inside", _LINK),
+    (SYMLINK_OUTSIDE, "a link to a place outside raw_dir", _LINK),
+    (NOT_A_FILE, "not a regular file (a FIFO, socket or device)", _LINK),
+    (SYMLINK_REPEATED, f"a folder already reached through {MAX_LINKS_PER_FOLDER} links", _LINK),
+    # ingest.extensions and the metadata filter (ingest.tags_include, tags_exclude, ratings)
+    ("unsupported_extension", "its extension is not in ingest.extensions", ("extension",)),
+    ("no_metadata", "no line for it in the metadata (ingest.metadata)", ()),
+    ("tag_missing", "lacks a tag of ingest.tags_include", ("missing_tags",)),
+    ("tag_excluded", "has a tag of ingest.tags_exclude", ("excluded_tags",)),
+    ("rating", "its rating is not in ingest.ratings", ("rating",)),
+    ("metadata_malformed", "its metadata line could not be read", ("metadata_line", "error")),
+    # the decode check's (pipeline.imaging.decode_check; ingest.max_pixels, ingest.damaged)
+    (UNREADABLE, "the file could not be read", ("error",)),
+    ("file_too_large", "too large a file for ingest.max_pixels", ("bytes", "max_pixels")),
+    ("empty_file", "an empty file", ("bytes",)),
+    ("decompression_bomb", "more pixels than ingest.max_pixels", ("bytes", "max_pixels", "error")),
+    ("not_an_image", "not an image format that can be read", ("bytes", "error")),
+    ("truncated", "the file ends early (ingest.damaged: keep would crop what decodes)",
+     ("bytes", "error", "damage")),
+    ("corrupt_data", "damaged image data (ingest.damaged: keep would crop what decodes)",
+     ("bytes", "damage")),
+    ("decode_error", "the file could not be decoded", ("bytes", "error")),
+)))
 
 
 def list_raw_dir(raw_dir: str | os.PathLike) -> list[tuple]:
@@ -126,7 +174,7 @@ def _list_entries(entries, rel_dir, root, fd, ancestors, via_links, stack, found
             try:  # the common case, a file in its open folder, first: one stat, one tuple
                 st = stat_at(name, dir_fd=fd)
             except OSError:
-                problem(rel, entry.path, "unreadable")
+                problem(rel, entry.path, UNREADABLE)
                 continue
             if is_reg(st.st_mode):
                 append((rel, st.st_size, st.st_mtime_ns, ""))
@@ -147,7 +195,7 @@ def _list_entries(entries, rel_dir, root, fd, ancestors, via_links, stack, found
             try:
                 st = os.stat(target)
             except OSError:
-                problem(rel, full, DANGLING_SYMLINK if target != full else "unreadable")
+                problem(rel, full, DANGLING_SYMLINK if target != full else UNREADABLE)
                 continue
         if stat.S_ISREG(st.st_mode):
             append((rel, st.st_size, st.st_mtime_ns, ""))
@@ -284,13 +332,13 @@ def normalize_rating(value) -> str:
 def judge_post(post: dict, cfg: dict) -> tuple[str, dict]:
     """("", {}) if the post passes the tag/rating filter, else (reason, details)."""
     tags = post_tags(post)
-    missing = sorted(set(cfg.get("tags_include", [])) - tags)
+    missing = sorted(set(cfg["tags_include"]) - tags)
     if missing:
         return "tag_missing", {"missing_tags": missing}
-    excluded = sorted(set(cfg.get("tags_exclude", [])) & tags)
+    excluded = sorted(set(cfg["tags_exclude"]) & tags)
     if excluded:
         return "tag_excluded", {"excluded_tags": excluded}
-    ratings = {normalize_rating(r) for r in cfg.get("ratings", [])}
+    ratings = {normalize_rating(r) for r in cfg["ratings"]}
     rating = normalize_rating(post.get("rating"))
     if ratings and rating not in ratings:
         return "rating", {"rating": rating}
@@ -344,6 +392,7 @@ def metadata_decisions(lines, cfg: dict, warn=None) -> dict[str, tuple[str, dict
     read but whose tags we cannot gets ``metadata_malformed`` so its file says why.
     """
     warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    cfg = with_defaults("ingest", cfg)
     decisions: dict[str, tuple[str, dict]] = {}
     for n, item in enumerate(lines, 1):
         if isinstance(item, tuple):
@@ -401,14 +450,14 @@ def check_store(folder: str | os.PathLike | None, cfg: dict) -> ContentStore:
         import cv2
         import PIL
         settings = {"format": 1, "max_pixels": cfg["max_pixels"],
-                    "damaged": cfg.get("damaged", "drop"), "code": code_digest("imaging.py"),
+                    "damaged": cfg["damaged"], "code": code_digest("imaging.py"),
                     "pillow": PIL.__version__, "opencv": cv2.__version__}
     return ContentStore(folder, settings)
 
 
 def checked(path: str, cfg: dict, store: ContentStore | None = None) -> tuple[str, dict]:
     """``decode_check`` of one file, or its stored result for the same bytes."""
-    max_pixels, keep_damaged = cfg["max_pixels"], cfg.get("damaged", "drop") == "keep"
+    max_pixels, keep_damaged = cfg["max_pixels"], cfg["damaged"] == "keep"
     if store is None or store.folder is None:
         return decode_check(path, max_pixels, keep_damaged)
     try:
@@ -495,7 +544,7 @@ def main(argv=None) -> None:
     m.add_argument("--output", required=True)
     m.add_argument("--config", required=True)
     a = p.parse_args(argv)
-    cfg = load_config_arg(a.config)
+    cfg = with_defaults("ingest", load_config_arg(a.config))
     if a.cmd == "metadata":
         decisions = metadata_decisions(metadata_lines(a.metadata), cfg)
         write_decisions(a.output, decisions)

@@ -440,9 +440,10 @@ class Drop:
     what the review page says about it (``text``), the details keys its rows carry
     (``details``; the page's note shows the ``note`` ones) and, for a stage that can drop
     every image, what to change (``hint``: ``{key}`` fields are filled from the drop
-    rows' details, e.g. the setting the stage recorded)."""
+    rows' details, e.g. the setting the stage recorded). No ``text``: the page shows the
+    reason's name alone."""
     reason: str
-    text: str
+    text: str = ""
     details: tuple[str, ...] = ()
     note: tuple[str, ...] = ()
     hint: str = ""

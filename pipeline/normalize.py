@@ -22,9 +22,20 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.imaging import load_rgb, save_png
-from pipeline.manifest import Row, ShardDir, load_config_arg, read_manifest, stage_argparser
+from pipeline.manifest import Drop, Row, ShardDir, declare, load_config_arg, read_manifest, stage_argparser
+from util.config import with_defaults
 
 FORMATS = {"jpg": "JPEG", "png": "PNG"}
+
+# the page's note: a row's error and the sizes its rows carry from ingest and clean
+_NOTE = ("error", "bytes", "file_bytes", "colorful_fraction")
+# Every reason this stage drops a face for.
+DROPS = declare(
+    Drop("decode_error", "the face could not be read", ("error",), note=_NOTE),
+    # image_error, header_error
+    Drop("invalid_output", "the written image was not the size, mode or format asked for",
+         ("error", "normalize"), note=_NOTE),
+)
 
 
 def encode_keys(norm: dict, *extra: str) -> dict:
@@ -124,14 +135,14 @@ def normalize_row(row: Row, out: ShardDir, cfg: dict) -> Row:
     except Exception as e:
         return row.drop("decode_error", details={"error": f"{type(e).__name__}: {e}"})
     res, fmt = cfg["resolution"], cfg["format"]
-    square, fit_notes = fit_square(im, res, cfg["fit"], cfg["background"], cfg.get("enlarge", True))
+    square, fit_notes = fit_square(im, res, cfg["fit"], cfg["background"], cfg["enlarge"])
     details = {"normalize": {**notes, **fit_notes, "from": [im.width, im.height]}}
     # validate the pixels we hold and the bytes we made instead of decoding the file again
     error = image_error(square, res)
     data = b""
     if not error:
         try:
-            data = encode_bytes(square, fmt, cfg.get("quality", 95))  # rules pass it only for jpg
+            data = encode_bytes(square, fmt, cfg["quality"])  # only JPEG reads it (the rule passes it then)
         except Exception as e:
             error = f"encode failed: {type(e).__name__}: {e}"
     error = error or header_error(data, res, fmt)
@@ -150,6 +161,9 @@ def normalize_row(row: Row, out: ShardDir, cfg: dict) -> Row:
 
 
 def normalize_shard(rows: list[Row], out: ShardDir, cfg: dict, threads: int = 1) -> list[Row]:
+    """Every kept row normalized; ``cfg`` is (part of) the normalize block, the rest its
+    schema defaults."""
+    cfg = with_defaults("normalize", cfg)
     todo = [r for r in rows if r.kept]
     with ThreadPoolExecutor(max(1, threads)) as pool:  # PIL releases the GIL in codecs
         return list(tqdm(pool.map(lambda r: normalize_row(r, out, cfg), todo), total=len(todo),

@@ -144,7 +144,7 @@ def score_paths(D, paths: list[str], cfg: dict, resolution: int | None = None,
 
     n = len(paths)
     plan, call_size = plan_batches(n, cfg["group_size"], cfg["shuffles"], cfg["seed"],
-                                   cfg.get("batch", 64))
+                                   cfg["batch"])
     flat = plan.reshape(-1)
     images = _image_dataset([paths[i] for i in flat], resolution).batch(call_size).prefetch(2)
 

@@ -22,7 +22,7 @@ import itertools
 from collections import Counter
 from pathlib import Path
 
-from pipeline import clean as clean_stage
+from pipeline import clean as clean_stage, crop as crop_stage, ingest as ingest_stage
 from pipeline.console import manifests_summary, say, stage_summary, stop
 from pipeline.ingest import shard_of
 from pipeline.manifest import Row, by_count, line_row, manifest_lines_of, read_manifest, write_manifest
@@ -42,6 +42,14 @@ def _reasons(rows: list[Row]) -> str:
     return ", ".join(f"{k} {v}" for k, v in by_count(c))
 
 
+def _hints(stage, rows: list[Row]) -> list[str]:
+    """What to change, as ``stage`` (its module) declares it (``DROPS``: hints) for the
+    reasons its ``rows`` gave, each once."""
+    reasons = {r.reason for r in rows if not r.kept}
+    return list(dict.fromkeys(drop.hint_for(rows) for reason, drop in stage.DROPS.items()
+                              if reason in reasons and drop.hint))
+
+
 def _setting(rows: list[Row], key: str):
     """A setting a stage recorded in its drop rows' details (the first one found)."""
     return next((r.details[key] for r in rows if key in r.details), "?")
@@ -54,8 +62,8 @@ def why_nothing_left(stages: dict[str, list[Row]]) -> str | None:
         return None
     ingest = stages.get("ingest", [])
     if not any(r.kept for r in ingest):
-        return (f"ingest kept 0 of {len(ingest)} files ({_reasons(ingest)}): put readable "
-                f"images in raw_dir (extensions in ingest.extensions)")
+        hints = _hints(ingest_stage, ingest) or [ingest_stage.DROPS["unsupported_extension"].hint]
+        return f"ingest kept 0 of {len(ingest)} files ({_reasons(ingest)}): {'; '.join(hints)}"
     crop = stages.get("crop", [])
     min_face = _setting(crop, "min_face")
     if not any(r.kept for r in crop):
@@ -66,14 +74,11 @@ def why_nothing_left(stages: dict[str, list[Row]]) -> str | None:
         if sides:
             return (f"crop kept 0 faces >= {min_face} px; {len(sides)} faces were found at "
                     f"{sides[0]}-{sides[-1]} px: lower crop.min_face (e.g. to {sides[0]})")
+        hints = _hints(crop_stage, crop) or [crop_stage.DROPS["no_face"].hint]
         return (f"crop found no face >= {min_face} px in {images} images with crop.method "
-                f"{_setting(crop, 'method')} ({_reasons(crop)}): lower crop.min_face or try "
-                f"another crop.method")
+                f"{_setting(crop, 'method')} ({_reasons(crop)}): {'; '.join(hints)}")
     clean = stages.get("clean", [])
-    reasons = {r.reason for r in clean if not r.kept}
-    # what to change: the hints clean declares for the reasons it gave (pipeline/clean.py)
-    hints = [drop.hint_for(clean) for reason, drop in clean_stage.DROPS.items()
-             if reason in reasons and drop.hint] or ["see the clean manifests in results/<name>/clean/"]
+    hints = _hints(clean_stage, clean) or ["see the clean manifests in results/<name>/clean/"]
     return f"clean kept 0 of {len(clean)} faces ({_reasons(clean)}): {'; '.join(hints)}"
 
 

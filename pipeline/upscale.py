@@ -44,9 +44,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.imaging import load_rgb, pixel_digest, save_png
-from pipeline.manifest import (Row, ShardDir, atomic_write_with, load_config_arg, read_manifest,
+from pipeline.manifest import (Drop, Row, ShardDir, atomic_write_with, declare, load_config_arg, read_manifest,
                                stage_argparser)
 
+
+# the page's note: a row's error and the sizes its rows carry from ingest and clean
+_NOTE = ("error", "bytes", "file_bytes", "colorful_fraction")
+# Every reason this stage drops a face for (it also passes on dedup's, pipeline/dedup.py).
+DROPS = declare(Drop("decode_error", "the face could not be read for upscaling", ("error",), note=_NOTE))
 
 
 def config_keys(config: dict) -> dict:
@@ -241,10 +246,10 @@ class Upscaler:
     def __init__(self, cfg: dict, cache_dir: str | os.PathLike | None = None, threads: int = 1,
                  engine_factory=Waifu2xEngine):
         self.cfg = cfg
-        self.method = cfg.get("method", "waifu2x")
-        # `none` reads nothing else (rules/common.smk passes it only its method)
+        self.method = cfg["method"]
+        # `none` reads nothing else (config_keys passes it only its method)
         self.target = int(cfg["target"]) if self.method != "none" else 0
-        self.background = tuple(cfg.get("background", (0, 0, 0)))
+        self.background = tuple(cfg["background"]) if self.method != "none" else ()
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.threads = threads
         self._engine_factory = engine_factory
@@ -255,7 +260,7 @@ class Upscaler:
         if self._engine is None and not self._engine_error:
             try:
                 self._engine = self._engine_factory(self.cfg["model"], self.cfg["noise"],
-                                                    self.cfg.get("gpu", "auto"), self.threads)
+                                                    self.cfg["gpu"], self.threads)
                 print(f"upscale: waifu2x {self.cfg['model']} noise {self.cfg['noise']} on "
                       f"{self._engine.device}", file=sys.stderr)
             except Exception as e:  # no library, no Vulkan loader, no model: Lanczos, recorded

@@ -6,8 +6,8 @@ rule augment:
     output:
         f"{R}/augment/{{shard}}/manifest.tsv",
     params:
-        # new images are encoded exactly like normalize's: its size, format and quality
-        cfg=json.dumps({**config["augment"], **encode_keys(config["normalize"])}, sort_keys=True),
+        # new images are encoded exactly like normalize's (pipeline/augment.py config_keys)
+        cfg=stage_keys("augment"),
     threads: SHARD_THREADS
     conda:
         CONDA_ENV

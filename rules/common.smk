@@ -17,7 +17,6 @@ BASE = Path(workflow.basedir)
 sys.path.insert(0, str(BASE))
 from pipeline.console import auto_shards, config_error  # noqa: E402
 from pipeline.ingest import config_path_problem, list_raw_dir, write_shard_listings  # noqa: E402
-from pipeline.normalize import encode_keys  # noqa: E402  (augment's output keys)
 from util.config import default_rejects  # noqa: E402
 
 
@@ -104,11 +103,12 @@ def stage_config(*blocks):
     return json.dumps(picked if len(blocks) > 1 else picked[blocks[0]], sort_keys=True)
 
 
-def stage_keys(stage):
-    """Exactly the config a stage reads, as its module declares it (``config_keys``), as a
-    stable JSON param: editing any other key reruns nothing of it."""
+def stage_keys(stage, declared="config_keys"):
+    """Exactly the config a stage reads, as its module declares it (``config_keys``, or
+    another of its functions for a second rule), as a stable JSON param: editing any other
+    key reruns nothing of it."""
     import importlib
-    return json.dumps(importlib.import_module(f"pipeline.{stage}").config_keys(config), sort_keys=True)
+    return json.dumps(getattr(importlib.import_module(f"pipeline.{stage}"), declared)(config), sort_keys=True)
 
 
 def log_path(stage, shard="all"):
@@ -148,13 +148,6 @@ def rejects_input(wildcards):
 # Each rule's params are exactly the keys its stage reads (README "what reruns").
 
 
-def crop_keys(crop):
-    """The crop keys pipeline/crop.py reads for the chosen method: its Detector class says
-    (config_keys), so a detector registered there needs nothing here."""
-    from pipeline.crop import detector_class
-    return {k: crop[k] for k in detector_class(crop["method"]).config_keys(crop)}
-
-
 def after_dedup(pattern):
     """An input known once the dedup checkpoint ran. Every per-shard job after dedup uses
     it, so Snakemake re-plans each of them (not only upscale) after dedup and keeps the
@@ -192,8 +185,16 @@ write_shard_listings(RAW_FILES, f"{R}/listing", SHARDS)
 # rules/finetune.smk, rules/rank.smk). The last round writes the classic paths
 # (finetune/network-final.npz, rank/scores.tsv); earlier rounds finetune/round-K/, rank/round-K/.
 ROUNDS = config["rank"]["rounds"]
+# rank.drop_below: each round also drops what its own network scored below it. Unset, the
+# rules that read it keep their params and shell as before (nothing reruns); set, it is a
+# param of each (its edits rerun them) and one more option of their shell.
+DROP_BELOW = config["rank"]["drop_below"]
+DROP_BELOW_PARAM = {} if DROP_BELOW is None else {"drop_below": DROP_BELOW}
+DROP_BELOW_OPTION = "" if DROP_BELOW is None else " --drop-below {params.drop_below}"
 FINAL_NETWORK = f"{R}/finetune/network-final.npz"
-ROUNDS_CODE = [stage_code("rounds"), stage_code("export"), local(str(BASE / "gan" / "runs.py"))]
+# rounds.py reads runs.py (which run a network is) and writes the sets' fingerprints
+ROUNDS_CODE = [stage_code("rounds"), stage_code("export"), local(str(BASE / "gan" / "runs.py")),
+               local(str(BASE / "util" / "fingerprint.py"))]
 
 
 def training_set(folder):

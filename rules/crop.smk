@@ -1,10 +1,9 @@
-from pipeline.crop import ModelError, model_files, used_models  # noqa: E402
+from pipeline.crop import ModelError, model_files  # noqa: E402
 
 # The model files crop.method reads, resolved before the DAG is built: an input function
 # that raises does not always stop a rerun (with the dedup checkpoint complete, Snakemake 9
 # answered "Nothing to be done" to a pending crop edit; DESIGN.md).
 try:
-    CROP_MODELS = used_models(config["crop"], config["models"])
     CROP_MODEL_FILES = model_files(config["crop"], config["models"])
 except ModelError as _e:
     stop_now(str(_e).removeprefix("faceprep: "))
@@ -22,12 +21,8 @@ rule crop:
     output:
         f"{R}/crop/{{shard}}/manifest.tsv",
     params:
-        # only the model paths the method reads: moving a model it does not use reruns nothing
-        cfg=lambda wildcards: json.dumps(
-            {"crop": crop_keys(config["crop"]),
-             "models": CROP_MODELS},
-            sort_keys=True,
-        ),
+        # the crop keys and model paths the method reads (pipeline/crop.py config_keys)
+        cfg=stage_keys("crop"),
     threads: SHARD_THREADS
     conda:
         CONDA_ENV

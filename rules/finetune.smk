@@ -55,7 +55,8 @@ rule curated_dataset:
 
 
 rule round_set:
-    """What round k-1's ranking left: its set minus the worst drop_bottom_fraction."""
+    """What round k-1's ranking left: its set minus the worst drop_bottom_fraction and
+    (rank.drop_below) what round k-1's network scored below the threshold."""
     input:
         previous=lambda w: round_set(int(w.k) - 1)["manifest"],
         scores=lambda w: round_scores(int(w.k) - 1),
@@ -67,6 +68,7 @@ rule round_set:
     params:
         name=config["name"],
         drop_bottom=config["rank"]["drop_bottom_fraction"],
+        **DROP_BELOW_PARAM,
         previous_round=lambda w: int(w.k) - 1,
         folder=lambda wildcards, output: os.path.dirname(output.manifest),
     threads: 4
@@ -76,7 +78,7 @@ rule round_set:
         f"{R}/logs/round_set/round-{{k}}.log",
     shell:
         "python -m pipeline.rounds next --previous {input.previous:q} --scores {input.scores:q}"
-        " --round {params.previous_round} --drop-bottom-fraction {params.drop_bottom}"
+        f" --round {{params.previous_round}} --drop-bottom-fraction {{params.drop_bottom}}{DROP_BELOW_OPTION}"
         " --folder {params.folder:q} --name {params.name:q} --threads {threads} > {log:q} 2>&1"
 
 

@@ -7,8 +7,7 @@ rule metadata_filter:
         f"{R}/ingest/metadata_decisions.tsv",
     params:
         # the tag/rating filter only; the per-file checks are ingest's
-        cfg=json.dumps({k: config["ingest"][k] for k in ("tags_include", "tags_exclude", "ratings")},
-                       sort_keys=True),
+        cfg=stage_keys("ingest", "metadata_keys"),
     conda:
         CONDA_ENV
     log:
@@ -30,8 +29,7 @@ rule ingest:
         f"{R}/ingest/{{shard}}/manifest.tsv",
     params:
         # tags and ratings are decided by metadata_filter (its decisions are an input)
-        cfg=json.dumps({k: config["ingest"][k] for k in ("extensions", "max_pixels", "damaged")},
-                       sort_keys=True),
+        cfg=stage_keys("ingest"),
         raw_dir=config["raw_dir"],
     threads: SHARD_THREADS
     conda:

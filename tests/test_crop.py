@@ -23,10 +23,10 @@ import crop_evaluation
 from pipeline import crop, ingest
 from pipeline.imaging import load_rgb
 from pipeline.manifest import Row, ShardDir, read_manifest, write_manifest
+from util.config import with_defaults
 
 CROP_DEFAULTS = yaml.safe_load((REPO / "config.yaml").read_text())["crop"]
-INGEST_CFG = {"extensions": ["jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"],
-              "max_pixels": 40_000_000}
+INGEST_CFG = with_defaults("ingest", {"max_pixels": 40_000_000})
 MANIFEST = {r["file"]: r for r in testdata_rows()}
 
 

@@ -61,7 +61,8 @@ import tensorflow as tf
 from gan.training_loop import select_devices, setup_devices
 from gan import checkpoint
 from pipeline.rank import score_paths
-strategy, _ = setup_devices({"seed": 0, "mixed_precision": False})
+from util.config import with_defaults
+strategy, _ = setup_devices(with_defaults("finetune", {"seed": 0, "mixed_precision": False}))
 assert strategy.num_replicas_in_sync == 2, strategy
 with strategy.scope():                      # D's variables mirrored on both devices
     _, D, _, _ = checkpoint.load_network(sys.argv[1])

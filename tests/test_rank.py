@@ -336,7 +336,7 @@ def test_rule_passes_every_scoring_key():
     SCORING_KEYS = config_keys({"rank": dict.fromkeys(rank_keys)})
     assert {"method", "knn_k"} <= set(SCORING_KEYS) <= rank_keys
     # what is dropped after scoring, and how many rounds: not the scores
-    assert rank_keys - set(SCORING_KEYS) == {"drop_bottom_fraction", "rejects", "rounds"}
+    assert rank_keys - set(SCORING_KEYS) == {"drop_bottom_fraction", "drop_below", "rejects", "rounds"}
     config = yaml.safe_load((REPO / "config.yaml").read_text())["rank"]
     assert {k: config[k] for k in ("method", "knn_k")} == \
         {k: schema["properties"]["rank"]["properties"][k]["default"] for k in ("method", "knn_k")}

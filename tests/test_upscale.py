@@ -19,7 +19,8 @@ LARGE = TESTDATA / "anime_miku_CC_BY-NC.jpg"    # 600 x 600
 
 
 def cfg(**kw):
-    return {"method": "waifu2x", "model": "art", "noise": 1, "gpu": "cpu", "target": 512, **kw}
+    return {"method": "waifu2x", "model": "art", "noise": 1, "gpu": "cpu", "target": 512,
+            "background": [0, 0, 0], **kw}
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
