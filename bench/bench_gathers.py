@@ -111,12 +111,18 @@ def flip_bit(hex_hash: str, rng: random.Random) -> str:
     return "%016x" % (int(hex_hash, 16) ^ (1 << rng.randrange(64)))
 
 
-def make_manifests(folder: Path, rows: int, shards: int = 64, trims: bool = True) -> None:
+def make_manifests(folder: Path, rows: int, shards: int = 64, trims: bool = True, layout: str = "file") -> None:
     """64 clean shards (every 50th row an exact copy, every 20th a repost of the row 7
     before at half the size: face and source hashes 1 bit off), dedup.tsv (the near copies dropped) and 64
     normalize shards (the clean rows plus upscale/normalize details). Written line by line:
-    nothing is held."""
+    nothing is held but the hashes. ``layout`` "file": the hashes (and the fixed columns)
+    in each clean shard's hashes file, not in the details (``clean.split_hashes``, as clean
+    writes them since issue 24 item 4);
+    "details": in the details, as clean wrote them before."""
+    from pipeline.clean import hashes_path, split_hashes, write_hashes
     from pipeline.manifest import HEADER_BYTES, Row, row_line
+    near = {"method": "phash", "hash_size": 8}
+    arrays: list[dict[str, list[bytes]]] = [{} for _ in range(shards)]  # each row's, per shard
 
     def opened(stage):
         out = []
@@ -131,6 +137,9 @@ def make_manifests(folder: Path, rows: int, shards: int = 64, trims: bool = True
     dedup.write(HEADER_BYTES)
     rng = random.Random(0)
     recent: list[dict] = []
+    # the (never written) image paths name the same folder whatever the layout: the two
+    # layouts' dedup.tsv compare (bench/same_without_hashes.py)
+    root = folder.parent / folder.name.removesuffix("-details")
     for i in range(rows):
         d = clean_details(i, rng, trims)
         if not trims:
@@ -147,18 +156,26 @@ def make_manifests(folder: Path, rows: int, shards: int = 64, trims: bool = True
         recent = (recent + [d])[-8:]
         w = d["box"][2]
         row = Row(id=f"{i:016x}-f0", source=f"raw/{i // 1000:04d}/img{i:07d}.jpg",
-                  parent_id=f"{i:016x}", path=f"{folder}/crop/{i % shards:02d}/{i:016x}-f0.png",
+                  parent_id=f"{i:016x}", path=f"{root}/crop/{i % shards:02d}/{i:016x}-f0.png",
                   width=w, height=w, details=d)
+        if layout == "file":  # the arrays of one row: concatenated, a shard's
+            (row,), one = split_hashes([row], near)
+            for name, data in one.items():
+                arrays[i % shards].setdefault(name, []).append(data)
         clean[i % shards].write(row_line(row).encode())
         dedup.write(row_line(row.drop("near_duplicate", details={"duplicate_of": f"{i - 7:016x}-f0",
                                                                  "distance": 1})
                              if i % 20 == 19 else row).encode())
         norm[i % shards].write(row_line(row.keep(
-            path=f"{folder}/normalize/{i % shards:02d}/{i:016x}-f0.png", width=512, height=512,
+            path=f"{root}/normalize/{i % shards:02d}/{i:016x}-f0.png", width=512, height=512,
             details={"upscaler": "lanczos", "upscale": {"factor": 2, "from": [w, w]},
                      "normalize": {"scale": round(512 / (2 * w), 6), "from": [2 * w, 2 * w]}})).encode())
     for f in clean + norm + [dedup]:
         f.close()
+    if layout == "file":
+        for s in range(shards):
+            write_hashes(hashes_path(folder / "clean" / f"{s:02d}" / "manifest.tsv"),
+                         {name: b"".join(parts) for name, parts in arrays[s].items()}, near)
 
 
 def run_child(repo: Path, what: str, folder: Path, rows: int, trims: bool = True) -> dict:
@@ -182,18 +199,21 @@ def main(argv=None) -> None:
     ap.add_argument("--keep", action="store_true", help="keep the manifests (and reuse them)")
     ap.add_argument("--trims", choices=["on", "off"], default="on",
                     help="clean.near_duplicates.trims of the rows and the dedup run (default on)")
+    ap.add_argument("--layout", choices=["file", "details"], default="file",
+                    help="clean's hashes in a binary file per shard (default, since issue 24 item 4)"
+                         " or in the details (as before; for an --old-repo from before)")
     a = ap.parse_args(argv)
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}; "
           f"load average {os.getloadavg()[0]:.1f}")
     for rows in a.rows:
-        folder = Path(a.workdir) / f"{rows}-trims-{a.trims}"
+        folder = Path(a.workdir) / f"{rows}-trims-{a.trims}{'-details' if a.layout == 'details' else ''}"
         if not (a.keep and (folder / "dedup.tsv").exists()):
             shutil.rmtree(folder, ignore_errors=True)
             # in a child: this process stays small, so the measuring children start small
-            subprocess.run([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[4:]; "
+            subprocess.run([sys.executable, "-c", "import sys; sys.path[:0] = sys.argv[5:]; "
                             "from bench_gathers import make_manifests; from pathlib import Path; "
-                            "make_manifests(Path(sys.argv[1]), int(sys.argv[2]), trims=sys.argv[3] == 'on')",
-                            str(folder), str(rows), a.trims, str(REPO / "bench"), str(REPO)], check=True)
+                            "make_manifests(Path(sys.argv[1]), int(sys.argv[2]), trims=sys.argv[3] == 'on', layout=sys.argv[4])",
+                            str(folder), str(rows), a.trims, a.layout, str(REPO / "bench"), str(REPO)], check=True)
         mib = sum(p.stat().st_size for p in folder.glob("normalize/*/manifest.tsv")) / 2**20
         print(f"rows {rows}: normalize manifests {mib:.0f} MiB")
         for label, repo in [("before", a.old_repo), ("after", str(REPO))]:

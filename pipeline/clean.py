@@ -4,18 +4,26 @@
         --sources ingest/<s>/manifest.tsv --config JSON [--threads N]
 
 Decides per image and never rewrites pixels: kept rows keep the upstream ``path`` and
-carry their hashes (of the face, its mirror image and trimmed windows, and of the whole
-source picture under ``details.source``), quality and colour measures in ``details``;
+carry quality and colour measures in ``details`` (and the whole source picture's under
+``details.source``); their perceptual hashes (of the face, its mirror image and trimmed
+windows, and of the source picture) go to ``manifest.hashes`` beside the manifest;
 dropped rows say why (``file_too_small``, ``too_small``, ``too_dark``, ``too_bright``,
 ``low_information``, ``blurry``, ``monochrome``, ``decode_error``) with the measured value.
 Because the per-image work is cached in the shard manifests, adding images re-hashes only
-the shards they land in. Exact and near duplicates across shards are the dedup gather's
+the shards they land in; within a shard, ``--store`` keeps each face's and each source
+picture's measures per file content and settings (``CleanStore``), so a shard rerun (files
+added, a framing edit that re-cuts every face from the same sources) measures only what it
+has not seen. Exact and near duplicates across shards are the dedup gather's
 (pipeline/dedup.py), which reads these hashes.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import threading
+from array import array
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import imagehash
@@ -23,8 +31,9 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from pipeline.imaging import load_rgb, pixel_digest
-from pipeline.manifest import Drop, Row, declare, load_config_arg, read_manifest, write_manifest
+from pipeline.imaging import ContentStore, code_digest, file_digest, load_rgb, load_rgb_of, pixel_digest
+from pipeline.manifest import (Drop, Row, atomic_write_with, declare, load_config_arg, read_manifest,
+                               write_manifest)
 
 # Colour measures and perceptual hashes are computed on a copy no larger than this:
 # it averages away JPEG chroma noise and makes the cost per image independent of size.
@@ -182,13 +191,14 @@ _IJG_LUMA = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14,
              103, 99)
 
 
-def source_measures(path: str, cfg: dict) -> dict:
+def source_measures(path: str, cfg: dict, data: bytes | None = None) -> dict:
     """What dedup needs about a whole source image: upright size, encoding quality (JPEG:
-    estimated IJG quality; lossless formats 100; else unknown) and its hashes (with trims)."""
-    with Image.open(path) as raw:
+    estimated IJG quality; lossless formats 100; else unknown) and its hashes (with trims).
+    ``data``: the file's bytes where they were already read."""
+    with Image.open(path if data is None else io.BytesIO(data)) as raw:
         fmt = raw.format
         quality = jpeg_quality(raw) if fmt == "JPEG" else (100 if fmt in LOSSLESS else None)
-    im, _notes = load_rgb(path)
+    im, _notes = load_rgb(path) if data is None else load_rgb_of(data, path)
     small = im.copy()
     small.thumbnail((MEASURE_SIDE, MEASURE_SIDE))
     out = {"width": im.width, "height": im.height, "format": fmt, "quality": quality}
@@ -252,13 +262,101 @@ def source_sizes(ingest_rows: list[Row]) -> dict[str, int]:
     return {r.id: r.details["bytes"] for r in ingest_rows if "bytes" in r.details}
 
 
+class CleanStore:
+    """What clean measures, stored per file content and settings (``ContentStore``s under
+    ``<cache_dir>/clean``): per face, the decoded size, the drop reason and the measures
+    and hashes (everything but the source's size and hashes, which come from elsewhere);
+    per source picture, ``source_measures``. The settings hold the clean block (a face's
+    record) or its near_duplicates block (a source's), this module's and imaging.py's code
+    and the library versions the measures depend on, so a record is used only where
+    measuring again would give the same."""
+
+    FORMAT = 1  # bump when a record changes
+
+    def __init__(self, folder: str | None, cfg: dict):
+        face_settings = source_settings = None
+        if folder:
+            import PIL
+            import cv2
+            common = {"format": self.FORMAT, "code": code_digest("clean.py", "imaging.py"),
+                      "pillow": PIL.__version__, "imagehash": imagehash.__version__,
+                      "numpy": np.__version__, "opencv": cv2.__version__}
+            # min_file_bytes is judged from the ingest size, before any measuring
+            face_settings = {**common, "clean": {k: v for k, v in cfg.items() if k != "min_file_bytes"}}
+            source_settings = {**common, "near_duplicates": cfg["near_duplicates"]}
+        self.faces = ContentStore(folder and f"{folder}/faces", face_settings)
+        self.sources = ContentStore(folder and f"{folder}/sources", source_settings)
+        self.counts = Counter()  # ("faces" | "sources", "stored" | "measured"): the log says
+        self._lock = threading.Lock()  # clean_shard's threads share the store
+
+    def count(self, kind: str, how: str) -> None:
+        with self._lock:
+            self.counts[kind, how] += 1
+
+    def summary(self) -> str:
+        c = self.counts
+        return (f"stored measures: faces {c['faces', 'stored']} stored, {c['faces', 'measured']} measured;"
+                f" sources {c['sources', 'stored']} stored, {c['sources', 'measured']} measured")
+
+    @staticmethod
+    def read(path: str) -> bytes | None:
+        """The file's bytes, to key its record and to measure it from (read once)."""
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError:  # unreadable: measured (and its error said) without the store
+            return None
+
+
+NO_STORE = CleanStore(None, {})
+
+
+def measure_face(path: str, cfg: dict, store: CleanStore = NO_STORE) -> tuple[str, dict | None, dict]:
+    """(drop reason or "", {"width", "height"} or None where it does not decode, details:
+    the filters' measures, then the pixel and perceptual hashes of a kept face) of one
+    face file, stored per content (``store``)."""
+    data = store.read(path) if store.faces.folder else None
+    digest = file_digest(data) if data is not None else None
+    record = store.faces.get(digest) if digest else None
+    if record is not None:
+        store.count("faces", "stored")
+        return record["reason"], record["size"], record["details"]
+    store.count("faces", "measured")
+    reason, size, details = _measure_face(path, cfg, data)
+    if digest and size is not None:  # a decode error is not stored: it names no content
+        store.faces.put(digest, {"reason": reason, "size": size, "details": details})
+    return reason, size, details
+
+
+def _measure_face(path: str, cfg: dict, data: bytes | None = None) -> tuple[str, dict | None, dict]:
+    try:
+        im, _notes = load_rgb(path) if data is None else load_rgb_of(data, path)
+    except Exception as e:  # one unreadable crop must not fail a shard of thousands
+        return "decode_error", None, {"error": f"{type(e).__name__}: {e}"}
+    size = {"width": im.width, "height": im.height}
+    if min(im.size) < cfg["min_side"]:
+        return "too_small", size, {"side": min(im.size), "min_side": cfg["min_side"]}
+    small = im.copy()
+    small.thumbnail((MEASURE_SIDE, MEASURE_SIDE))
+    details: dict = {}
+    for check in FILTERS:
+        reason = check(im, small, details, cfg)
+        if reason:
+            return reason, size, details
+    details["pixel_sha256"] = pixel_digest(im)
+    near = cfg["near_duplicates"]
+    details.update(perceptual_hashes(small, near, CROP_TRIMS if near["trims"] else ()))
+    return "", size, details
+
+
 def clean_row(row: Row, cfg: dict, sizes: dict[str, int] | None = None,
-              sources: dict[str, dict] | None = None) -> Row:
+              sources: dict[str, dict] | None = None, store: CleanStore = NO_STORE) -> Row:
     """Keep (with hashes and measures in details) or drop (with a reason) one image.
 
     ``sizes``: source file bytes by source id (``source_sizes``); a face row's source id
     is its ``parent_id``. ``sources``: ``source_measures`` by source id, recorded on the
-    row as ``details.source`` for source-level dedup.
+    row as ``details.source`` for source-level dedup. ``store``: measures stored per face
+    content (``CleanStore``).
     """
     source_bytes = row.details.get("bytes")
     if source_bytes is None and sizes is not None:
@@ -270,36 +368,42 @@ def clean_row(row: Row, cfg: dict, sizes: dict[str, int] | None = None,
     if row.width and row.height and min(row.width, row.height) < cfg["min_side"]:
         return row.drop("too_small", details={"side": min(row.width, row.height),
                                               "min_side": cfg["min_side"]})
-    try:
-        im, _notes = load_rgb(row.path)
-    except Exception as e:  # one unreadable crop must not fail a shard of thousands
-        return row.drop("decode_error", details={"error": f"{type(e).__name__}: {e}"})
-    size = {"width": im.width, "height": im.height}
-    if min(im.size) < cfg["min_side"]:
-        return row.drop("too_small", **size, details={"side": min(im.size),
-                                                      "min_side": cfg["min_side"]})
-    small = im.copy()
-    small.thumbnail((MEASURE_SIDE, MEASURE_SIDE))
+    reason, size, measured = measure_face(row.path, cfg, store)
+    if size is None:
+        return row.drop(reason, details=measured)
+    if reason == "too_small":  # the decoded size floor: only the side measured
+        return row.drop(reason, **size, details=measured)
     details: dict = {"file_bytes": source_bytes}  # dedup prefers the larger source file
     if source_bytes is None and cfg["min_file_bytes"]:
         details["file_bytes_unknown"] = True  # no ingest size upstream: floor not applied
-    for check in FILTERS:
-        reason = check(im, small, details, cfg)
-        if reason:
-            return row.drop(reason, **size, details=details)
-    details["pixel_sha256"] = pixel_digest(im)
-    near = cfg["near_duplicates"]
-    details.update(perceptual_hashes(small, near, CROP_TRIMS if near["trims"] else ()))
+    details.update(measured)
+    if reason:
+        return row.drop(reason, **size, details=details)
     source = (sources or {}).get(row.parent_id or row.id)
     if source:
         details["source"] = source
     return row.keep(**size, details=details)
 
 
-def shard_sources(rows: list[Row], ingest_rows: list[Row], cfg: dict, threads: int = 1) -> dict[str, dict]:
+def stored_source_measures(path: str, cfg: dict, store: CleanStore = NO_STORE) -> dict:
+    """``source_measures``, stored per file content (``store``)."""
+    data = store.read(path) if store.sources.folder else None
+    digest = file_digest(data) if data is not None else None
+    record = store.sources.get(digest) if digest else None
+    store.count("sources", "measured" if record is None else "stored")
+    if record is None:
+        record = source_measures(path, cfg, data)
+        if digest:
+            store.sources.put(digest, record)
+    return record
+
+
+def shard_sources(rows: list[Row], ingest_rows: list[Row], cfg: dict, threads: int = 1,
+                  store: CleanStore = NO_STORE) -> dict[str, dict]:
     """``source_measures`` of every source a kept row of ``rows`` was cut from, by source id
-    (each decoded once per shard); empty when source-level dedup is off. A source that
-    cannot be read any more is left out (its faces are deduplicated by their crops)."""
+    (each decoded once per shard, or served from ``store``); empty when source-level dedup
+    is off. A source that cannot be read any more is left out (its faces are deduplicated
+    by their crops)."""
     near = cfg["near_duplicates"]
     if near["method"] == "none" or not near["sources"]:
         return {}
@@ -308,7 +412,7 @@ def shard_sources(rows: list[Row], ingest_rows: list[Row], cfg: dict, threads: i
 
     def measure(item):
         try:
-            return item[0], source_measures(item[1], cfg)
+            return item[0], stored_source_measures(item[1], cfg, store)
         except Exception:  # changed since ingest: no source-level hashes for it
             return item[0], None
     with ThreadPoolExecutor(max(threads, 1)) as pool:
@@ -316,15 +420,140 @@ def shard_sources(rows: list[Row], ingest_rows: list[Row], cfg: dict, threads: i
 
 
 def clean_shard(rows: list[Row], cfg: dict, sizes: dict[str, int] | None = None,
-                threads: int = 1, sources: dict[str, dict] | None = None) -> list[Row]:
+                threads: int = 1, sources: dict[str, dict] | None = None,
+                store: CleanStore = NO_STORE) -> list[Row]:
     """One row per upstream kept row, in order."""
     todo = [r for r in rows if r.kept]
     progress = dict(total=len(todo), desc="clean", unit="img", mininterval=2)
     if threads <= 1:
-        return [clean_row(r, cfg, sizes, sources) for r in tqdm(todo, **progress)]
+        return [clean_row(r, cfg, sizes, sources, store) for r in tqdm(todo, **progress)]
     # decoding, resizing and hashing release the GIL for most of their time
     with ThreadPoolExecutor(threads) as pool:
-        return list(tqdm(pool.map(lambda r: clean_row(r, cfg, sizes, sources), todo), **progress))
+        return list(tqdm(pool.map(lambda r: clean_row(r, cfg, sizes, sources, store), todo), **progress))
+
+
+# ---------------------------------------------------------------- the hashes file
+
+# The perceptual hashes of a shard's kept rows do not go into the manifest's details (76
+# hex hashes were ~1.3 KB of a 2 KB line that every later gather parsed or copied): they
+# go to a binary file beside it, ``hashes_path(manifest)``. Layout: the line
+# ``faceprep-hashes 2``, a line of JSON ({"method", "nbits", "arrays": [[name, bytes]...]}),
+# then the arrays' bytes in that order. Per level (``face``: every kept row in manifest
+# order; ``source``: the kept rows whose details carry ``source``, in the same order) and
+# kind ("", "_mirror", "_trims", as ``hamming.HASH_KEYS``): ``<level><kind>.count`` (int32
+# little-endian, hashes per row) and ``<level><kind>`` (the hashes, concatenated, each as
+# ceil(bits / 64) little-endian uint64 words, the most significant first: the words the
+# search compares, read without conversion). The dedup gather reads it
+# (pipeline/dedup.py); the manifest stays the readable record of every other measure.
+HASHES_MAGIC = b"faceprep-hashes 2\n"
+HASH_LEVELS = ("face", "source")
+HASH_KINDS = ("", "_mirror", "_trims")
+
+
+def hashes_path(manifest) -> str:
+    """The hashes file of a clean shard manifest: ``manifest.tsv`` -> ``manifest.hashes``."""
+    manifest = str(manifest)
+    return (manifest[:-4] if manifest.endswith(".tsv") else manifest) + ".hashes"
+
+
+def split_hashes(rows: list[Row], near: dict) -> tuple[list[Row], dict[str, bytes]]:
+    """(rows without their hash keys, the hashes file's arrays by name): the kept rows'
+    ``<method>``, ``<method>_mirror``, ``<method>_trims`` of the face and of ``source``."""
+    method = near["method"]
+    width = max(1, -(-near["hash_size"] ** 2 // 64)) * 16  # hex digits per hash
+    raw = {level + kind: bytearray() for level in HASH_LEVELS for kind in HASH_KINDS}
+    counts = {name: array("i") for name in raw}
+    out = []
+    for r in rows:
+        if not r.kept:
+            out.append(r)
+            continue
+        details = dict(r.details)
+        holders = [("face", details)]
+        if details.get("source"):
+            details["source"] = dict(details["source"])
+            holders.append(("source", details["source"]))
+        for level, holder in holders:
+            for kind in HASH_KINDS:
+                value = holder.pop(method + kind, None) or ""
+                raw[level + kind] += bytes.fromhex(value)
+                counts[level + kind].append(len(value) // width)
+        out.append(Row(r.id, r.source, r.parent_id, r.path, r.width, r.height, r.action, r.reason,
+                       details))
+    arrays = {}
+    for name in raw:
+        arrays[name + ".count"] = np.frombuffer(counts[name], dtype=np.int32).astype("<i4").tobytes()
+        arrays[name] = np.frombuffer(raw[name], dtype=">u8").astype("<u8").tobytes()
+    arrays.update(dedup_columns([r for r in rows if r.kept]))
+    return out, arrays
+
+
+def dedup_columns(kept: list[Row]) -> dict[str, bytes]:
+    """The other values the dedup gather reads of each kept row, exactly as
+    ``dedup.DedupColumns.add`` reads them from the details (it does the reading here too),
+    as fixed columns, so that the gather parses no details: ``keys`` (source pixels,
+    encoding quality or -1, file bytes: float64 each), ``box`` (x, y, w, h; NaN without
+    one), ``digest`` (the pixel sha256's 32 bytes), ``has_source`` (uint8) and
+    ``source_size`` (width, height of the rows with a source), little-endian. Empty (the
+    gather then reads the details) if a row has a value these cannot hold."""
+    from pipeline.dedup import DedupColumns  # dedup imports this module
+    columns = DedupColumns("", 0)
+    try:
+        for r in kept:
+            columns.add(r.id, r.parent_id, r.width, r.height, r.details, hashes=False)
+    except ValueError:  # a box that is not [x, y, w, h]
+        return {}
+    if any(type(d) is not bytes for d in columns.digests):  # no pixel sha256, or not hex
+        return {}
+    source_pixels, quality, _crop_pixels, file_bytes = (np.frombuffer(k, dtype=np.float64) for k in columns.keys)
+    little = lambda a: np.asarray(a, dtype="<f8").tobytes()  # noqa: E731
+    return {"keys": little(np.stack([source_pixels, quality, file_bytes], axis=1)),
+            "box": little(np.frombuffer(columns.box, dtype=np.float64)),
+            "digest": b"".join(columns.digests),
+            "has_source": (np.frombuffer(columns.block, dtype=np.int64) >= 0).astype(np.uint8).tobytes(),
+            "source_size": little(np.frombuffer(columns.block_size, dtype=np.float64))}
+
+
+def write_hashes(path, arrays: dict[str, bytes], near: dict) -> None:
+    """The hashes file (atomic): the same arrays always give the same bytes."""
+    header = json.dumps({"method": near["method"], "nbits": near["hash_size"] ** 2,
+                         "arrays": [[name, len(data)] for name, data in arrays.items()]},
+                        separators=(",", ":")).encode() + b"\n"
+
+    def write(f):
+        f.write(HASHES_MAGIC + header)
+        for data in arrays.values():
+            f.write(data)
+    atomic_write_with(path, write)
+
+
+def hashes_index(path) -> tuple[dict, dict[str, tuple[int, int]]]:
+    """(header, {array name: (offset in the file, bytes)}) of a hashes file, read without
+    its arrays (a gather reads each kind when it searches it); ValueError if not one."""
+    with open(path, "rb") as f:
+        if f.readline() != HASHES_MAGIC:
+            raise ValueError(f"{path}: not a faceprep hashes file")
+        header = json.loads(f.readline())
+        offset = f.tell()
+        size = f.seek(0, 2)
+    spans = {}
+    for name, length in header["arrays"]:
+        spans[name] = (offset, length)
+        offset += length
+    if offset != size:
+        raise ValueError(f"{path}: {size} bytes, its header says {offset}")
+    return header, spans
+
+
+def read_hashes(path) -> tuple[dict, dict[str, bytes]]:
+    """(header, arrays by name) of a hashes file; ValueError if it is not one."""
+    header, spans = hashes_index(path)
+    with open(path, "rb") as f:
+        arrays = {}
+        for name, (offset, length) in spans.items():
+            f.seek(offset)
+            arrays[name] = f.read(length)
+    return header, arrays
 
 
 # ---------------------------------------------------------------- CLI
@@ -339,18 +568,25 @@ def main(argv=None) -> None:
     s.add_argument("--output", required=True, help="manifest.tsv to write")
     s.add_argument("--config", required=True, help="the clean config block as JSON")
     s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--store", default="",
+                   help="folder of stored measures (CleanStore); none: measure every image")
     a = p.parse_args(argv)
     cfg = load_config_arg(a.config)
+    store = CleanStore(a.store or None, cfg)
     ingest_rows = read_manifest(a.sources) if a.sources else []
     sizes = source_sizes(ingest_rows) if a.sources else None
     rows = read_manifest(a.input)
-    sources = shard_sources(rows, ingest_rows, cfg, a.threads)
-    rows = clean_shard(rows, cfg, sizes, a.threads, sources)
-    write_manifest(a.output, rows)
+    sources = shard_sources(rows, ingest_rows, cfg, a.threads, store)
+    rows = clean_shard(rows, cfg, sizes, a.threads, sources, store)
+    written, arrays = split_hashes(rows, cfg["near_duplicates"])
+    write_hashes(hashes_path(a.output), arrays, cfg["near_duplicates"])  # before: the rule's
+    write_manifest(a.output, written)  # outputs are complete once the manifest is there
     reasons = {}
     for r in rows:
         reasons[r.reason or "keep"] = reasons.get(r.reason or "keep", 0) + 1
     print(f"clean: {reasons.get('keep', 0)}/{len(rows)} kept; {reasons}")
+    if store.faces.folder:
+        print(f"clean: {store.summary()}")
 
 
 if __name__ == "__main__":

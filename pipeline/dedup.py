@@ -8,7 +8,7 @@ match as a whole) and near duplicates (face crops within a Hamming radius) are d
 with ``details.duplicate_of`` naming the kept image and ``details.distance``. The keeper
 is the best source (resolution, then encoding quality, then crop size, file size, id),
 and there is no chaining: every drop is within the radius of its own keeper
-(``assign_keepers``). The hashes come from the clean shards (pipeline/clean.py); the
+(``assign_keepers``). The hashes come from the clean shards' hashes files (pipeline/clean.py); the
 search is pipeline/hamming.py.
 """
 from __future__ import annotations
@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 from array import array
 
 import numpy as np
 
 from pipeline import hamming
-from pipeline.clean import flips_on, resolved
+from pipeline.clean import HASH_KINDS, flips_on, hashes_index, hashes_path, resolved
 from pipeline.manifest import (ENCODING, ERRORS, HEADER_BYTES, Drop, atomic_write_with, declare,
                                line_row, load_config_arg, manifest_lines_of, row_line)
 
@@ -50,18 +51,24 @@ def assign_keepers(n: int, priority: np.ndarray, a: np.ndarray, b: np.ndarray) -
     from scipy.sparse import csr_matrix
     edge = np.arange(len(a))
     graph = csr_matrix((np.r_[edge, edge] + 1, (np.r_[a, b], np.r_[b, a])), shape=(n, n))
-    keeper = np.full(n, -1, dtype=np.int64)
     link = np.full(n, -1, dtype=np.int64)
     indptr, indices, data = graph.indptr, graph.indices, graph.data
-    for k in priority.tolist():
-        if keeper[k] >= 0:
+    # an item in no pair keeps itself: the loop walks the paired ones only (a few percent
+    # of a million rows), in priority order, on Python lists
+    paired = np.diff(indptr) > 0
+    keeper = np.where(paired, -1, np.arange(n, dtype=np.int64))
+    assigned = keeper.tolist()
+    indptr_l = indptr.tolist()
+    for k in priority[paired[priority]].tolist():
+        if assigned[k] >= 0:
             continue
-        keeper[k] = k
-        for j, e in zip(indices[indptr[k]:indptr[k + 1]].tolist(), data[indptr[k]:indptr[k + 1]].tolist()):
-            if keeper[j] < 0:
-                keeper[j] = k
+        assigned[k] = k
+        lo, hi = indptr_l[k], indptr_l[k + 1]
+        for j, e in zip(indices[lo:hi].tolist(), data[lo:hi].tolist()):
+            if assigned[j] < 0:
+                assigned[j] = k
                 link[j] = e - 1
-    return keeper, link
+    return np.array(assigned, dtype=np.int64), link
 
 
 # a face of a duplicate source matches the face at the same place in the keeper's source:
@@ -94,7 +101,9 @@ class DedupColumns:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, id: str, parent_id: str, width: int, height: int, d: dict) -> None:
+    def add(self, id: str, parent_id: str, width: int, height: int, d: dict, hashes: bool = True) -> None:
+        """One row; ``hashes=False``: its hashes come from its shard's hashes file
+        (``add_hashes``), not from ``d``."""
         self.ids.append(id)
         self.sources.append(parent_id or id)
         source = d.get("source")
@@ -114,13 +123,66 @@ class DedupColumns:
         if box is not None and len(box) != 4:  # would shift every later face's box
             raise ValueError(f"dedup: {id}: details.box {box!r} is not [x, y, w, h]")
         self.box.extend((math.nan,) * 4 if box is None else box)
-        self.faces.add(d)
+        if hashes:
+            self.faces.add(d)
         if source:
             self.block.append(len(self.block_size) // 2)
             self.block_size.extend((source.get("width") or 0, source.get("height") or 0))
-            self.blocks.add(source)
+            if hashes:
+                self.blocks.add(source)
         else:
             self.block.append(-1)
+
+    def add_columns(self, path: str, index: tuple[dict, dict[str, tuple[int, int]]], ids: list[str],
+                    parents: list[str], crop_pixels: array) -> None:
+        """Rows of a shard whose hashes file has the fixed columns (``clean.dedup_columns``):
+        what ``add`` reads of the details, without them; then their hashes. ``index``: the
+        file's ``hashes_index``."""
+        n = len(ids)
+        spans = index[1]
+        with open(path, "rb") as f:
+            def read(name, dtype):
+                offset, size = spans[name]
+                f.seek(offset)
+                return np.frombuffer(f.read(size), dtype=dtype)
+            keys = read("keys", "<f8").reshape(-1, 3)
+            box, digest, has_source = read("box", "<f8"), read("digest", np.uint8), read("has_source", np.uint8)
+            source_size = read("source_size", "<f8")
+        if len(keys) != n or len(box) != 4 * n or len(digest) != 32 * n or len(has_source) != n:
+            raise ValueError(f"dedup: {path} holds the columns of {len(keys)} rows; its manifest has {n} "
+                             "kept: rerun clean")
+        self.ids.extend(ids)
+        self.sources.extend(parents)
+        for k, column in ((0, keys[:, 0]), (1, keys[:, 1]), (2, None), (3, keys[:, 2])):
+            self.keys[k].frombytes(crop_pixels.tobytes() if column is None
+                                   else np.ascontiguousarray(column, dtype=np.float64).tobytes())
+        raw = digest.tobytes()
+        self.digests.extend(raw[i:i + 32] for i in range(0, len(raw), 32))
+        self.box.frombytes(box.astype(np.float64).tobytes())
+        first = len(self.block_size) // 2
+        block = np.where(has_source > 0, first + np.cumsum(has_source, dtype=np.int64) - 1, -1)
+        self.block.frombytes(block.astype(np.int64).tobytes())
+        self.block_size.frombytes(source_size.astype(np.float64).tobytes())
+        self.add_hashes(path, n, int(np.count_nonzero(has_source)), index)
+
+    def add_hashes(self, path: str, rows: int, sources: int, index: tuple | None = None) -> None:
+        """The hashes of the last ``rows`` rows added (``sources`` of them with a source
+        block) from their shard's hashes file (``clean.write_hashes``): the counts now,
+        the hashes when their search reads them."""
+        header, spans = index or hashes_index(path)
+        with open(path, "rb") as f:
+            for level, store, n in (("face", self.faces, rows), ("source", self.blocks, sources)):
+                counts = {}
+                for kind in HASH_KINDS:
+                    offset, size = spans[f"{level}{kind}.count"]
+                    f.seek(offset)
+                    counts[kind] = np.frombuffer(f.read(size), dtype="<i4")
+                if header["method"] != store.method or header["nbits"] != store.nbits or any(
+                        len(c) != n for c in counts.values()):
+                    raise ValueError(f"dedup: {path} holds {header['method']} {header['nbits']}-bit hashes "
+                                     f"of {len(counts[''])} {level}s; its manifest has {n} kept "
+                                     f"(expected {store.method}, {store.nbits} bits): rerun clean")
+                store.add_file(path, {kind: spans[level + kind] for kind in HASH_KINDS}, counts)
 
     def priority(self) -> np.ndarray:
         """``keeper_priority``: best copy first; ties by id, then input order."""
@@ -162,6 +224,7 @@ def source_face_pairs(cols: DedupColumns, alive: np.ndarray, near: dict) -> tupl
     owner = np.full(len(cols.block_size) // 2, -1, dtype=np.int64)  # by block: its source's number
     owner[block_of] = np.arange(len(starts))
     sa, sb, sd, sm = hamming.duplicate_pairs(cols.blocks.sets(owner), nbits, near["radius"], flips_on(near))
+    cols.blocks.release()  # not searched again: the face search runs without them
     faces_of = lambda g: members[starts[g]:ends[g]].tolist()  # noqa: E731
     out = ([], [], [], [])
     for s, t, dist, flip in zip(sa.tolist(), sb.tolist(), sd.tolist(), sm.tolist()):
@@ -230,6 +293,7 @@ def dedup_verdicts(cols: DedupColumns, cfg: dict) -> dict[int, tuple[str, dict]]
         owner = np.full(n, -1, dtype=np.int64)  # by row: its position among the alive
         owner[alive] = np.arange(len(alive))
         a, b, d, m = hamming.duplicate_pairs(cols.faces.sets(owner), nbits, near["radius"], flips_on(near))
+        cols.faces.release()
         pairs.append((a, b, d, m))
         kinds.append(np.ones(len(a), dtype=np.int8))  # 1: crop level
         a, b, d, m = (np.concatenate(x) for x in zip(*pairs))
@@ -275,11 +339,20 @@ def read_dedup_columns(paths: list[str], near: dict) -> DedupColumns:
     cols = DedupColumns(near["method"], near["hash_size"] ** 2)
     loads = json.loads
     for path in paths:
+        # the clean step writes the hashes beside the manifest; a manifest without that
+        # file (written by hand, or by an older clean) carries them in its details
+        side = hashes_path(path)
+        in_details = not os.path.exists(side)
+        index = None if in_details else hashes_index(side)
+        if index and "keys" in index[1]:
+            _add_shard_columns(cols, path, side, index)
+            continue
+        rows, blocks = len(cols), len(cols.block_size)
         for line, is_kept, f in manifest_lines_of(path):
             if not is_kept:
                 continue
             if line is None:  # a row (a quoted name...)
-                cols.add(f.id, f.parent_id, f.width, f.height, f.peek_details())
+                cols.add(f.id, f.parent_id, f.width, f.height, f.peek_details(), in_details)
                 continue
             text = f[8]  # the quoted JSON as bytes: unquoted and parsed without a str copy
             try:
@@ -287,8 +360,29 @@ def read_dedup_columns(paths: list[str], near: dict) -> DedupColumns:
             except UnicodeDecodeError:  # a name that is not UTF-8: as the row path reads it
                 details = line_row(f).peek_details()
             cols.add(f[0].decode(ENCODING, ERRORS), f[2].decode(ENCODING, ERRORS), int(f[4]),
-                     int(f[5]), details)
+                     int(f[5]), details, in_details)
+        if not in_details:
+            cols.add_hashes(side, len(cols) - rows, (len(cols.block_size) - blocks) // 2, index)
     return cols
+
+
+def _add_shard_columns(cols: DedupColumns, path: str, side: str, index: tuple) -> None:
+    """A shard whose hashes file has the fixed columns: of its lines only the ids and the
+    crop size are read (no details parsed: ~10 s of a million-row gather)."""
+    ids, parents, crop_pixels = [], [], array("d")
+    for line, is_kept, f in manifest_lines_of(path):
+        if not is_kept:
+            continue
+        if line is None:  # a row (a quoted name...)
+            ids.append(f.id)
+            parents.append(f.parent_id or f.id)
+            crop_pixels.append(f.width * f.height)
+            continue
+        id = f[0].decode(ENCODING, ERRORS)
+        ids.append(id)
+        parents.append(f[2].decode(ENCODING, ERRORS) or id)
+        crop_pixels.append(int(f[4]) * int(f[5]))
+    cols.add_columns(side, index, ids, parents, crop_pixels)
 
 
 def write_dedup(paths: list[str], verdict: dict[int, tuple[str, dict]], output: str) -> None:

@@ -7,7 +7,8 @@ concatenated bits, holds the index; a query's candidates are the index entries t
 share its key in some table, and a popcount verifies them. That finds every pair within r
 without comparing all N^2 pairs (1M hashes in seconds, see bench/bench_dedup.py).
 
-Hashes are fixed-width hex in the manifests; ``HashStore`` keeps them as raw bytes and
+Hashes are big-endian bytes in the clean shards' hashes files (fixed-width hex in older
+manifests' details); ``HashStore`` keeps them as raw bytes and
 ``words_of`` is the one place they become uint64 words (bit 0 = MSB of word 0). The
 dedup gather (pipeline/dedup.py) is the user: it asks ``duplicate_pairs`` which items'
 pictures match.
@@ -37,7 +38,7 @@ def words_of(raw: bytearray, nbits: int) -> np.ndarray:
     """(N, ceil(nbits/64)) native uint64 words of big-endian hash bytes (``bytes.fromhex``
     of fixed-width hex, concatenated). Converted in place: the result is a view of ``raw``
     (no copy: 600 MB at 1M rows), which then holds native words, not big-endian bytes."""
-    words = np.frombuffer(raw, dtype=np.uint64)
+    words = raw.view(np.uint64) if isinstance(raw, np.ndarray) else np.frombuffer(raw, dtype=np.uint64)
     if sys.byteorder == "little":
         words.byteswap(inplace=True)
     return words.reshape(-1, max(1, math.ceil(nbits / 64)))
@@ -100,6 +101,70 @@ def _candidate_batches(starts: np.ndarray, counts: np.ndarray, max_pairs: int):
         begin = stop
 
 
+# a query's bucket holds few entries (0.5 on average at 1M rows): its candidates are
+# verified layer by layer (the first entry of every bucket hit, then the second...), which
+# needs no expansion of (bucket, position) pairs; past this many layers (big buckets of
+# many equal hashes) the rest are expanded in batches
+_LAYERS = 4
+
+
+def _verify(part: np.ndarray, q: np.ndarray, lo: np.ndarray, counts: np.ndarray, table_words: np.ndarray,
+            order: np.ndarray, radius: int, max_pairs: int):
+    """Yield (q, i, d): queries ``part[q]`` against the index entries at sorted positions
+    lo .. lo + counts - 1 of a table (``table_words``: the index's words in that table's
+    order, so a candidate's words are read without going through ``order``), the pairs
+    within ``radius``; ``i`` is the entry's index position."""
+    single = part.shape[1] == 1
+    if single:  # 1-D takes: a third faster than indexing rows of (N, 1) arrays
+        qw, words = part.reshape(-1).take(q), table_words.reshape(-1)
+    else:
+        qw = part[q]
+    for layer in range(_LAYERS):
+        if layer:
+            more = np.flatnonzero(counts > layer)
+            if not len(more):
+                return
+            q, lo, counts, qw = q.take(more), lo.take(more), counts.take(more), qw[more]
+            pos = lo + layer
+        else:
+            pos = lo
+        if single:
+            d = np.bitwise_count(qw ^ words.take(pos))
+        else:
+            d = hamming(qw, table_words[pos])
+        close = np.flatnonzero(d <= radius)
+        if len(close):
+            yield q[close], order[pos[close]], d[close]
+    more = np.flatnonzero(counts > _LAYERS)
+    for h, pos in _candidate_batches(lo[more] + _LAYERS, counts[more] - _LAYERS, max_pairs):
+        qq = q[more[h]]
+        d = hamming(part[qq], table_words[pos])
+        close = np.flatnonzero(d <= radius)
+        if len(close):
+            yield qq[close], order[pos[close]], d[close]
+
+
+def _one_word_key(words: np.ndarray, bounds: list[tuple[int, int]], subset: tuple[int, ...],
+                  out: np.ndarray | None = None, tmp: np.ndarray | None = None) -> np.ndarray:
+    """The table key of one-word hashes (``words``: 1-D int64 view of uint64 hashes): the
+    blocks of ``subset`` concatenated, each moved into place by one shift and a mask (in
+    place, into ``out``: a quarter of the time of extracting and joining the blocks)."""
+    out = np.empty(len(words), np.int64) if out is None else out[:len(words)]
+    tmp = np.empty(len(words), np.int64) if tmp is None else tmp[:len(words)]
+    rest = sum(bounds[b][1] for b in subset)
+    for n, b in enumerate(subset):
+        start, length = bounds[b]
+        rest -= length
+        # an arithmetic shift: the sign bits it brings in are above the mask
+        target = out if n == 0 else tmp
+        np.right_shift(words, 64 - start - length - rest, out=target)
+        mask = ((1 << length) - 1) << rest
+        np.bitwise_and(target, mask - (1 << 64) if mask >> 63 else mask, out=target)  # as int64
+        if n:
+            np.bitwise_or(out, tmp, out=out)
+    return out
+
+
 def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbits: int, radius: int,
                   max_pairs: int = 4_000_000, chunk: int = 1 << 20, keep=None):
     """Every (q, i) with ``queries[q]`` within Hamming ``radius`` of ``index[i]``, with the
@@ -122,34 +187,63 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
     # the index's blocks in the smallest type that holds them (11-bit blocks: a quarter)
     i_blocks = [_bit_range(index, start, length).astype(
         np.uint16 if length <= 16 else np.uint32 if length <= 32 else np.uint64)
-        for start, length in bounds]
+        for start, length in bounds] if index.shape[1] > 1 else []
+    # positions in int32 while the index has fewer than 2^31 entries (half the memory)
+    dtype = np.int32 if len(index) < 2**31 else np.int64
     found_q, found_i, found_d = [], [], []
+    one_word = index.shape[1] == 1
+    if one_word:  # keys in place, two buffers for every chunk and table
+        key_buf = np.empty(min(chunk, max(len(p) for p in parts)), np.int64)
+        tmp_buf = np.empty_like(key_buf)
     for subset in itertools.combinations(range(blocks), blocks - radius):
-        i_key = np.zeros(len(index), dtype=np.uint64)
-        for b in subset:  # concatenated; bits shifted out past 64 only add candidates
-            i_key = (i_key << np.uint64(bounds[b][1])) | i_blocks[b]
-        order = np.argsort(i_key, kind="stable")
         key_bits = sum(bounds[b][1] for b in subset)
-        if key_bits <= DIRECT_KEY_BITS:
+        if one_word:
+            i_key = _one_word_key(index.view(np.int64).reshape(-1), bounds, subset)
+            if key_bits > DIRECT_KEY_BITS:  # sorted and searched as unsigned, as the queries
+                i_key = i_key.view(np.uint64)
+        else:
+            i_key = np.zeros(len(index), dtype=np.uint64)
+            for b in subset:  # concatenated; bits shifted out past 64 only add candidates
+                i_key = (i_key << np.uint64(bounds[b][1])) | i_blocks[b]
+        order = np.argsort(i_key).astype(dtype)  # any order within a bucket: pairs are sets
+        table_words = index.reshape(-1).take(order).reshape(-1, 1) if one_word else index[order]
+        direct = key_bits <= DIRECT_KEY_BITS
+        if direct:
             # keys this short index a table directly: a query's bucket is one lookup, no
             # sort of the (many) queries and no binary search (4x faster at 1M rows)
-            # int32 (half the memory) while the index has fewer than 2^31 entries
-            dtype = np.int32 if len(index) < 2**31 else np.int64
-            bucket_size = np.bincount(i_key.astype(np.int64), minlength=1 << key_bits).astype(dtype)
-            bucket_start = np.cumsum(bucket_size, dtype=dtype)
-            bucket_start -= bucket_size
+            bucket_size = np.bincount(i_key.astype(np.intp, copy=False), minlength=1 << key_bits)
+            bucket_start = np.zeros((1 << key_bits) + 1, dtype=dtype)
+            np.cumsum(bucket_size, out=bucket_start[1:])
+            # a byte a bucket (4 MB at 22 bits, mostly in cache): its size up to 255, 0 for
+            # empty; the starts (16 MB) are read for the queries that hit only (half the
+            # time at 1M), and the ends only for buckets of 255 or more
+            occupied = np.minimum(bucket_size, 255, out=bucket_size).astype(np.uint8)
+            del bucket_size
         else:
             sorted_key = i_key[order]
         del i_key
         for c0, part in ((int(starts[n]) + c, p[c:c + chunk]) for n, p in enumerate(parts)
                          for c in range(0, len(p), chunk)):
-            q_key = np.zeros(len(part), dtype=np.uint64)
-            for b in subset:
-                q_key = (q_key << np.uint64(bounds[b][1])) | _bit_range(part, *bounds[b])
-            if key_bits <= DIRECT_KEY_BITS:
-                q_order = np.arange(len(part))
-                q_key = q_key.astype(np.int64)
-                lo, counts = bucket_start[q_key], bucket_size[q_key]
+            if one_word:
+                q_key = _one_word_key(part.view(np.int64).reshape(-1), bounds, subset, key_buf, tmp_buf)
+                if not direct:
+                    q_key = q_key.view(np.uint64)
+            else:
+                q_key = np.zeros(len(part), dtype=np.uint64)
+                for b in subset:
+                    q_key = (q_key << np.uint64(bounds[b][1])) | _bit_range(part, *bounds[b])
+            if direct:
+                q_key = q_key.astype(np.intp, copy=False)
+                sizes = occupied.take(q_key)
+                q_of_hit = np.flatnonzero(sizes)
+                key = q_key.take(q_of_hit)
+                lo = bucket_start.take(key)
+                counts = sizes.take(q_of_hit).astype(dtype)
+                big = np.flatnonzero(counts == 255)
+                if len(big):
+                    counts[big] = bucket_start.take(key.take(big) + 1) - lo.take(big)
+                hits = slice(None)
+                del key, sizes
             else:
                 # sorted needles: the binary searches walk memory in order (10x faster at 1M)
                 q_order = np.argsort(q_key)
@@ -157,18 +251,24 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
                 lo = np.searchsorted(sorted_key, needles, side="left")
                 counts = np.searchsorted(sorted_key, needles, side="right") - lo
                 del needles
+                hits = np.flatnonzero(counts)
+                q_of_hit = q_order[hits]
             del q_key
-            hits = np.flatnonzero(counts)
-            q_of_hit = q_order[hits]
-            for h, pos in _candidate_batches(lo[hits], counts[hits], max_pairs):
-                q, i = q_of_hit[h], order[pos]
-                d = hamming(part[q], index[i])
-                close = d <= radius
+            for q, i, d in _verify(part, q_of_hit, lo[hits], counts[hits], table_words, order, radius,
+                                   max_pairs):
+                q = q + c0
                 if keep is not None:
-                    close[close] = keep(q[close] + c0, i[close])
-                found_q.append(q[close] + c0)
-                found_i.append(i[close])
-                found_d.append(d[close])
+                    kept = keep(q, i)
+                    q, i, d = q[kept], i[kept], d[kept]
+                found_q.append(q)
+                found_i.append(i)
+                found_d.append(d)
+        # freed before the next table's are built (two tables' would be ~100 MB at once)
+        del order, table_words
+        if direct:
+            del bucket_start, occupied
+        else:
+            del sorted_key
     if not found_q:
         return empty
     q, i, d = (np.concatenate(x).astype(np.int64) for x in (found_q, found_i, found_d))
@@ -196,7 +296,8 @@ def closest_per_pair(lo: np.ndarray, hi: np.ndarray, distance: np.ndarray, tiebr
 
 
 class HashSet:
-    """Hashes of items: ``words`` (K, nwords) uint64, item k's being rows ends[k-1]:ends[k];
+    """Hashes of items: ``words`` (K, nwords) uint64 (or a list of parts, taken as
+    concatenated: see ``HashStore.parts``), item k's being rows ends[k-1]:ends[k];
     ``owner[k]`` is the id item k has in a search (-1: not part of it)."""
 
     def __init__(self, words: np.ndarray, ends: np.ndarray, owner: np.ndarray):
@@ -207,17 +308,27 @@ class HashSet:
 
 
 class HashStore:
-    """Hex hashes of many items (``<method>``, ``<method>_mirror``, ``<method>_trims`` of a
-    details dict), kept as their raw bytes in one buffer per kind (a million rows' 76
-    hashes each: no Python string per hash)."""
+    """Hashes of many items (``<method>``, ``<method>_mirror``, ``<method>_trims``): from a
+    details dict's hex (``add``, a row at a time, kept as raw bytes: no Python string per
+    hash) or from a clean shard's hashes file (``add_file``: only where they are, read
+    when a search needs them, so a gather holds one level's hashes at a time)."""
 
     def __init__(self, method: str, nbits: int):
         self.method, self.nbits = method, nbits
-        self.width = max(1, math.ceil(nbits / 64)) * 16  # hex digits per hash
-        self.raw = {key: bytearray() for key in HASH_KEYS}
+        self.nwords = max(1, math.ceil(nbits / 64))
+        self.width = self.nwords * 16  # hex digits per hash
+        # per kind, in item order: bytearrays (rows added) and (path, offset, bytes) spans
+        self.pieces: dict[str, list] = {key: [] for key in HASH_KEYS}
         self.counts = {key: array("i") for key in HASH_KEYS}
+        self._words: dict[str, np.ndarray] = {}
+        self._new_buffers()
+
+    def _new_buffers(self) -> None:
         # (details key, buffer, counts) per kind: the loop of add, a million times
-        self._slots = [(method + key, self.raw[key], self.counts[key]) for key in HASH_KEYS]
+        self._slots = []
+        for key in HASH_KEYS:
+            self.pieces[key].append(bytearray())
+            self._slots.append((self.method + key, self.pieces[key][-1], self.counts[key]))
 
     def add(self, d: dict | None) -> None:
         width, fromhex = self.width, bytes.fromhex
@@ -226,15 +337,79 @@ class HashStore:
             raw += fromhex(value)
             counts.append(len(value) // width)
 
+    def add_file(self, path: str, spans: dict[str, tuple[int, int]], counts: dict[str, np.ndarray]) -> None:
+        """Many items at once: per kind, the (offset, bytes) of their concatenated
+        big-endian hashes in the file at ``path`` and the hashes per item."""
+        for key in HASH_KEYS:
+            total = int(np.sum(counts[key], dtype=np.int64))
+            if spans[key][1] != total * self.width // 2:
+                raise ValueError(f"{path}: {spans[key][1]} bytes of {self.method}{key} do not "
+                                 f"hold {total} hashes of {self.nbits} bits")
+            self.pieces[key].append((path, *spans[key]))
+            self.counts[key].frombytes(np.asarray(counts[key], dtype=np.int32).tobytes())
+        self._new_buffers()
+
+    def words(self, key: str) -> np.ndarray:
+        """One kind's hashes as (K, nwords) uint64, gathered into one buffer on first use."""
+        if key not in self._words:
+            parts = self.parts(key)
+            out = np.empty((sum(len(p) for p in parts), self.nwords), np.uint64)
+            at = 0
+            for n, part in enumerate(parts):
+                out[at:at + len(part)] = part[:]
+                at += len(part)
+                parts[n] = None  # each part freed as it is copied
+            self.pieces[key] = []
+            self._words[key] = out
+        return self._words[key]
+
+    def parts(self, key: str) -> list:
+        """One kind's hashes in item order as arrays (rows added) and ``FileWords`` (read
+        a slice at a time): the queries of a search, which never need them all at once
+        (the 49 windows of a million sources: 400 MB)."""
+        out, pieces = [], self.pieces[key]
+        for n, piece in enumerate(pieces):
+            if isinstance(piece, bytearray):  # hex of rows added: decoded once, in place
+                pieces[n] = piece = words_of(piece, self.nbits) if piece else None
+            if isinstance(piece, tuple):
+                out.append(FileWords(*piece, self.nwords))
+            elif piece is not None:
+                out.append(piece)
+        return out
+
+    def release(self) -> None:
+        """Frees the hashes after their last search."""
+        self._words.clear()
+        self.pieces = {key: [] for key in HASH_KEYS}
+
     def sets(self, owner: np.ndarray) -> dict[str, HashSet]:
-        """{kind: HashSet} of every item's hashes, item k owned by ``owner[k]``."""
+        """{kind: HashSet} of every item's hashes, item k owned by ``owner[k]``; the
+        windows (``_trims``, only ever queried) as ``parts``."""
         out = {}
         for key in HASH_KEYS:
-            if not isinstance(self.raw[key], np.ndarray):  # first use: decoded once, in place
-                self.raw[key] = words_of(self.raw[key], self.nbits)
             ends = np.cumsum(np.frombuffer(self.counts[key], dtype=np.int32), dtype=np.int64)
-            out[key] = HashSet(self.raw[key], ends, owner)
+            out[key] = HashSet(self.parts(key) if key == "_trims" else self.words(key), ends, owner)
         return out
+
+
+class FileWords:
+    """(K, nwords) uint64 hashes at ``offset`` of a file (little-endian words), read when
+    sliced: ``len()`` and ``[a:b]`` as an array's."""
+
+    def __init__(self, path: str, offset: int, size: int, nwords: int):
+        self.path, self.offset, self.nwords = path, offset, nwords
+        self.rows = size // (8 * nwords)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.rows)
+        count = max(0, stop - start) * self.nwords
+        words = np.fromfile(self.path, dtype="<u8", count=count, offset=self.offset + start * 8 * self.nwords)
+        if len(words) != count:
+            raise ValueError(f"{self.path}: truncated")
+        return words.astype(np.uint64, copy=False).reshape(-1, self.nwords)
 
 
 def duplicate_pairs(sets: dict[str, HashSet], nbits: int, radius: int, flips: bool):
@@ -244,6 +419,7 @@ def duplicate_pairs(sets: dict[str, HashSet], nbits: int, radius: int, flips: bo
     mirrored) with each pair once, at its smallest distance (unmirrored first on ties).
     The result does not depend on the order of the hashes, only on who owns them."""
     whole, mirror, trims = sets[""], sets["_mirror"], sets["_trims"]
+    windows = trims.words if isinstance(trims.words, list) else [trims.words]
     index = np.concatenate([whole.words, mirror.words]) if flips else whole.words
     n_whole = len(whole.words)
 
@@ -261,7 +437,7 @@ def duplicate_pairs(sets: dict[str, HashSet], nbits: int, radius: int, flips: bo
     def between_items(q, i):  # a pair of two different items, both in the running
         a, b, _ = owners(q, i)
         return (a != b) & (a >= 0) & (b >= 0)
-    q, i, d = pairs_between([whole.words, trims.words], index, nbits, radius, keep=between_items)
+    q, i, d = pairs_between([whole.words, *windows], index, nbits, radius, keep=between_items)
     a, b, mirrored = owners(q, i)
     other = (a != b) & (a >= 0) & (b >= 0)
     a, b, d, mirrored = a[other], b[other], d[other], mirrored[other]

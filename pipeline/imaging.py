@@ -244,6 +244,16 @@ def load_rgb(path: str | Path | io.BytesIO, background: tuple[int, int, int] = (
     return im, notes
 
 
+
+def load_rgb_of(data: bytes, path: str) -> tuple[Image.Image, dict]:
+    """``load_rgb`` of a file's bytes, already read (to hash them); where they do not
+    decode, of its path, so the error names the file (a message about the bytes would
+    name a memory address)."""
+    try:
+        return load_rgb(io.BytesIO(data))
+    except Exception:
+        return load_rgb(path)
+
 def pixel_digest(im: Image.Image) -> str:
     """sha256 of decoded pixels + size: equal for the same picture saved differently."""
     import hashlib

@@ -6,7 +6,8 @@ rule clean:
         sources=f"{R}/ingest/{{shard}}/manifest.tsv",  # source file sizes (already upstream)
         code=stage_code("clean"),
     output:
-        f"{R}/clean/{{shard}}/manifest.tsv",
+        manifest=f"{R}/clean/{{shard}}/manifest.tsv",
+        hashes=f"{R}/clean/{{shard}}/manifest.hashes",  # clean.hashes_path: binary, for dedup
     params:
         cfg=stage_keys("clean"),
     threads: SHARD_THREADS
@@ -18,8 +19,11 @@ rule clean:
         bench_path("clean", "{shard}")
     shell:
         "python -m pipeline.clean shard --input {input.manifest:q} --sources {input.sources:q}"
-        " --output {output:q}"
-        " --config {params.cfg:q} --threads {threads} > {log:q} 2>&1"
+        " --output {output.manifest:q}"
+        " --config {params.cfg:q} --threads {threads}"
+        # measures stored per face/source content ($FACEPREP_CACHE_DIR: no param, moving it
+        # reruns nothing): added files or a re-cut measure only what is new
+        " --store \"$FACEPREP_CACHE_DIR/clean\" > {log:q} 2>&1"
 
 
 # A checkpoint: after it runs Snakemake re-reads each shard's duplicates file and reruns
@@ -31,6 +35,7 @@ checkpoint dedup:
     a one-line stop when no face is left."""
     input:
         manifests=shard_manifests("clean"),
+        hashes=expand(f"{R}/clean/{{shard}}/manifest.hashes", shard=SHARDS),
         stages=shard_manifests("ingest") + shard_manifests("crop"),
         # dedup imports clean (flips_on) and the search; the clean rule reads neither of
         # the others, so tuning the search reruns only this gather

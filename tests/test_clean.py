@@ -15,8 +15,8 @@ from PIL import Image
 
 from conftest import REPO, TESTDATA, copy_testdata, run_snakemake, scheduled_jobs, testdata_rows
 from dedup_reference import dedup, hex_to_words, near_duplicate_clusters
-from pipeline.clean import (CROP_TRIMS, clean_row, clean_shard, jpeg_quality, shard_sources,
-                            source_sizes, trim_windows, unique_colors)
+from pipeline.clean import (CROP_TRIMS, NO_STORE, CleanStore, clean_row, clean_shard, jpeg_quality,
+                            shard_sources, source_sizes, trim_windows, unique_colors)
 from pipeline.hamming import hamming, near_pairs, pairs_between
 from pipeline.ingest import ingest_file, shard_of, source_id
 from pipeline.manifest import Row, read_manifest, write_manifest
@@ -333,6 +333,26 @@ def test_pairs_between_equals_brute_force(nbits, radius):
         assert (d == hamming(queries[q], index[i])).all()
 
 
+def test_pairs_between_big_buckets():
+    """Many equal hashes (big scrapes' copies) share buckets past the layered verification:
+    the rest are expanded in small batches and still found exactly once."""
+    rng = np.random.default_rng(3)
+    index = random_clustered_hashes(700, 64, 4, seed=5)
+    index[:60] = index[0]  # 60 equal entries: buckets of 60+
+    index[100:400] = index[100]  # and 300: more than a byte counts
+    queries = np.concatenate([index[:5] ^ np.uint64(3), random_clustered_hashes(300, 64, 4, seed=6)])
+    queries[rng.integers(5, len(queries), 20)] = index[0]
+    queries[rng.integers(5, len(queries), 5)] = index[100] ^ np.uint64(1 << 40)
+    qq, ii = (x.ravel() for x in np.meshgrid(np.arange(len(queries)), np.arange(len(index)), indexing="ij"))
+    dist = hamming(queries[qq], index[ii])
+    expected = set(zip(qq[dist <= 4].tolist(), ii[dist <= 4].tolist()))
+    assert len(expected) >= 20 * 60 + 300
+    for max_pairs in (7, 4_000_000):
+        q, i, d = pairs_between(queries, index, 64, 4, max_pairs=max_pairs)
+        assert set(zip(q.tolist(), i.tolist())) == expected and len(q) == len(expected)
+        assert (d == hamming(queries[q], index[i])).all()
+
+
 def test_clusters_match_union_of_brute_force_pairs():
     words = random_clustered_hashes(600, 64, 4, seed=1)
     mirrored = random_clustered_hashes(600, 64, 4, seed=2)
@@ -389,7 +409,9 @@ def test_workflow_funnel_and_local_reruns(workdir):
     assert funnel(clean_rows) == {"keep": 7, "monochrome": 2}
     for r in clean_rows:  # crop.method none: the source file itself, never rewritten
         assert r.path == str(workdir / "raw" / r.source)
-    assert sorted(p.name for p in (workdir / "results/tiny/clean/0").iterdir()) == ["manifest.tsv"]
+    assert sorted(p.name for p in (workdir / "results/tiny/clean/0").iterdir()) == ["manifest.hashes",
+                                                                                  "manifest.tsv"]
+    assert "phash" not in (workdir / "results/tiny/clean/0/manifest.tsv").read_text()  # binary, beside
 
     rows = read_manifest(workdir / TARGET)
     # flips follow finetune.mirror (on): the mirrored copy is the same source picture, and
@@ -584,6 +606,50 @@ def test_streamed_dedup_gather_writes_what_the_row_path_wrote(shard_cleaned, tmp
     assert (tmp_path / "cli.tsv").read_bytes() == expected.read_bytes()
 
 
+def without_hashes(details: dict) -> dict:
+    out = {k: v for k, v in details.items() if not k.startswith("phash")}
+    if "source" in out:
+        out["source"] = without_hashes(out["source"])
+    return out
+
+
+def test_hashes_leave_the_details_for_a_binary_file(shard_cleaned, tmp_path):
+    """Issue 24 item 4: clean writes each shard's perceptual hashes to a binary file beside
+    its manifest (no hex in the details); the gather reads them from there and decides as
+    the row path does with the hashes in the details, writing the same rows without them."""
+    from pipeline.clean import hashes_path, read_hashes, split_hashes, write_hashes
+    from pipeline.dedup import dedup_manifests
+    near = CLEAN["near_duplicates"]
+    paths = []
+    for s in range(2):
+        rows, arrays = split_hashes(shard_cleaned[s::2], near)
+        paths.append(tmp_path / str(s) / "manifest.tsv")
+        paths[-1].parent.mkdir()
+        write_hashes(hashes_path(paths[-1]), arrays, near)
+        write_manifest(paths[-1], rows)
+        text = paths[-1].read_text()
+        assert "phash" not in text and "pixel_sha256" in text and "sharpness" in text
+        header, back = read_hashes(hashes_path(paths[-1]))
+        kept = [r for r in shard_cleaned[s::2] if r.kept]
+        assert header["nbits"] == 64 and back == arrays
+        words = lambda hexes: [int(h[i:i + 16], 16) for h in hexes for i in range(0, len(h), 16)]  # noqa: E731
+        assert np.frombuffer(back["face_trims"], "<u8").tolist() == words(r.details["phash_trims"] for r in kept)
+        assert np.frombuffer(back["source"], "<u8").tolist() == \
+            words(r.details["source"]["phash"] for r in kept if "source" in r.details)
+        assert np.frombuffer(back["face_trims.count"], "<i4").tolist() == [24] * len(kept)
+        assert hashes_path(paths[-1]).endswith("/manifest.hashes")
+    expected = [Row(r.id, r.source, r.parent_id, r.path, r.width, r.height, r.action, r.reason,
+                    without_hashes(r.details)) for r in dedup([r for s in range(2) for r in shard_cleaned[s::2] if r.kept], CLEAN)]
+    write_manifest(tmp_path / "expected.tsv", expected)
+    counts = dedup_manifests([str(p) for p in paths], CLEAN, str(tmp_path / "got.tsv"))
+    assert (tmp_path / "got.tsv").read_bytes() == (tmp_path / "expected.tsv").read_bytes()
+    assert {"exact_duplicate", "source_duplicate", "keep"} <= set(counts)
+    # a hashes file that does not fit its manifest stops the gather
+    write_hashes(hashes_path(paths[0]), split_hashes([r for r in shard_cleaned if r.kept][:1], near)[1], near)
+    with pytest.raises(ValueError, match="rerun clean"):
+        dedup_manifests([str(p) for p in paths], CLEAN, str(tmp_path / "bad.tsv"))
+
+
 def test_editing_the_search_reruns_only_the_gather(tmp_path):
     """pipeline/hamming.py and pipeline/dedup.py are inputs of the dedup gather only: an
     edit there reruns dedup, never the per-image clean jobs (a copy of the workflow is
@@ -664,3 +730,72 @@ def test_a_drop_filter_is_a_function_its_declaration_and_a_schema_key(ingested, 
     # off (null, the schema default): the faces are kept and only measured
     assert all(clean_row(r, {**cfg, "max_red_fraction": None}).kept
                for r in ingested if r.source in (NOISY, "photo_dogs.jpg"))
+
+
+def manifest_bytes(rows, folder) -> bytes:
+    write_manifest(folder / "manifest.tsv", rows)
+    return (folder / "manifest.tsv").read_bytes()
+
+
+def test_stored_measures_give_the_rows_a_fresh_measure_gives(ingested, tmp_path):
+    """CleanStore: a shard measured with an empty store, then served from it, writes the
+    bytes a shard measured without a store writes; a settings change (a quality floor) or
+    changed file content is measured again, never served stale."""
+    cfg = clean_cfg(sources=True)
+    sizes = source_sizes(ingested)
+    rows = [r for r in ingested if r.kept]
+
+    def run(store, cfg=cfg):
+        sources = shard_sources(rows, ingested, cfg, 2, store)
+        return clean_shard(rows, cfg, sizes, 2, sources, store)
+    fresh = manifest_bytes(run(NO_STORE), tmp_path / "fresh")
+    store = CleanStore(str(tmp_path / "store"), cfg)
+    assert manifest_bytes(run(store), tmp_path / "fill") == fresh
+    measured = store.counts["faces", "measured"]  # two files of the same bytes: one measured
+    assert len(rows) - 2 <= measured + store.counts["faces", "stored"] <= len(rows) and measured > 10
+    store = CleanStore(str(tmp_path / "store"), cfg)
+    assert manifest_bytes(run(store), tmp_path / "served") == fresh
+    assert store.counts["faces", "measured"] == 0 and store.counts["faces", "stored"] >= measured
+    assert store.counts["sources", "stored"] > 0 and store.counts["sources", "measured"] == 0
+    # a floor that drops faces: the faces' records are not this setting's
+    strict = copy.deepcopy(cfg)
+    strict["quality"]["min_sharpness"] = 400.0
+    store = CleanStore(str(tmp_path / "store"), strict)
+    strict_rows = run(store, strict)
+    assert store.counts["faces", "measured"] == measured and any(r.reason == "blurry" for r in strict_rows)
+    assert store.counts["sources", "stored"] > 0  # sources depend on near_duplicates only
+    assert manifest_bytes(strict_rows, tmp_path / "strict") == manifest_bytes(
+        run(NO_STORE, strict), tmp_path / "strict_fresh")
+    # other bytes at the same path: measured again
+    changed = tmp_path / "changed.png"
+    Image.new("RGB", (300, 300), (200, 30, 30)).save(changed)
+    store = CleanStore(str(tmp_path / "store"), cfg)
+    row = Row(id="x", source="changed.png", path=str(changed), width=300, height=300)
+    first = clean_row(row, cfg, store=store)
+    Image.new("RGB", (300, 300), (30, 200, 30)).save(changed)
+    second = clean_row(row, cfg, store=store)
+    assert store.counts["faces", "measured"] == 2 and first.details != second.details
+
+
+def test_a_margin_edit_serves_clean_from_stored_source_measures(tmp_path):
+    """The rule: after a crop.margin edit clean reruns on every shard with new faces but
+    the same source pictures: every source's measures come from the store (0 measured),
+    and the clean manifests equal a fresh run's with that margin."""
+    names = ["anime_miku_noisy.jpg", "anime_miku_CC_BY-NC.jpg", "photo_dogs.jpg", "noface_city.jpg"]
+    first_cfg = {"crop": {"method": "animeface", "min_face": 48}}
+    edited = {"crop": {"method": "animeface", "min_face": 48, "margin": 0.6}}
+    targets = [f"results/tiny/clean/{s}/manifest.tsv" for s in ("0", "1")]
+    first, fresh = tmp_path / "first", tmp_path / "fresh"
+    for workdir in (first, fresh):
+        copy_testdata(workdir / "raw", names)
+    run_snakemake(first, *targets, overrides=first_cfg)
+    run_snakemake(first, *targets, overrides=edited)
+    logs = "".join((first / f"results/tiny/logs/clean/{s}.log").read_text() for s in ("0", "1"))
+    counts = re.findall(r"sources (\d+) stored, (\d+) measured", logs)
+    assert counts and all(m == "0" for _, m in counts) and sum(int(s) for s, _ in counts) > 0
+    run_snakemake(fresh, *targets, overrides=edited)
+    for t in targets:
+        assert (first / t).read_text().replace(str(first), "W") == (fresh / t).read_text().replace(str(fresh), "W")
+        hashes = t.replace(".tsv", ".hashes")  # the perceptual hashes' binary file
+        assert (first / hashes).read_bytes() == (fresh / hashes).read_bytes()
+    assert any(r.kept for t in targets for r in read_manifest(first / t))
