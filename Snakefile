@@ -46,3 +46,9 @@ onsuccess:
 
     for _line in outcome(R, since=_RUN_STARTED):
         print(f"faceprep: {_line}", file=sys.stderr)
+    # outputs made from a network trained on older data (e.g. after a `dataset`-only rerun)
+    from pipeline.console import stale_outputs
+
+    _stale = stale_outputs(R, round_set(ROUNDS)["manifest"], REJECTS)
+    if _stale:
+        print(f"faceprep: {_stale}", file=sys.stderr)

@@ -233,6 +233,79 @@ def outcome(results: str | Path, since: float | None = None) -> list[str]:
     return fresh or [line for _, line in made]
 
 
+PIXEL_HASH = re.compile(rb'""pixel_sha256"":""([0-9a-f]{64})""')
+
+
+def image_keys(manifest: str | Path, rejects: set[str] | None = None) -> set[tuple]:
+    """What a set holds, as training would see it: (id, file, pixel hash, rejected?) of
+    every row (each set lists the whole dataset, its drops too), read without building rows
+    or parsing details (100k rows: ~1 CPU-s, bench/bench_stale_outputs.py). With
+    ``rejects`` (the dataset's manifest): its kept rows, rejected as the curated rule would
+    (the rejects file names the id or the source)."""
+    from pipeline.manifest import ENCODING, ERRORS, manifest_lines_of
+    from pipeline.rounds import is_rejected  # rounds imports this module
+    out = set()
+    for line, kept, f in manifest_lines_of(manifest):
+        if line is not None:
+            found = PIXEL_HASH.search(f[8])
+            id_, source, path, reason = (v.decode(ENCODING, ERRORS) for v in (f[0], f[1], f[3], f[7]))
+            sha = found.group(1).decode() if found else None
+        else:  # a record that does not read as a plain line (a quoted name): its row
+            id_, source, path, reason, sha = f.id, f.source, f.path, f.reason, f.details.get("pixel_sha256")
+        if rejects is None:
+            out.add((id_, path, sha, reason == "rejected"))
+        elif kept:
+            out.add((id_, path, sha, is_rejected(id_, source, rejects)))
+    return out
+
+
+def stale_outputs(results: str | Path, training_set: str | Path, rejects: str | Path | None) -> str:
+    """One ``warning:`` line when the outputs made from the final network (scores, the ranked
+    dataset, the page's ranking, the exported model, the figures) come from a network
+    trained on other data than the dataset and rejects file now hold, naming them and the
+    targets that refresh them; "" when they fit (or none exist).
+
+    Cheap, from manifests: the curated set is compared with what the curated rule would make
+    now (the dataset's images with their pixel hashes, minus the rejects file), the last
+    round's set (``training_set``) with the curated set, and the fingerprint the final
+    network records with the one of that set. A `dataset`-only rerun after a crop or clean
+    edit is the case this catches: it leaves the network and everything made from it as
+    they were."""
+    R = Path(results)
+    made = [(R / "rank" / "scores.tsv", "ranked_dataset"), (R / "ranked", "ranked_dataset"),
+            (R / "report" / "ranking.js", "ranked_dataset"), (R / "model", "export_model"),
+            (R / "generate", "generate")]
+    made = [(p, t) for p, t in made if p.exists() and (not p.is_dir() or any(p.iterdir()))]
+    curated, network = R / "curated" / "manifest.tsv", R / "finetune" / "network-final.npz"
+    if not made or not curated.is_file() or not (R / "export" / "manifest.tsv").is_file():
+        return ""
+    try:
+        from pipeline.export import read_rejects
+        trained = image_keys(curated)
+        now = image_keys(R / "export" / "manifest.tsv", read_rejects(rejects, warn=lambda message: None))
+        why = ""
+        if {k[:3] for k in now} != {k[:3] for k in trained}:
+            why = "the dataset changed after the network was trained"
+        elif now != trained:
+            why = "the rejects file changed after the network was trained"
+        elif Path(training_set) != curated and Path(training_set).is_file() and image_keys(training_set) != trained:
+            why = "the curated set changed after the last round's set was made"
+        elif network.is_file() and (Path(training_set).parent / "fingerprint.json").is_file():
+            import json
+            from gan.runs import network_provenance
+            recorded = network_provenance(network).get("dataset")
+            current = json.loads((Path(training_set).parent / "fingerprint.json").read_text()).get("sha256")
+            if recorded and current and recorded != current:
+                why = f"the network {network} was trained on another set than {training_set}"
+    except (OSError, ValueError, SystemExit) as e:  # a summary must not fail a finished run
+        return f"warning: cannot tell whether the ranking fits the dataset ({type(e).__name__}: {e})"
+    if not why:
+        return ""
+    targets = list(dict.fromkeys(t for _, t in made))
+    return (f"warning: {why}: {', '.join(f'{p}/' if p.is_dir() else str(p) for p, _ in made)} "
+            f"come from the older data; snakemake {' '.join(targets)} refreshes them")
+
+
 # ---------------------------------------------------------------- CLI
 
 def tee_main(log: str, append: bool) -> None:

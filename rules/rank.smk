@@ -79,6 +79,8 @@ rule rounds:
     output:
         table=f"{R}/rank/rounds.tsv",
         page=f"{R}/report/rounds.js",
+    params:
+        **DROP_BELOW_PARAM,
     conda:
         CONDA_ENV
     log:
@@ -86,4 +88,4 @@ rule rounds:
     shell:
         "python -m pipeline.rounds table --dataset {input.dataset:q} --sets {input.sets:q}"
         " --scores {input.scores:q} --networks {input.networks:q} --output {output.table:q}"
-        " --page {output.page:q} > {log:q} 2>&1"
+        f" --page {{output.page:q}}{DROP_BELOW_OPTION} > {{log:q}} 2>&1"

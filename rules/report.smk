@@ -1,5 +1,6 @@
 rule ranked_export:
-    """The ranked dataset: the last round's set minus its worst drop_bottom_fraction, re-exported
+    """The ranked dataset: the last round's set minus its worst drop_bottom_fraction (and what
+    its network scored below rank.drop_below), re-exported
     (the manifest lists every reject and every round's drops with its reason)."""
     input:
         previous=round_set(ROUNDS)["manifest"],
@@ -8,8 +9,9 @@ rule ranked_export:
     output:
         **RANKED,
     params:
-        cfg=stage_config("export"),
+        cfg=stage_keys("export"),
         drop_bottom=config["rank"]["drop_bottom_fraction"],
+        **DROP_BELOW_PARAM,
         name=config["name"],
         folder=lambda wildcards, output: os.path.dirname(output.manifest),
     threads: 4
@@ -21,7 +23,7 @@ rule ranked_export:
         bench_path("ranked_export")
     shell:
         "python -m pipeline.rounds next --previous {input.previous:q} --scores {input.scores:q}"
-        f" --round {ROUNDS} --drop-bottom-fraction {{params.drop_bottom}} --no-fingerprint"
+        f" --round {ROUNDS} --drop-bottom-fraction {{params.drop_bottom}}{DROP_BELOW_OPTION} --no-fingerprint"
         " --folder {params.folder:q} --name {params.name:q} --config {params.cfg:q}"
         " --threads {threads} > {log:q} 2>&1"
 
@@ -43,12 +45,8 @@ rule report:
         html=REPORT_PAGE,
         data=f"{R}/report/check.js",
     params:
-        # the keys the page reads: the thumbnail size, and the thresholds its near misses show
-        # (each only where its stage reads it: crop.min_face means nothing to crop.method none)
-        cfg=json.dumps({"thumb": config["report"]["thumb"], "thresholds": {
-            "min_face": crop_keys(config["crop"]).get("min_face"), "min_side": config["clean"]["min_side"],
-            "quality": config["clean"].get("quality") or {}, "monochrome": config["clean"]["monochrome"],
-            "radius": config["clean"]["near_duplicates"]["radius"]}}, sort_keys=True),
+        # the thumbnail size and the thresholds its near misses show (pipeline/report.py config_keys)
+        cfg=stage_keys("report"),
         name=config["name"],
         rejects=REJECTS,
     threads: 4

@@ -169,3 +169,41 @@ def test_the_console_ends_with_the_paths_each_target_made(tmp_path):
     everything = outcome(R, since=time.time() + 10)  # nothing new: where everything is
     assert [ln.split(":")[0] for ln in everything] == ["dataset", "report", "export_model", "generate"]
     assert everything[0] == f"dataset: 1 images (x 1 dropped) -> {R / 'export'}/"
+
+
+def test_stale_outputs_compare_the_curated_set_with_the_dataset_and_rejects_now(tmp_path):
+    """stale_outputs(): nothing to say while the curated set is what the dataset and the
+    rejects file make; one line naming the outputs and their targets when the dataset's
+    pixels or the rejects changed (a quoted, tab-holding name read as a row, the rest as
+    plain lines)."""
+    from pipeline.console import image_keys, stale_outputs
+    from pipeline.manifest import Row, write_manifest
+    from pipeline.rounds import curated_rows
+    R = tmp_path / "results" / "t"
+    names = ["a.png", 'odd "name"\twith tab.png', "c.png"]
+    dataset = [Row(id=f"i{n}", source=s, path=f"results/t/normalize/0/i{n}.png", width=8, height=8,
+                   details={"pixel_sha256": f"{n:064x}", "index": n}) for n, s in enumerate(names)]
+    write_manifest(R / "export" / "manifest.tsv", dataset)
+    rejects = tmp_path / "rejects.txt"
+    rejects.write_text("c.png\n")  # a source path
+    write_manifest(R / "curated" / "manifest.tsv", curated_rows(dataset, {"c.png"}))
+    training = R / "curated" / "manifest.tsv"
+    assert stale_outputs(R, training, rejects) == ""  # nothing made from a network yet
+    (R / "rank").mkdir()
+    (R / "rank" / "scores.tsv").write_text("id\tscore\n")
+    (R / "model").mkdir()
+    (R / "model" / "t.pkl").write_bytes(b"x")
+    assert stale_outputs(R, training, rejects) == ""
+    assert image_keys(R / "export" / "manifest.tsv", {"c.png"}) == image_keys(training) == {
+        ("i0", "results/t/normalize/0/i0.png", f"{0:064x}", False),
+        ("i1", "results/t/normalize/0/i1.png", f"{1:064x}", False),
+        ("i2", "results/t/normalize/0/i2.png", f"{2:064x}", True)}
+    rejects.write_text("i0\n")
+    assert stale_outputs(R, training, rejects) == (
+        f"warning: the rejects file changed after the network was trained: {R}/rank/scores.tsv, {R}/model/ "
+        "come from the older data; snakemake ranked_dataset export_model refreshes them")
+    rejects.write_text("c.png\n")
+    changed = [dataset[0], dataset[1].keep(details={"pixel_sha256": "f" * 64}), dataset[2]]
+    write_manifest(R / "export" / "manifest.tsv", changed)
+    assert stale_outputs(R, training, rejects).startswith(
+        "warning: the dataset changed after the network was trained: ")

@@ -46,6 +46,7 @@ EDITS = {
     "ingest.tags_include": ({"ingest": {"tags_include": ["solo"]}}, {}),
     "report.thumb": ({"report": {"thumb": 48}}, {"report": 1, "report_ranking": 1}),
     "rank.drop_bottom_fraction": ({"rank": {"drop_bottom_fraction": 0.25}}, REVIEW),
+    "rank.drop_below": ({"rank": {"drop_below": -1.0e6}}, REVIEW),
     "export.zip": ({"export": {"zip": False}}, REVIEW),
     "export.tfrecords": ({"export": {"tfrecords": False}}, REVIEW),
     "rank.shuffles": ({"rank": {"shuffles": 3}}, {"rank": 1, **REVIEW}),

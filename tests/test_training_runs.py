@@ -326,3 +326,142 @@ def test_a_kill_during_round_2_resumes_round_2(tmp_path, monkeypatch):
     assert extra["run"]["parent"] == checkpoint.read_meta(round1)["extra"]["run"]["id"]
     # the same story the second time: nothing left to do
     assert "Nothing to be done" in (p := run_snakemake(tmp_path, "ranked_dataset", overrides=loop)).stdout + p.stderr
+
+
+# ---------------------------------------------------------------- rank.drop_below, and a stale ranking
+# One module run: two rounds without a threshold, then rank.drop_below set between round 1's
+# second and third worst scores (what a user reads off rank/rounds.tsv); then a clean edit and
+# a `dataset`-only rerun, which leaves the network and what it made behind the data.
+
+ROUNDS2 = {"rank": {"rounds": 2}, "finetune": LOOP["finetune"]}
+
+
+def scores_of(path: Path) -> dict[str, float]:
+    from pipeline.rank import read_scores
+    return {s.id: s.score for s in read_scores(path)}
+
+
+@pytest.fixture(scope="module")
+def thresholded(tmp_path_factory):
+    from conftest import run_snakemake
+    from test_determinism import make_raw
+    from test_reruns import executed
+    workdir = tmp_path_factory.mktemp("threshold")
+    make_raw(workdir)
+    R = workdir / "results" / "tiny"
+    run_snakemake(workdir, "ranked_dataset", overrides=ROUNDS2)
+    first = scores_of(R / "rank" / "round-1" / "scores.tsv")
+    low = sorted(first.values())
+    threshold = round((low[1] + low[2]) / 2, 6)
+    overrides = {**ROUNDS2, "rank": {**ROUNDS2["rank"], "drop_below": threshold}}
+    proc = run_snakemake(workdir, "ranked_dataset", overrides=overrides)
+    return workdir, R, first, threshold, overrides, proc, executed(proc)
+
+
+def test_a_score_threshold_drops_what_each_round_scored_below_it(thresholded):
+    from pipeline.manifest import kept, read_manifest
+    workdir, R, first, threshold, _, proc, jobs = thresholded
+    dataset = {r.id for r in kept(read_manifest(R / "export" / "manifest.tsv"))}
+    below1 = {i for i, s in first.items() if s < threshold}
+    assert len(below1) == 2 and set(first) == dataset
+    # only what reads the threshold reran, and what comes after it: round 1 was not retrained
+    assert jobs == {"round_set": 1, "finetune": 1, "rank": 1, "ranked_export": 1, "report_ranking": 1,
+                    "rounds": 1, "ranked_dataset": 1}, jobs
+    table = rounds_table(R)
+    assert {i for i, d in table.items() if d.startswith("round 1")} == below1
+    assert {table[i] for i in below1} == {"round 1 below_threshold"}
+    # the final network's run trained on the dataset minus what round 1 scored below it
+    run2, ids2 = trained_ids(R, R / "finetune" / "network-final.npz")
+    assert run2["round"] == 2 and ids2 == dataset - below1
+    # round 2 applies the same threshold to its own network's scores
+    second = scores_of(R / "rank" / "scores.tsv")
+    below2 = {i for i in ids2 if second[i] < threshold}
+    assert {i for i, d in table.items() if d == "round 2 below_threshold"} == below2
+    ranked = read_manifest(R / "ranked" / "manifest.tsv")
+    assert {r.id for r in kept(ranked)} == dataset - below1 - below2 and {r.id for r in kept(ranked)}
+    assert all(r.reason == "below_threshold" and r.details["threshold"] == threshold
+               and r.details["score"] < threshold for r in ranked if not r.kept)
+    page = (R / "report" / "rounds.js").read_text()
+    assert '\\"drop_below\\":' in page and "below_threshold" in page
+    # everything fits the data: no stale warning (nor any other)
+    assert "faceprep: warning:" not in proc.stderr
+
+
+def test_a_dataset_only_rerun_says_the_ranking_is_stale(thresholded):
+    """The page of the thresholded run shows the threshold (rounds panel, near misses); after
+    a clean edit and `snakemake dataset` (not ranked_dataset) the network, its scores and the
+    ranked set are from the older dataset: the console's last lines and the page's header
+    say so in one line each, naming the target that refreshes them."""
+    from conftest import run_snakemake
+    from test_browser import HAVE_CHROMIUM, open_page, start_chromium
+    workdir, R, first, threshold, overrides, _, _ = thresholded
+    page = (R / "report" / "index.html").as_uri()
+    driver = None
+    if HAVE_CHROMIUM:
+        (workdir / "chromium").mkdir()
+        driver, _ = start_chromium(workdir / "chromium")
+    try:
+        if driver:
+            open_page(driver, page)
+            text = lambda i: driver.execute_script(f"return document.getElementById('{i}').textContent")  # noqa: E731
+            assert text("rounds-threshold").startswith(f"rank.drop_below = {threshold}: each round also dropped")
+            assert all(i in text("rounds-table") for i, s in first.items() if s < threshold)
+            second = scores_of(R / "rank" / "scores.tsv")
+            below2 = {i for i, d in rounds_table(R).items() if d == "round 2 below_threshold"}
+            assert text("rounds-table").count(", below rank.drop_below)") == 2 + len(below2)
+            driver.find_element("css selector", "#tabs a[data-tab='near']").click()
+            near = driver.find_element("css selector", "#near section[data-setting='rank.drop_below']")
+            assert f"rank.drop_below = {threshold}" in near.text
+            # the last round's cut: the kept images just above it, its drops just below
+            assert near.find_elements("css selector", ".card.near-kept")
+            assert len(near.find_elements("css selector", ".card.near-dropped")) == min(len(below2), 6)
+            if below2:
+                best = max(below2, key=second.get)
+                assert f"lowering rank.drop_below to {second[best]:g} keeps {best}" in near.text
+            else:
+                assert "nothing in round 2 scored below it" in near.text
+
+        proc = run_snakemake(workdir, "dataset", overrides={**overrides, "clean": {"min_side": 290}})
+        lines = [ln for ln in proc.stderr.splitlines() if "warning: the dataset changed" in ln]
+        r = R.relative_to(workdir)
+        assert lines == [f"faceprep: warning: the dataset changed after the network was trained: {r}/rank/scores.tsv, "
+                         f"{r}/ranked/, {r}/report/ranking.js come from the older data; snakemake ranked_dataset "
+                         "refreshes them"], proc.stderr[-3000:]
+        # with the end-of-run lines: right after the paths the run made
+        end = proc.stderr.splitlines()
+        assert end[end.index(lines[0]) - 1].startswith("faceprep: report: "), proc.stderr[-2000:]
+
+        if not driver:
+            pytest.skip("the page's half needs chromium (apt-get install chromium chromium-driver)")
+        open_page(driver, page)
+        problems = driver.execute_script("return document.getElementById('problems').textContent")
+    finally:
+        if driver:
+            driver.quit()
+    assert "warning: the dataset changed after the network was trained: the ranking below, rank/scores.tsv, " \
+           "ranked/" in problems and "snakemake ranked_dataset refreshes them" in problems, problems
+
+
+def test_a_threshold_that_would_drop_everything_stops_after_the_round_it_judges(thresholded):
+    """rank.drop_below above every score: the run stops with one line naming the round and
+    its score range, after round 1's training and ranking (kept: fixing the value retrains
+    nothing before it); nothing of round 2 is made from an empty set."""
+    from conftest import run_snakemake
+    from test_console import last_line
+    workdir, R, _, _, overrides, _, _ = thresholded
+    dataset_edit = {"clean": {"min_side": 290}}  # the previous test's dataset, not rebuilt here
+    round2 = R / "rounds" / "round-2" / "manifest.tsv"
+    proc = run_snakemake(workdir, "ranked_dataset", check=False, overrides={
+        **overrides, **dataset_edit, "rank": {**overrides["rank"], "drop_below": 1.0e9}})
+    assert proc.returncode != 0
+    first = scores_of(R / "rank" / "round-1" / "scores.tsv")
+    assert last_line(proc).startswith(f"faceprep: rank.drop_below 1e+09 would drop all {len(first)} images "
+                                      f"round 1 trained on (its network scored them {min(first.values()):.4g} to "
+                                      f"{max(first.values()):.4g}, median "), last_line(proc)
+    assert "round 1's network and scores are kept, nothing retrains" in last_line(proc)
+    assert not round2.exists()  # the failed job's outputs are removed: no set of 0 images
+    assert (R / "finetune" / "round-1" / "network-final.npz").exists()
+    # with the threshold back, round 1 is not trained or ranked again
+    from test_reruns import executed
+    jobs = executed(run_snakemake(workdir, "ranked_dataset", overrides={**overrides, **dataset_edit}))
+    assert "finetune_round" not in jobs and "rank_round" not in jobs and jobs["round_set"] == 1, jobs
