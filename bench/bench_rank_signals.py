@@ -124,11 +124,16 @@ def knn_to(q, ref, k=5):
     np.fill_diagonal(d2, np.inf)
     return np.sqrt(np.sort(d2, 1)[:, :k]).mean(1)
 
-def extra(D, rows):
+def upright_and_flipped(D, rows):
+    """D's features (as rank has them) of the images and of the same images upside down,
+    both standardised by the upright ones' mean and std."""
     x = load_images(rows)
     f = cur_feats(D, x); fu = cur_feats(D, x[:, ::-1].copy())
     mu, sd = f.mean(0), f.std(0) + 1e-8
-    z, zu = (f - mu) / sd, (fu - mu) / sd
+    return (f - mu) / sd, (fu - mu) / sd
+
+def extra(D, rows):
+    z, zu = upright_and_flipped(D, rows)
     S = {}
     own = knn_to(z, z); flip = knn_to(zu, z)
     S["knn_own"] = -own
@@ -168,10 +173,7 @@ def gauss_fit(z, m):
     return lambda q: (lambda t, r: t / mt + r / mr)(*dist(q))
 
 def extra3(D, rows):
-    x = load_images(rows)
-    f = cur_feats(D, x); fu = cur_feats(D, x[:, ::-1].copy())
-    mu, sd = f.mean(0), f.std(0) + 1e-8
-    z, zu = (f - mu) / sd, (fu - mu) / sd
+    z, zu = upright_and_flipped(D, rows)
     S = {}
     for m in (4, 8, 16):
         g = gauss_fit(z, m)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import importlib
 import inspect
 import io
 import json
@@ -49,12 +50,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline import clean as clean_stage, dedup as dedup_stage
 from pipeline.export import read_rejects
 from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, by_count, dumps_details, face_region, kept,
                                load_config_arg, read_manifest)
 from pipeline.rank import Score, read_scores
 from util.config import default_rejects
+from util.fingerprint import dataset_fingerprint as dataset_fingerprint_of
 
 # Stages in data-flow order; dedup (a gather over clean) decides before upscale.
 FUNNEL = ("ingest", "crop", "clean", "dedup", "upscale", "normalize", "augment", "export", "ranked")
@@ -63,9 +64,23 @@ PROVENANCE_COLUMNS = ["id", "source", "parent_id", "last_stage", "action", "reas
 SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
 ASSETS = Path(__file__).with_name("report_assets")
 PREVIEW_SIDE = 1024  # upright source previews: enough to see a small face box
-# the drop reasons stages declare (their modules' DROPS): the note shows their ``note`` keys
-DECLARED_DROPS = {"clean": clean_stage.DROPS, "dedup": dedup_stage.DROPS}
-DUPLICATE_REASONS = tuple(dedup_stage.DROPS)
+# the drop reasons every stage declares (its module's DROPS: the page's words, the note's
+# keys); the ranked dataset is export's (pipeline/rounds.py re-exports it)
+DECLARED_DROPS = {stage: importlib.import_module(f"pipeline.{'export' if stage == 'ranked' else stage}").DROPS
+                  for stage in FUNNEL}
+DUPLICATE_REASONS = tuple(DECLARED_DROPS["dedup"])
+
+
+def config_keys(config: dict) -> dict:
+    """Exactly the config the check page reads (rule report's param): the thumbnail size
+    and the thresholds its near misses show, each only where its stage reads it
+    (crop.min_face means nothing to crop.method none)."""
+    from pipeline import crop
+    clean = config["clean"]
+    return {"thumb": config["report"]["thumb"], "thresholds": {
+        "min_face": crop.config_keys(config)["crop"].get("min_face"), "min_side": clean["min_side"],
+        "quality": clean["quality"] or {}, "monochrome": clean["monochrome"],
+        "radius": clean["near_duplicates"]["radius"]}}
 
 
 def warn(message: str) -> None:
@@ -135,20 +150,11 @@ def funnel_data(rows: list[FunnelRow]) -> list[dict]:
 
 # ---------------------------------------------------------------- drop reasons in words
 
-# The page's words for a drop reason: a stage that declares its reasons (``DROPS``: clean,
-# dedup) owns their words; this table holds the rest's until those stages declare theirs.
-REASON_TEXT = {
-    "no_face": "no face of at least crop.min_face found",
-    "rejected": "in the rejects file",
-    "bottom_fraction": "in the worst rank.drop_bottom_fraction",
-    "duplicate": "not exported (a duplicate)",
-}
-
-
 def reason_text(stage: str, reason: str) -> str:
-    """A drop reason in words for the page ("" when there are none beyond its name)."""
+    """A drop reason in words for the page, as its stage declares it ("" when there are
+    none beyond its name)."""
     declared = DECLARED_DROPS.get(stage, {}).get(reason)
-    return declared.text if declared else REASON_TEXT.get(reason, "")
+    return declared.text if declared else ""
 
 
 # ---------------------------------------------------------------- coverage per raw folder
@@ -278,16 +284,9 @@ def dataset_fingerprint(export_manifest: str | os.PathLike) -> str:
 
 
 def run_fingerprint(export_manifest: str | os.PathLike) -> str:
-    """The dataset fingerprint training records (gan.runs.dataset_fingerprint, issue 11a):
-    sha256 over "<id>\t<sha256 of the image file>" of every dataset image in id order."""
-    try:
-        from gan.runs import dataset_fingerprint as fingerprint_of  # the trainer's own, when there
-        return fingerprint_of(export_manifest)["sha256"]
-    except ImportError:
-        h = hashlib.sha256()
-        for r in sorted(kept(read_manifest(export_manifest)), key=lambda r: r.id):
-            h.update(f"{r.id}\t{hashlib.sha256(Path(r.path).read_bytes()).hexdigest()}\n".encode())
-        return h.hexdigest()
+    """The dataset fingerprint training records (util.fingerprint, issue 11a): sha256 over
+    "<id>\t<sha256 of the image file>" of every dataset image in id order."""
+    return dataset_fingerprint_of(export_manifest)["sha256"]
 
 
 def recorded_fingerprint(network: str | os.PathLike) -> str | None:
@@ -520,9 +519,7 @@ def drop_note(row: Row, stage: str = "") -> str:
             parts.append(f"{n} face(s) found below min_face")
         return "; ".join(p for p in parts if p)
     declared = DECLARED_DROPS.get(stage, {}).get(row.reason)
-    keys = declared.note if declared else (
-        "error", "side", "bytes", "file_bytes", "colors", "colorful_fraction", "max_pixels", "extension")
-    return ", ".join(f"{k} {d[k]}" for k in keys if k in d)
+    return ", ".join(f"{k} {d[k]}" for k in (declared.note if declared else ()) if k in d)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from pipeline.manifest import Row, kept, write_manifest
 from pipeline.rank import format_scores, rank_rows
 from pipeline.report import (build_check, build_ranking, funnel, load_stages, source_preview_name,
                              thumb_name, training_staleness)
+from util.config import with_defaults
 
 HOSTILE = "broken/<img src=x onerror=alert(1)>.png"
 RAW_FILES = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png",
@@ -48,7 +49,7 @@ def build_results(root: Path, rejects: set[str] = frozenset()) -> dict:
     dup_of = {"duplicate_of": f"{source_id('anime_miku_noisy.jpg')}-f0"}
     for rel in RAW_FILES:
         shard = SHARDS[shard_of(rel, len(SHARDS))]
-        row = ingest_file(rel, str(TESTDATA), {"extensions": ["jpg", "png"], "max_pixels": 40_000_000}, None)
+        row = ingest_file(rel, str(TESTDATA), with_defaults("ingest", {"extensions": ["jpg", "png"]}), None)
         stage_rows["ingest"][shard].append(row)
         if not row.kept:
             continue
@@ -435,7 +436,7 @@ def test_near_misses_for_each_threshold_with_values_and_what_moving_it_changes()
     names = ["anime_miku_CC_BY-NC.jpg", "anime_miku_noisy.jpg", "anime_miku_small.png",
              "photo_Tom_Cruise_avp_2014_4.jpg", "photo_2008_002470.jpg", "photo_dogs.jpg",
              "noface_city.jpg", "anime_miku_small_noisy.jpg"]
-    ingest = [ingest_file(n, str(TESTDATA), {"extensions": ["jpg", "png"], "max_pixels": 40_000_000}, None)
+    ingest = [ingest_file(n, str(TESTDATA), with_defaults("ingest", {"extensions": ["jpg", "png"]}), None)
               for n in names]
     faces = [pass_through(r) for r in ingest]
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())["clean"]

@@ -107,8 +107,11 @@
   };
   if (K) {
     (K.problems || []).forEach(addProblem);
+    // the console's end-of-run line says the same (pipeline/console.py stale_outputs)
     if (K.datasetFingerprint !== C.datasetFingerprint) {
-      addProblem('The ranking below was made for an older dataset than the one on this page: rerun snakemake ranked_dataset.');
+      addProblem('warning: the dataset changed after the network was trained: the ranking below, rank/scores.tsv, '
+        + 'ranked/ (and model/, generate/ where made) come from the older data; snakemake ranked_dataset refreshes '
+        + 'them (export_model and generate the model and figures).');
     }
   }
   const warnings = $('warnings');
@@ -456,10 +459,14 @@
     if (now.size !== saw.size || [...now].some((i) => !saw.has(i)))
       sec.append(el('p', {class: 'stale', id: 'rounds-stale', text: 'The network is older than the rejects file: it trained with '
         + saw.size + ' rejects, the file now has ' + now.size + '; rerun ranked_dataset.'}));
+    // rank.drop_below (present only when set): each round's own scores against one threshold
+    if (D.drop_below != null) sec.append(el('p', {id: 'rounds-threshold', text: 'rank.drop_below = ' + D.drop_below
+      + ': each round also dropped every image its own network scored below it (each round scores on its own scale).'}));
+    const below = (i) => / below_threshold$/.test(D.dropped[i] || '') ? ', below rank.drop_below' : '';
     const t = el('table', {id: 'rounds-table'});
     t.append(el('tr', {}, el('th', {text: 'round'}), el('th', {text: 'run'}), el('th', {text: 'trained on'}), el('th', {text: 'its ranking dropped'})));
     for (const r of D.rounds) {
-      const ids = r.dropped.map((i) => i + ' (' + (D.scores[i] || []).map((v) => v == null ? '-' : v).join(' / ') + ')');
+      const ids = r.dropped.map((i) => i + ' (' + (D.scores[i] || []).map((v) => v == null ? '-' : v).join(' / ') + below(i) + ')');
       t.append(el('tr', {}, el('td', {text: String(r.round)}), el('td', {text: r.run || '?'}),
         el('td', {text: r.trained_on + ' images'}), el('td', {text: r.dropped.length + (ids.length ? ': ' + ids.join(', ') : '')})));
     }
@@ -552,7 +559,8 @@
     root.textContent = '';
     root.append(el('p', {text: 'Images closest to each threshold: the kept ones just inside it and the dropped ones just past it, with the value.'}));
     const near = (C.nearMisses || []).slice();
-    // the score cut (rank.drop_bottom_fraction): the kept images just above it, the dropped just below
+    // the score cut (rank.drop_bottom_fraction: what only the fraction dropped, the threshold
+    // takes the rest): the kept images just above it, the dropped just below
     if (K) {
       const cut = order.filter((i) => status[i] === 'ranked: bottom_fraction');
       if (cut.length) {
@@ -561,6 +569,21 @@
         const n = K.ids.length;
         near.push({setting: 'rank.drop_bottom_fraction', value: +(cut.length / n).toFixed(4), measure: 'score',
           advice: 'lowering rank.drop_bottom_fraction to ' + ((cut.length - 1) / n).toFixed(4) + ' adds 1 face (each 1/' + n + ' is one face)',
+          items: [...inside.map((i) => [I.id[i], score[i].toFixed(4), true]), ...past.map((i) => [I.id[i], score[i].toFixed(4), false])]});
+      }
+      // the score threshold (rank.drop_below, rounds.js has it when set) on the last round's
+      // scores: the kept images just above it, that round's images just below it
+      const D = window.FACEPREP_ROUNDS;
+      if (D && D.drop_below != null) {
+        const t = D.drop_below, last = 'round ' + D.rounds.length;
+        const inside = order.filter((i) => rankPos[i] > 0 && !status[i]).slice(0, 6);
+        const under = order.filter((i) => D.dropped[I.id[i]] === last + ' below_threshold');
+        const past = under.slice(-6).reverse();
+        const alsoWorst = order.some((i) => D.dropped[I.id[i]] === last);  // that round's fraction dropped more
+        near.push({setting: 'rank.drop_below', value: t, measure: 'score',
+          advice: under.length ? (alsoWorst ? 'the worst rank.drop_bottom_fraction of ' + last + ' holds every image below it: lowering it keeps none'
+            : 'lowering rank.drop_below to ' + score[past[0]] + ' keeps ' + I.id[past[0]] + ' (unless rank.drop_bottom_fraction drops it)')
+            : 'nothing in ' + last + ' scored below it',
           items: [...inside.map((i) => [I.id[i], score[i].toFixed(4), true]), ...past.map((i) => [I.id[i], score[i].toFixed(4), false])]});
       }
     }
