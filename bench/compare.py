@@ -319,6 +319,8 @@ def rerun(args, edit: str, verify: bool, raw: Path, settings: dict, shards, targ
         crop = edited.setdefault("crop", {})
         crop["margin"] = round((crop.get("margin") or 0.25) + 0.1, 2)
         what = f"crop.margin -> {crop['margin']}"
+    elif edit == "none":  # Snakemake's own part of every rerun: start, DAG, checkpoint re-plan
+        what = "nothing changed"
     else:
         what = f"{len(add_variants(raw, 100))} files added"
     # the benchmark files of the first run would be summed with the rerun's
@@ -403,9 +405,10 @@ def main(argv=None) -> None:
     ap.add_argument("--floor", action="store_true",
                     help="also measure the work both must do (decode + cascade + 512 px PNG "
                          "per face) in one process on one thread: the bound on any ratio")
-    ap.add_argument("--rerun", choices=["margin", "add"], nargs="+",
+    ap.add_argument("--rerun", choices=["margin", "add", "none"], nargs="+",
                     help="faceprep only: time a rerun after each edit of the finished run, "
-                         "one after another (each compared with the first run)")
+                         "one after another (each compared with the first run); none: a "
+                         "rerun with nothing changed (the fixed part of every rerun)")
     ap.add_argument("--verify", action="store_true",
                     help="with --rerun: compare the rerun's outputs with a fresh run's")
     ap.add_argument("--rescore", action="store_true",
