@@ -26,7 +26,7 @@ output folder on the same corpus:
                      upscale lanczos, rotated pass) and the `dataset` target.
 With --rerun EDIT [EDIT] (faceprep only, the issue 24 loop): after the first run, make
 each EDIT on the finished run in turn and time the rerun of the same target: `margin` (crop.margin +0.1 over
-the first run's), `add` (100 new variant files in raw/v/<n>/new<k>.jpg). --verify then moves
+the first run's), `add` (100 new variant files in raw/v/<n>/new<k>.jpg), `none` (nothing changed: Snakemake's own part of a rerun). --verify then moves
 the rerun's folder to --workdir/rerun, runs a fresh faceprep with the edit in its place (own
 cache) and compares every output file under results/ (logs, benchmarks aside) byte for byte.
 Prints images/second for both, the ratio (one run), and the faces kept, scored with
