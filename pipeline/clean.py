@@ -298,14 +298,27 @@ class CleanStore:
         return (f"stored measures: faces {c['faces', 'stored']} stored, {c['faces', 'measured']} measured;"
                 f" sources {c['sources', 'stored']} stored, {c['sources', 'measured']} measured")
 
-    @staticmethod
-    def read(path: str) -> bytes | None:
-        """The file's bytes, to key its record and to measure it from (read once)."""
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError:  # unreadable: measured (and its error said) without the store
-            return None
+    def served(self, kind: str, path: str, measure, storable=lambda record: True) -> dict:
+        """The record of ``kind`` ("faces" | "sources") stored for the bytes of the file at
+        ``path``, or ``measure(data)`` of them (``data``: the bytes, read once; None without
+        a store or where the file cannot be read, then ``measure`` reads it and says its
+        error), stored when ``storable``."""
+        store = getattr(self, kind)
+        data = None
+        if store.folder:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:  # unreadable: measured (and its error said) without the store
+                pass
+        digest = file_digest(data) if data is not None else None
+        record = store.get(digest) if digest else None
+        self.count(kind, "measured" if record is None else "stored")
+        if record is None:
+            record = measure(data)
+            if digest and storable(record):
+                store.put(digest, record)
+        return record
 
 
 NO_STORE = CleanStore(None, {})
@@ -315,17 +328,12 @@ def measure_face(path: str, cfg: dict, store: CleanStore = NO_STORE) -> tuple[st
     """(drop reason or "", {"width", "height"} or None where it does not decode, details:
     the filters' measures, then the pixel and perceptual hashes of a kept face) of one
     face file, stored per content (``store``)."""
-    data = store.read(path) if store.faces.folder else None
-    digest = file_digest(data) if data is not None else None
-    record = store.faces.get(digest) if digest else None
-    if record is not None:
-        store.count("faces", "stored")
-        return record["reason"], record["size"], record["details"]
-    store.count("faces", "measured")
-    reason, size, details = _measure_face(path, cfg, data)
-    if digest and size is not None:  # a decode error is not stored: it names no content
-        store.faces.put(digest, {"reason": reason, "size": size, "details": details})
-    return reason, size, details
+    def measure(data):
+        reason, size, details = _measure_face(path, cfg, data)
+        return {"reason": reason, "size": size, "details": details}
+    # a decode error is not stored: it names no content
+    record = store.served("faces", path, measure, storable=lambda record: record["size"] is not None)
+    return record["reason"], record["size"], record["details"]
 
 
 def _measure_face(path: str, cfg: dict, data: bytes | None = None) -> tuple[str, dict | None, dict]:
@@ -387,15 +395,7 @@ def clean_row(row: Row, cfg: dict, sizes: dict[str, int] | None = None,
 
 def stored_source_measures(path: str, cfg: dict, store: CleanStore = NO_STORE) -> dict:
     """``source_measures``, stored per file content (``store``)."""
-    data = store.read(path) if store.sources.folder else None
-    digest = file_digest(data) if data is not None else None
-    record = store.sources.get(digest) if digest else None
-    store.count("sources", "measured" if record is None else "stored")
-    if record is None:
-        record = source_measures(path, cfg, data)
-        if digest:
-            store.sources.put(digest, record)
-    return record
+    return store.served("sources", path, lambda data: source_measures(path, cfg, data))
 
 
 def shard_sources(rows: list[Row], ingest_rows: list[Row], cfg: dict, threads: int = 1,
