@@ -545,15 +545,19 @@ def hashes_index(path) -> tuple[dict, dict[str, tuple[int, int]]]:
     return header, spans
 
 
+def read_span(f, span: tuple[int, int]) -> bytes:
+    """One array's bytes of a hashes file open as ``f``: ``span`` is its (offset, bytes)
+    from ``hashes_index``."""
+    offset, length = span
+    f.seek(offset)
+    return f.read(length)
+
+
 def read_hashes(path) -> tuple[dict, dict[str, bytes]]:
     """(header, arrays by name) of a hashes file; ValueError if it is not one."""
     header, spans = hashes_index(path)
     with open(path, "rb") as f:
-        arrays = {}
-        for name, (offset, length) in spans.items():
-            f.seek(offset)
-            arrays[name] = f.read(length)
-    return header, arrays
+        return header, {name: read_span(f, span) for name, span in spans.items()}
 
 
 # ---------------------------------------------------------------- CLI

@@ -23,7 +23,7 @@ from array import array
 import numpy as np
 
 from pipeline import hamming
-from pipeline.clean import HASH_KINDS, flips_on, hashes_index, hashes_path, resolved
+from pipeline.clean import HASH_KINDS, flips_on, hashes_index, hashes_path, read_span, resolved
 from pipeline.manifest import (ENCODING, ERRORS, HEADER_BYTES, Drop, atomic_write_with, declare,
                                line_row, load_config_arg, manifest_lines_of, row_line)
 
@@ -142,9 +142,7 @@ class DedupColumns:
         spans = index[1]
         with open(path, "rb") as f:
             def read(name, dtype):
-                offset, size = spans[name]
-                f.seek(offset)
-                return np.frombuffer(f.read(size), dtype=dtype)
+                return np.frombuffer(read_span(f, spans[name]), dtype=dtype)
             keys = read("keys", "<f8").reshape(-1, 3)
             box, digest, has_source = read("box", "<f8"), read("digest", np.uint8), read("has_source", np.uint8)
             source_size = read("source_size", "<f8")
@@ -172,11 +170,8 @@ class DedupColumns:
         header, spans = index or hashes_index(path)
         with open(path, "rb") as f:
             for level, store, n in (("face", self.faces, rows), ("source", self.blocks, sources)):
-                counts = {}
-                for kind in HASH_KINDS:
-                    offset, size = spans[f"{level}{kind}.count"]
-                    f.seek(offset)
-                    counts[kind] = np.frombuffer(f.read(size), dtype="<i4")
+                counts = {kind: np.frombuffer(read_span(f, spans[f"{level}{kind}.count"]), dtype="<i4")
+                          for kind in HASH_KINDS}
                 if header["method"] != store.method or header["nbits"] != store.nbits or any(
                         len(c) != n for c in counts.values()):
                     raise ValueError(f"dedup: {path} holds {header['method']} {header['nbits']}-bit hashes "
