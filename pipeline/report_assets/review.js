@@ -562,21 +562,24 @@
     // the score cut (rank.drop_bottom_fraction: what only the fraction dropped, the threshold
     // takes the rest): the kept images just above it, the dropped just below
     if (K) {
+      // both score cuts show the same kept images (the best-scored just inside either) and
+      // the dropped ones just past their own cut
+      const inside = order.filter((i) => rankPos[i] > 0 && !status[i]).slice(0, 6);
+      const scoreItems = (past) => [...inside.map((i) => [I.id[i], score[i].toFixed(4), true]),
+        ...past.map((i) => [I.id[i], score[i].toFixed(4), false])];
       const cut = order.filter((i) => status[i] === 'ranked: bottom_fraction');
       if (cut.length) {
-        const inside = order.filter((i) => rankPos[i] > 0 && !status[i]).slice(0, 6);
         const past = cut.slice(-6).reverse();
         const n = K.ids.length;
         near.push({setting: 'rank.drop_bottom_fraction', value: +(cut.length / n).toFixed(4), measure: 'score',
           advice: 'lowering rank.drop_bottom_fraction to ' + ((cut.length - 1) / n).toFixed(4) + ' adds 1 face (each 1/' + n + ' is one face)',
-          items: [...inside.map((i) => [I.id[i], score[i].toFixed(4), true]), ...past.map((i) => [I.id[i], score[i].toFixed(4), false])]});
+          items: scoreItems(past)});
       }
       // the score threshold (rank.drop_below, rounds.js has it when set) on the last round's
       // scores: the kept images just above it, that round's images just below it
       const D = window.FACEPREP_ROUNDS;
       if (D && D.drop_below != null) {
         const t = D.drop_below, last = 'round ' + D.rounds.length;
-        const inside = order.filter((i) => rankPos[i] > 0 && !status[i]).slice(0, 6);
         const under = order.filter((i) => D.dropped[I.id[i]] === last + ' below_threshold');
         const past = under.slice(-6).reverse();
         const alsoWorst = order.some((i) => D.dropped[I.id[i]] === last);  // that round's fraction dropped more
@@ -584,7 +587,7 @@
           advice: under.length ? (alsoWorst ? 'the worst rank.drop_bottom_fraction of ' + last + ' holds every image below it: lowering it keeps none'
             : 'lowering rank.drop_below to ' + score[past[0]] + ' keeps ' + I.id[past[0]] + ' (unless rank.drop_bottom_fraction drops it)')
             : 'nothing in ' + last + ' scored below it',
-          items: [...inside.map((i) => [I.id[i], score[i].toFixed(4), true]), ...past.map((i) => [I.id[i], score[i].toFixed(4), false])]});
+          items: scoreItems(past)});
       }
     }
     if (!near.length) root.append(el('p', {text: 'No threshold dropped or nearly dropped anything.'}));
