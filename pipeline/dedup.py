@@ -187,15 +187,16 @@ class DedupColumns:
         keys = [-np.frombuffer(col, dtype=np.float64) for col in self.keys]
         return np.lexsort((id_rank, keys[3], keys[2], keys[1], keys[0])).astype(np.int64)
 
-    def face_position(self, k: int, block: int) -> tuple[float, float, float] | None:
-        """Centre and size of face ``k`` in source block ``block``, as fractions of its sides."""
-        width, height = self.block_size[2 * block], self.block_size[2 * block + 1]
-        if not width or not height:
-            return None
-        x, y, w, h = self.box[4 * k:4 * k + 4]
-        if math.isnan(x):  # crop.method none: the face is the whole picture
-            return 0.5, 0.5, 1.0
-        return (x + w / 2) / width, (y + h / 2) / height, w / width
+    def face_positions(self, rows: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Centre x, y and width of faces ``rows``, each in source block ``blocks``, as
+        fractions of the source's sides, and whether the source's size is known."""
+        box = np.frombuffer(self.box, dtype=np.float64).reshape(-1, 4)[rows]
+        width, height = np.frombuffer(self.block_size, dtype=np.float64).reshape(-1, 2)[blocks].T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x, y, size = (box[:, 0] + box[:, 2] / 2) / width, (box[:, 1] + box[:, 3] / 2) / height, box[:, 2] / width
+        whole = np.isnan(box[:, 0])  # crop.method none: the face is the whole picture
+        x[whole], y[whole], size[whole] = 0.5, 0.5, 1.0
+        return x, y, size, (width != 0) & (height != 0)
 
 
 def source_face_pairs(cols: DedupColumns, alive: np.ndarray, near: dict) -> tuple[np.ndarray, ...]:
@@ -220,28 +221,42 @@ def source_face_pairs(cols: DedupColumns, alive: np.ndarray, near: dict) -> tupl
     owner[block_of] = np.arange(len(starts))
     sa, sb, sd, sm = hamming.duplicate_pairs(cols.blocks.sets(owner), nbits, near["radius"], flips_on(near))
     cols.blocks.release()  # not searched again: the face search runs without them
-    faces_of = lambda g: members[starts[g]:ends[g]].tolist()  # noqa: E731
-    out = ([], [], [], [])
-    for s, t, dist, flip in zip(sa.tolist(), sb.tolist(), sd.tolist(), sm.tolist()):
-        s_faces = [(j, cols.face_position(int(alive[j]), int(block_of[s]))) for j in faces_of(s)]
-        for k in faces_of(t):
-            pos = cols.face_position(int(alive[k]), int(block_of[t]))
-            if pos is None:
-                continue
-            x, y, size = pos
-            if flip:
-                x = 1.0 - x
-            best = None
-            for j, other in s_faces:
-                if other is None or not (1 / FACE_MATCH_SIZE <= size / other[2] <= FACE_MATCH_SIZE):
-                    continue
-                offset = max(abs(x - other[0]), abs(y - other[1]))
-                if offset <= FACE_MATCH_OFFSET and (best is None or offset < best[0]):
-                    best = (offset, j)
-            if best is not None:
-                for lst, v in zip(out, (min(k, best[1]), max(k, best[1]), dist, flip)):
-                    lst.append(v)
-    return tuple(np.array(x, dtype=dt) for x, dt in zip(out, (np.int64, np.int64, np.int64, bool)))
+    sizes = ends - starts
+    positions = cols.face_positions(alive[members], block_of[np.repeat(np.arange(len(starts)), sizes)])
+    a, b, pair = matched_faces(sa, sb, sm, starts, sizes, *positions)
+    a, b = members[a], members[b]
+    return (np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64),
+            sd[pair].astype(np.int64), sm[pair].astype(bool))
+
+
+def matched_faces(sa: np.ndarray, sb: np.ndarray, mirrored: np.ndarray, starts: np.ndarray,
+                  sizes: np.ndarray, x: np.ndarray, y: np.ndarray, size: np.ndarray,
+                  known: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For each pair of duplicate sources (sa, sb) and each face k of sb (faces of group g:
+    ``starts[g]`` up to ``starts[g] + sizes[g]``, at x, y, size; ``known``: its source's size
+    is), the face of sa at the same place: centres within FACE_MATCH_OFFSET, widths within
+    FACE_MATCH_SIZE, x mirrored for a mirrored pair; the closest, the first on ties.
+    Returns (k, its match, the pair's index), in (pair, k) order; faces without a match left out."""
+    pair_of_k, k = _members_of(sb, starts, sizes)
+    kx = np.where(mirrored[pair_of_k], 1.0 - x[k], x[k])
+    of_k, j = _members_of(sa[pair_of_k], starts, sizes)  # every face of sa, for each k
+    with np.errstate(divide="ignore", invalid="ignore"):  # unknown source sizes: not compared
+        ratio = size[k][of_k] / size[j]
+        offset = np.maximum(np.abs(kx[of_k] - x[j]), np.abs(y[k][of_k] - y[j]))
+    fits = np.flatnonzero(known[k][of_k] & known[j] & (1 / FACE_MATCH_SIZE <= ratio)
+                          & (ratio <= FACE_MATCH_SIZE) & (offset <= FACE_MATCH_OFFSET))
+    fits = fits[np.lexsort((fits, offset[fits], of_k[fits]))]
+    best = fits[np.r_[True, of_k[fits][1:] != of_k[fits][:-1]]] if len(fits) else fits
+    return k[of_k[best]], j[best], pair_of_k[of_k[best]]
+
+
+def _members_of(groups: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each member of each of ``groups`` (in order): the group's place in ``groups``
+    and the member's index (``starts[g]`` up to ``starts[g] + sizes[g]``)."""
+    counts = sizes[groups]
+    place = np.repeat(np.arange(len(groups)), counts)
+    first = np.cumsum(counts) - counts
+    return place, starts[groups][place] + np.arange(len(place)) - first[place]
 
 
 def dedup_verdicts(cols: DedupColumns, cfg: dict) -> dict[int, tuple[str, dict]]:

@@ -333,6 +333,36 @@ def test_pairs_between_equals_brute_force(nbits, radius):
         assert (d == hamming(queries[q], index[i])).all()
 
 
+def test_matched_faces_equals_the_face_by_face_rule():
+    """Source-level pairs become face pairs by place: the array matcher gives what a loop
+    over every face of both sources gives (mirrors, several faces, unknown sizes, ties)."""
+    from pipeline.dedup import FACE_MATCH_OFFSET, FACE_MATCH_SIZE, matched_faces
+    rng = np.random.default_rng(3)
+    sizes = rng.choice([1, 1, 1, 2, 3, 5], 60)
+    starts = np.cumsum(sizes) - sizes
+    n = int(sizes.sum())
+    x, y = rng.choice([0.1, 0.2, 0.25, 0.3, 0.9], n), rng.choice([0.1, 0.15, 0.5], n)
+    size = rng.choice([0.05, 0.07, 0.075, 0.1, 0.2], n)
+    known = rng.random(n) > 0.1
+    sa, sb = rng.integers(0, 60, 400), rng.integers(0, 60, 400)
+    mirrored = rng.random(400) < 0.3
+    expected = []
+    for p, (s, t) in enumerate(zip(sa, sb)):
+        for k in range(starts[t], starts[t] + sizes[t]):
+            kx = 1.0 - x[k] if mirrored[p] else x[k]
+            best = None
+            for j in range(starts[s], starts[s] + sizes[s]):
+                if not (known[k] and known[j] and 1 / FACE_MATCH_SIZE <= size[k] / size[j] <= FACE_MATCH_SIZE):
+                    continue
+                offset = max(abs(kx - x[j]), abs(y[k] - y[j]))
+                if offset <= FACE_MATCH_OFFSET and (best is None or offset < best[0]):
+                    best = (offset, j)
+            if best is not None:
+                expected.append((k, best[1], p))
+    assert len(expected) > 100
+    assert list(zip(*(a.tolist() for a in matched_faces(sa, sb, mirrored, starts, sizes, x, y, size, known)))) == expected
+
+
 def test_pairs_between_big_buckets():
     """Many equal hashes (big scrapes' copies) share buckets past the layered verification:
     the rest are expanded in small batches and still found exactly once."""
