@@ -42,7 +42,7 @@ rule tfrecords:
     params:
         name=config["name"],
         folder=lambda wildcards, input: os.path.dirname(input.manifest),
-    threads: 4  # worker processes decoding images and computing levels (pipeline/export.py)
+    threads: GATHER_THREADS  # worker processes decoding images and computing levels (pipeline/export.py)
     conda:
         CONDA_ENV
     log:
@@ -64,7 +64,7 @@ rule zip:
     params:
         name=config["name"],
         folder=lambda wildcards, input: os.path.dirname(input.manifest),
-    threads: 4  # worker processes decoding images and computing levels (pipeline/export.py)
+    threads: GATHER_THREADS  # worker processes decoding images and computing levels (pipeline/export.py)
     conda:
         CONDA_ENV
     log:

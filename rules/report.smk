@@ -49,7 +49,7 @@ rule report:
         cfg=stage_keys("report"),
         name=config["name"],
         rejects=REJECTS,
-    threads: 4
+    threads: GATHER_THREADS
     conda:
         CONDA_ENV
     log:
