@@ -741,3 +741,25 @@ def test_a_jump_through_the_grid_fills_every_card_once_it_settles(tmp_path_facto
     cards = js(chrome, "return [...document.querySelectorAll('#grid .card')].map(c => "
                        "[+c.dataset.pos, c.querySelector('.id').textContent, c.dataset.id])")
     assert all(text == cid for _, text, cid in cards) and min(p for p, _, _ in cards) > 1000
+
+
+@needs_chromium
+def test_every_line_of_the_tallest_grid_cards_fits_inside_them(tmp_path_factory, chrome):
+    """The grid's cards have a fixed height: a ranked card dropped as the bottom fraction
+    (reject box, score, two lines of why, source, its ranked status, signals, id) shows
+    every line inside its border; its id was once pushed out by the status line."""
+    tree = build_results(tmp_path_factory.mktemp("fit"), drop_bottom_fraction=0.3)
+    make_report(tree, cfg={"thumb": 24, "thresholds": {"min_face": 250}})
+    open_page(chrome, (tree["R"] / "report" / "index.html").resolve().as_uri())
+    show_grid(chrome)
+    cards = js(chrome, """return [...document.querySelectorAll('#grid .card')].map(c => {
+        const inner = c.getBoundingClientRect().bottom - parseFloat(getComputedStyle(c).paddingBottom)
+                      - parseFloat(getComputedStyle(c).borderBottomWidth);
+        const lines = [...c.querySelectorAll('figcaption > div, .reject-label')]
+          .filter(d => d.offsetParent !== null && d.textContent);
+        return {id: c.dataset.id, lines: lines.map(d => d.className + ': ' + d.textContent),
+                over: Math.max(...lines.map(d => d.getBoundingClientRect().bottom - inner))};})""")
+    tallest = [c for c in cards if any(line == "reason: ranked: bottom_fraction" for line in c["lines"])]
+    assert tallest and all(len(c["lines"]) == 7 for c in tallest), cards
+    assert all(c["over"] <= 0 for c in cards), [c for c in cards if c["over"] > 0]
+    assert all(f"id: {c['id']}" in c["lines"] for c in cards)

@@ -39,7 +39,7 @@ CFG = {"thumb": 24}
 SHARDS = ["0", "1"]
 
 
-def build_results(root: Path, rejects: set[str] = frozenset()) -> dict:
+def build_results(root: Path, rejects: set[str] = frozenset(), drop_bottom_fraction: float = 0.0) -> dict:
     """A finished run's results tree for RAW_FILES (crop/clean decisions made here)."""
     R = root / "results" / "t"
     stage_rows: dict[str, dict[str, list[Row]]] = {s: {sh: [] for sh in SHARDS}
@@ -93,7 +93,7 @@ def build_results(root: Path, rejects: set[str] = frozenset()) -> dict:
               for k, s in enumerate(rank_rows(dataset, per_shuffle))]
     (R / "rank").mkdir(parents=True)
     (R / "rank" / "scores.tsv").write_text(format_scores(scores), encoding="utf-8")
-    ranked = ranked_rows(dataset, {s.id: s.score for s in scores}, set(rejects), 0.0)
+    ranked = ranked_rows(dataset, {s.id: s.score for s in scores}, set(rejects), drop_bottom_fraction)
     write_manifest(R / "ranked" / "manifest.tsv", ranked)
 
     samples = R / "finetune" / "samples"

@@ -694,7 +694,7 @@
   // while the view jumps (a scrollbar drag) their thumbnails wait until it settles, so a
   // frame costs text updates only (bench/bench_report.py, bench/RESULTS.md).
   const grid = $('grid');
-  const CW = 168, CH = 285;  // a card and its gap
+  const CW = 168, CH = 300;  // a card (review.css: 292 px, its lines at 14 px) and its gap
   let cursor = 0, cols = 1, lastRange = '', lastTop = null, settle = 0;
   const alive = new Map();  // grid position -> its card
   const pool = [];
