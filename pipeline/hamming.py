@@ -166,7 +166,7 @@ def _one_word_key(words: np.ndarray, bounds: list[tuple[int, int]], subset: tupl
 
 
 def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbits: int, radius: int,
-                  max_pairs: int = 4_000_000, chunk: int = 1 << 20, keep=None):
+                  max_pairs: int = 4_000_000, chunk: int = 1 << 20, keep=None, on_pairs=None):
     """Every (q, i) with ``queries[q]`` within Hamming ``radius`` of ``index[i]``, with the
     distance, each pair once. Tables are built over ``index`` only (trimmed windows are
     queried, never indexed, so the many windows of one image never meet each other).
@@ -175,7 +175,9 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
     however many windows a million rows bring (all blocks of 49M source windows at once
     were ~2 GB). ``keep(q, i)`` (a mask) drops pairs as they are found: an image's windows
     matching its own picture would otherwise pile up once per table (15 tables x 1M self
-    matches at 1M rows)."""
+    matches at 1M rows). ``on_pairs(q, i, d)``, when given, takes each batch as it is found
+    (after ``keep``), the same pair once per table that finds it; then nothing is collected
+    and None is returned."""
     empty = (np.empty(0, np.int64),) * 3
     parts = queries if isinstance(queries, list) else [queries]  # concatenated, not copied
     starts = np.cumsum([0] + [len(p) for p in parts])
@@ -260,6 +262,9 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
                 if keep is not None:
                     kept = keep(q, i)
                     q, i, d = q[kept], i[kept], d[kept]
+                if on_pairs is not None:
+                    on_pairs(q, i, d)
+                    continue
                 found_q.append(q)
                 found_i.append(i)
                 found_d.append(d)
@@ -269,6 +274,8 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
             del bucket_start, occupied
         else:
             del sorted_key
+    if on_pairs is not None:
+        return None
     if not found_q:
         return empty
     q, i, d = (np.concatenate(x).astype(np.int64) for x in (found_q, found_i, found_d))
@@ -412,12 +419,13 @@ class FileWords:
         return words.astype(np.uint64, copy=False).reshape(-1, self.nwords)
 
 
-def duplicate_pairs(sets: dict[str, HashSet], nbits: int, radius: int, flips: bool):
+def duplicate_pairs(sets: dict[str, HashSet], nbits: int, radius: int, flips: bool, merge_every: int = 1 << 22):
     """Pairs (a < b) of owners whose pictures match within ``radius``: any window of one
     (the whole picture and its trims) against the other's whole picture, or its mirror
     image when ``flips`` (items owned by -1 take no part). Returns (a, b, distance,
     mirrored) with each pair once, at its smallest distance (unmirrored first on ties).
-    The result does not depend on the order of the hashes, only on who owns them."""
+    The result does not depend on the order of the hashes, only on who owns them. The links
+    found are merged to one per pair whenever ``merge_every`` are held."""
     whole, mirror, trims = sets[""], sets["_mirror"], sets["_trims"]
     windows = trims.words if isinstance(trims.words, list) else [trims.words]
     index = np.concatenate([whole.words, mirror.words]) if flips else whole.words
@@ -434,11 +442,28 @@ def duplicate_pairs(sets: dict[str, HashSet], nbits: int, radius: int, flips: bo
         b[mirrored] = mirror.owners(i[mirrored] - n_whole)
         return a, b, mirrored
 
-    def between_items(q, i):  # a pair of two different items, both in the running
-        a, b, _ = owners(q, i)
-        return (a != b) & (a >= 0) & (b >= 0)
-    q, i, d = pairs_between([whole.words, *windows], index, nbits, radius, keep=between_items)
-    a, b, mirrored = owners(q, i)
-    other = (a != b) & (a >= 0) & (b >= 0)
-    a, b, d, mirrored = a[other], b[other], d[other], mirrored[other]
-    return closest_per_pair(np.minimum(a, b), np.maximum(a, b), d, mirrored)
+    # each pair of owners at its closest as the batches come (a repost-heavy set finds the
+    # same owner pair through millions of window pairs): one int64 per link, sorted as
+    # (a, b, distance, mirrored), so the first of each (a, b) is its closest, unmirrored first
+    n_owners = 1 + max([int(x.owner.max()) for x in (whole, mirror, trims) if len(x.owner)], default=0)
+    per_pair = 2 * (radius + 1)
+    links, held, limit = [], [0], [merge_every]
+
+    def closest(keys):
+        keys = np.unique(keys)
+        return keys[np.r_[True, keys[1:] // per_pair != keys[:-1] // per_pair]] if len(keys) else keys
+
+    def add(q, i, d):
+        a, b, mirrored = owners(q, i)
+        other = (a != b) & (a >= 0) & (b >= 0)
+        a, b, d, mirrored = a[other], b[other], d[other], mirrored[other]
+        links.append(((np.minimum(a, b) * n_owners + np.maximum(a, b)) * (radius + 1) + d) * 2 + mirrored)
+        held[0] += len(a)
+        if held[0] > limit[0]:  # bounded memory: merge what is held so far
+            links[:] = [closest(np.concatenate(links))]
+            held[0] = len(links[0])
+            limit[0] = max(limit[0], 2 * held[0])
+    pairs_between([whole.words, *windows], index, nbits, radius, on_pairs=add)
+    keys = closest(np.concatenate(links)) if links else np.zeros(0, np.int64)
+    pair = keys // per_pair
+    return (pair // n_owners, pair % n_owners, (keys // 2) % (radius + 1), (keys % 2).astype(bool))

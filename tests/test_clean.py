@@ -363,6 +363,34 @@ def test_matched_faces_equals_the_face_by_face_rule():
     assert list(zip(*(a.tolist() for a in matched_faces(sa, sb, mirrored, starts, sizes, x, y, size, known)))) == expected
 
 
+def test_duplicate_pairs_equals_brute_force_however_often_it_merges():
+    """Owner pairs at their closest (any window of one against the other's picture or its
+    mirror; unmirrored first on ties), the same when the links are merged every few hundred."""
+    from pipeline.hamming import HashSet, duplicate_pairs
+    nbits, radius, n = 64, 4, 300
+    words = random_clustered_hashes(n * 5, nbits, radius, seed=11)
+    whole, mirror, trims = words[:n], words[n:2 * n], words[2 * n:]
+    owner = np.arange(n)
+    owner[::37] = -1  # not in the running
+    sets = {"": HashSet(whole, np.arange(1, n + 1), owner), "_mirror": HashSet(mirror, np.arange(1, n + 1), owner),
+            "_trims": HashSet(trims, 3 * np.arange(1, n + 1), owner)}
+    best = {}
+    for x in range(n):
+        for q in [whole[x]] + [trims[3 * x + t] for t in range(3)]:
+            for index, mirrored in ((whole, False), (mirror, True)):
+                dist = hamming(np.broadcast_to(q, index.shape), index)
+                for y in np.flatnonzero(dist <= radius).tolist():
+                    if x != y and owner[x] >= 0 and owner[y] >= 0:
+                        key = (min(x, y), max(x, y))
+                        best[key] = min(best.get(key, (99, True)), (int(dist[y]), mirrored))
+    expected = [(a, b, d, m) for (a, b), (d, m) in sorted(best.items())]
+    assert len(expected) > 100
+    for merge_every in (1 << 22, 200):
+        got = duplicate_pairs(sets, nbits, radius, True, merge_every=merge_every)
+        assert [x.dtype for x in got] == [np.int64, np.int64, np.int64, np.bool_]
+        assert list(zip(*(x.tolist() for x in got))) == expected
+
+
 def test_pairs_between_big_buckets():
     """Many equal hashes (big scrapes' copies) share buckets past the layered verification:
     the rest are expanded in small batches and still found exactly once."""
