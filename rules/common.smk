@@ -84,11 +84,12 @@ except WorkflowError:
     SHARD_THREADS = 2
 # Threads of each whole-dataset writer that follows export (TFRecords, ZIP, the check page):
 # a third of the cores each, at most 4, so the three run side by side; on 2 cores one each
-# (asking for 4 ran them one after another, and TensorFlow's import alone is ~3.5 s).
+# (asking for 4 ran them one after another, and TensorFlow's import alone is ~3.5 s). A
+# cluster run has no --cores: each asks for 4 CPUs, its own allocation.
 try:
     GATHER_THREADS = max(1, min(4, workflow.cores // 3))
 except WorkflowError:
-    GATHER_THREADS = 2
+    GATHER_THREADS = 4
 
 
 def stage_code(stage):
