@@ -290,12 +290,27 @@ def near_pairs(words: np.ndarray, nbits: int, radius: int, max_pairs: int = 4_00
     return pairs_between(words, words, nbits, radius, max_pairs, keep=lambda q, i: q < i)
 
 
+def _lexsort(keys: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``np.lexsort(keys)`` (the last key first; stable), by one stable sort of the keys
+    packed into an int64 where they are integers >= 0 that fit (3x faster for millions)."""
+    if len(keys[0]) == 0 or any(k.dtype.kind not in "biu" or k.min() < 0 for k in keys):
+        return np.lexsort(keys)
+    spans = [int(k.max()) + 1 for k in keys]
+    if math.prod(spans) >= 1 << 62:
+        return np.lexsort(keys)
+    packed, room = np.zeros(len(keys[0]), np.int64), 1
+    for k, span in zip(keys, spans):  # the first key the least significant
+        packed += k.astype(np.int64) * room
+        room *= span
+    return np.argsort(packed, kind="stable")
+
+
 def closest_per_pair(lo: np.ndarray, hi: np.ndarray, distance: np.ndarray, tiebreak: np.ndarray,
                      *more: np.ndarray) -> tuple[np.ndarray, ...]:
     """Each pair (lo, hi) once: its link with the smallest distance, then the smallest
     ``tiebreak``. Returns (lo, hi, distance, tiebreak, *more) of those links, sorted by
     pair."""
-    order = np.lexsort((tiebreak, distance, hi, lo))
+    order = _lexsort((tiebreak, distance, hi, lo))
     columns = [x[order] for x in (lo, hi, distance, tiebreak, *more)]
     lo, hi = columns[0], columns[1]
     first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] if len(lo) else np.zeros(0, bool)
@@ -442,28 +457,24 @@ def duplicate_pairs(sets: dict[str, HashSet], nbits: int, radius: int, flips: bo
         b[mirrored] = mirror.owners(i[mirrored] - n_whole)
         return a, b, mirrored
 
-    # each pair of owners at its closest as the batches come (a repost-heavy set finds the
-    # same owner pair through millions of window pairs): one int64 per link, sorted as
-    # (a, b, distance, mirrored), so the first of each (a, b) is its closest, unmirrored first
-    n_owners = 1 + max([int(x.owner.max()) for x in (whole, mirror, trims) if len(x.owner)], default=0)
-    per_pair = 2 * (radius + 1)
-    links, held, limit = [], [0], [merge_every]
+    # each pair of owners at its closest as the batches come: a repost-heavy set finds the
+    # same owner pair through millions of window pairs, which are not all held and sorted
+    links = [(np.zeros(0, np.int64),) * 3 + (np.zeros(0, bool),)]  # (lo, hi, distance, mirrored)
+    held, limit = 0, merge_every
 
-    def closest(keys):
-        keys = np.unique(keys)
-        return keys[np.r_[True, keys[1:] // per_pair != keys[:-1] // per_pair]] if len(keys) else keys
+    def merged():
+        return closest_per_pair(*(np.concatenate(column) for column in zip(*links)))
 
     def add(q, i, d):
+        nonlocal held, limit
         a, b, mirrored = owners(q, i)
         other = (a != b) & (a >= 0) & (b >= 0)
-        a, b, d, mirrored = a[other], b[other], d[other], mirrored[other]
-        links.append(((np.minimum(a, b) * n_owners + np.maximum(a, b)) * (radius + 1) + d) * 2 + mirrored)
-        held[0] += len(a)
-        if held[0] > limit[0]:  # bounded memory: merge what is held so far
-            links[:] = [closest(np.concatenate(links))]
-            held[0] = len(links[0])
-            limit[0] = max(limit[0], 2 * held[0])
+        a, b = a[other], b[other]
+        links.append((np.minimum(a, b), np.maximum(a, b), d[other].astype(np.int64), mirrored[other]))
+        held += len(a)
+        if held > limit:  # bounded memory: merge what is held so far
+            links[:] = [merged()]
+            held = len(links[0][0])
+            limit = max(limit, 2 * held)
     pairs_between([whole.words, *windows], index, nbits, radius, on_pairs=add)
-    keys = closest(np.concatenate(links)) if links else np.zeros(0, np.int64)
-    pair = keys // per_pair
-    return (pair // n_owners, pair % n_owners, (keys // 2) % (radius + 1), (keys % 2).astype(bool))
+    return merged()

@@ -363,6 +363,19 @@ def test_matched_faces_equals_the_face_by_face_rule():
     assert list(zip(*(a.tolist() for a in matched_faces(sa, sb, mirrored, starts, sizes, x, y, size, known)))) == expected
 
 
+def test_packed_lexsort_is_numpys_lexsort():
+    """closest_per_pair's sort: one stable sort of packed keys gives np.lexsort's order
+    (ties keep their input order), and keys that cannot be packed go to np.lexsort."""
+    from pipeline.hamming import _lexsort
+    rng = np.random.default_rng(5)
+    n = 5000
+    small = (rng.random(n) < 0.3, rng.integers(0, 5, n), rng.integers(0, 40, n), rng.integers(0, 40, n))
+    big = (rng.integers(0, 5, n), rng.integers(0, 1 << 40, n), rng.integers(0, 1 << 30, n))
+    negative = (rng.integers(-3, 3, n), rng.integers(0, 9, n))
+    for keys in (small, big, negative, (np.zeros(0, np.int64),) * 2):
+        assert np.array_equal(_lexsort(keys), np.lexsort(keys))
+
+
 def test_duplicate_pairs_equals_brute_force_however_often_it_merges():
     """Owner pairs at their closest (any window of one against the other's picture or its
     mirror; unmirrored first on ties), the same when the links are merged every few hundred."""
