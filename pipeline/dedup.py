@@ -237,9 +237,10 @@ def matched_faces(sa: np.ndarray, sb: np.ndarray, mirrored: np.ndarray, starts: 
     is), the face of sa at the same place: centres within FACE_MATCH_OFFSET, widths within
     FACE_MATCH_SIZE, x mirrored for a mirrored pair; the closest, the first on ties.
     Returns (k, its match, the pair's index), in (pair, k) order; faces without a match left out."""
-    pair_of_k, k = _members_of(sb, starts, sizes)
+    pair_of_k, k = hamming.expand_spans(starts[sb], sizes[sb])
     kx = np.where(mirrored[pair_of_k], 1.0 - x[k], x[k])
-    of_k, j = _members_of(sa[pair_of_k], starts, sizes)  # every face of sa, for each k
+    first_source = sa[pair_of_k]
+    of_k, j = hamming.expand_spans(starts[first_source], sizes[first_source])  # every face of sa, for each k
     with np.errstate(divide="ignore", invalid="ignore"):  # unknown source sizes: not compared
         ratio = size[k][of_k] / size[j]
         offset = np.maximum(np.abs(kx[of_k] - x[j]), np.abs(y[k][of_k] - y[j]))
@@ -248,15 +249,6 @@ def matched_faces(sa: np.ndarray, sb: np.ndarray, mirrored: np.ndarray, starts: 
     fits = fits[np.lexsort((fits, offset[fits], of_k[fits]))]
     best = fits[np.r_[True, of_k[fits][1:] != of_k[fits][:-1]]] if len(fits) else fits
     return k[of_k[best]], j[best], pair_of_k[of_k[best]]
-
-
-def _members_of(groups: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each member of each of ``groups`` (in order): the group's place in ``groups``
-    and the member's index (``starts[g]`` up to ``starts[g] + sizes[g]``)."""
-    counts = sizes[groups]
-    place = np.repeat(np.arange(len(groups)), counts)
-    first = np.cumsum(counts) - counts
-    return place, starts[groups][place] + np.arange(len(place)) - first[place]
 
 
 def dedup_verdicts(cols: DedupColumns, cfg: dict) -> dict[int, tuple[str, dict]]:

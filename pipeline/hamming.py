@@ -94,11 +94,17 @@ def _candidate_batches(starts: np.ndarray, counts: np.ndarray, max_pairs: int):
     while begin < len(counts):
         stop = max(begin + 1, int(np.searchsorted(ends, (ends[begin - 1] if begin else 0) + max_pairs,
                                                   side="right")))
-        c = counts[begin:stop]
-        element = np.repeat(np.arange(begin, stop), c)
-        position = np.repeat(starts[begin:stop], c) + np.arange(len(element)) - np.repeat(np.cumsum(c) - c, c)
-        yield element, position
+        element, position = expand_spans(starts[begin:stop], counts[begin:stop])
+        yield element + begin, position
         begin = stop
+
+
+def expand_spans(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every position of every span (``starts[k]`` up to ``starts[k] + counts[k]``), in
+    order, with its span's number k."""
+    span = np.repeat(np.arange(len(counts)), counts)
+    first = np.cumsum(counts) - counts
+    return span, starts[span] + np.arange(len(span)) - first[span]
 
 
 # a query's bucket holds few entries (0.5 on average at 1M rows): its candidates are
