@@ -256,3 +256,24 @@ def test_config_defaults_are_written_only_in_the_schema_and_config_yaml():
     rules = "\n".join(p.read_text() for p in [*(REPO / "rules").glob("*.smk"), REPO / "Snakefile"])
     found += re.findall(r'config\[[^\]]+\]\.get\("\w+", [^)]*\)', rules)
     assert not found, found
+
+
+def test_stages_import_numpy_without_its_huge_page_advice():
+    """pipeline/__init__.py turns numpy's madvise(MADV_HUGEPAGE) off before numpy loads (the
+    gathers paid for it in system time: bench/RESULTS.md); a user's own setting wins."""
+    import os
+    import subprocess
+    import sys
+    multiarray = pytest.importorskip("numpy._core.multiarray")
+    if not hasattr(multiarray, "_set_madvise_hugepage"):
+        pytest.skip("this numpy has no switch to read the setting back")
+    # _set_madvise_hugepage returns the setting it replaces: the one in force
+    code = ("import pipeline.dedup, numpy._core.multiarray as m; "
+            "print(m._set_madvise_hugepage(True))")
+    env = {k: v for k, v in os.environ.items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+    ours = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                          capture_output=True, text=True, check=True)
+    theirs = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                            env={**env, "NUMPY_MADVISE_HUGEPAGE": "1"},
+                            capture_output=True, text=True, check=True)
+    assert (ours.stdout.strip(), theirs.stdout.strip()) == ("False", "True")
