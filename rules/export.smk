@@ -43,6 +43,9 @@ rule tfrecords:
         name=config["name"],
         folder=lambda wildcards, input: os.path.dirname(input.manifest),
     threads: GATHER_THREADS  # worker processes decoding images and computing levels (pipeline/export.py)
+    # the longest of the writers after export (TensorFlow's import alone is ~3.5 s): started
+    # first, so on few cores the ZIP waits for a free core instead of TFRecords waiting
+    priority: 1
     conda:
         CONDA_ENV
     log:
