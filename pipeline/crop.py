@@ -26,8 +26,10 @@ smaller faces found in ``details.small_faces``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,7 +40,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.imaging import (ContentStore, code_digest, file_digest, first_real_frame, load_rgb_of,
-                              save_png)
+                              place, save_png)
 from pipeline.manifest import Drop, Row, ShardDir, declare, kept, load_config_arg, read_manifest, stage_argparser
 
 # cv2 and dlib are imported where they are used: the Snakefile imports this module at
@@ -629,8 +631,9 @@ def _rounded(a, ndigits=1) -> list:
     return np.round(np.asarray(a, dtype=np.float64), ndigits).tolist()
 
 
-def cut_face(im: Image.Image, face: Face, crop: dict) -> tuple[Image.Image, dict]:
-    """The crop of one face and what to record about it."""
+def plan_cut(face: Face, size: tuple[int, int], crop: dict) -> tuple[dict, dict]:
+    """Where one face is cut from a picture of ``size``, without its pixels: (what to
+    record about it, the cut: everything its pixels depend on besides the picture)."""
     details = {"method": crop["method"], "box": list(face.box), **face.score}
     if face.landmarks is not None:
         details["landmarks"] = _rounded(face.landmarks, 0)
@@ -639,16 +642,29 @@ def cut_face(im: Image.Image, face: Face, crop: dict) -> tuple[Image.Image, dict
         lo, hi = np.floor(quad.min(axis=0)), np.ceil(quad.max(axis=0))
         details.update(align="ffhq", quad=_rounded(quad, 2),
                        crop=[int(v) for v in (*lo, *hi)],
-                       padded=padding_of([int(v) for v in (*lo, *hi)], im.size))
-        return align_ffhq(im, quad), details
+                       padded=padding_of([int(v) for v in (*lo, *hi)], size))
+        return details, {"quad": quad.tolist()}  # floats as JSON writes them: exact
     margin, lift = framing(crop)
-    box = square_crop_box(face.box, margin, im.size, crop["border"], lift)
-    details.update(crop=list(box), padded=padding_of(box, im.size), margin=margin)
+    box = square_crop_box(face.box, margin, size, crop["border"], lift)
+    details.update(crop=list(box), padded=padding_of(box, size), margin=margin)
     if any(details["padded"]):
         details["border"] = crop["border"]
     if crop["method"] == "dlib":
         details["align"] = "box"
-    return cut_box(im, box, crop["border"]), details
+    return details, {"box": list(box), "border": crop["border"]}
+
+
+def cut_pixels(im: Image.Image, cut: dict) -> Image.Image:
+    """The pixels of a cut ``plan_cut`` planned."""
+    if "quad" in cut:
+        return align_ffhq(im, np.array(cut["quad"], dtype=np.float64))
+    return cut_box(im, tuple(cut["box"]), cut["border"])
+
+
+def cut_face(im: Image.Image, face: Face, crop: dict) -> tuple[Image.Image, dict]:
+    """The crop of one face and what to record about it."""
+    details, cut = plan_cut(face, im.size, crop)
+    return cut_pixels(im, cut), details
 
 
 def pass_through(row: Row) -> Row:
@@ -715,10 +731,80 @@ class DetectionStore:
                       for f in faces]})
 
 
+class CutStore:
+    """Faces cut by earlier runs, per raw file content and cut (``plan_cut``: the box and
+    border, or the FFHQ quad), so a shard that reruns because files were added, or after a
+    min_face/max_faces edit, places the faces it already has instead of decoding and
+    cutting again (the add-100-files rerun, issue 24). ``<cache_dir>/cuts/<settings>/``:
+    per cut its PNG, placed as a hard link (no second copy on disk; a copy where the cache
+    is on another file system), and a record (size, the decode's notes, the PNG's length).
+    Its settings are the code that decodes and cuts and the libraries that do it, so a
+    stored face is the bytes cutting again would write (tests compare)."""
+
+    FORMAT = 1  # bump when the stored record changes
+
+    def __init__(self, folder: str | os.PathLike | None):
+        self.placed = self.cut = 0
+        self._count = threading.Lock()  # crop_shard's threads share the store
+        settings = None
+        if folder:
+            import cv2
+            import PIL
+            import scipy
+            settings = {"format": self.FORMAT, "code": code_digest("crop.py", "imaging.py"),
+                        "versions": {"pillow": PIL.__version__, "opencv": cv2.__version__,
+                                     "numpy": np.__version__, "scipy": scipy.__version__}}
+        self._records = ContentStore(folder, settings)
+
+    @staticmethod
+    def key(digest: str, cut: dict) -> str:
+        return hashlib.sha256(json.dumps([digest, cut], sort_keys=True).encode()).hexdigest()
+
+    def get(self, key: str) -> dict | None:
+        """The record of a stored cut, or None."""
+        record = self._records.get(key)
+        return record if isinstance(record, dict) and {"width", "height", "bytes"} <= record.keys() else None
+
+    def place(self, key: str, record: dict, dest: Path) -> bool:
+        """Put the stored cut's PNG at ``dest``; False (and nothing there) where it is gone or
+        not the length its record says (then it is cut again)."""
+        try:
+            place(self._records.path_of(key, ".png"), dest)
+            if os.stat(dest).st_size == record["bytes"]:
+                with self._count:
+                    self.placed += 1
+                return True
+        except OSError:
+            pass
+        Path(dest).unlink(missing_ok=True)
+        return False
+
+    def put(self, key: str, png: Path, width: int, height: int, notes: dict | None) -> None:
+        """Store the cut just written at ``png`` (a full or read-only cache is skipped)."""
+        with self._count:
+            self.cut += 1
+        if self._records.folder is None:
+            return
+        target = self._records.path_of(key, ".png")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            place(png, tmp)
+            os.replace(tmp, target)  # the PNG before its record: a record never points at nothing
+        except OSError as e:
+            Path(tmp).unlink(missing_ok=True)
+            print(f"faceprep: cut not stored in {self._records.folder}: {e}", file=sys.stderr)
+            return
+        self._records.put(key, {"width": width, "height": height, "load": notes or {},
+                                "bytes": os.stat(png).st_size})
+
+
 def crop_image(row: Row, crop: dict, detector, out: ShardDir,
-               store: DetectionStore | None = None) -> list[Row]:
-    """All output rows for one kept ingest row (faces, or one drop row)."""
+               store: DetectionStore | None = None, cuts: CutStore | None = None) -> list[Row]:
+    """All output rows for one kept ingest row (faces, or one drop row). ``store``:
+    detections of earlier runs; ``cuts``: faces they cut."""
     store = store or DetectionStore(None, crop, {})
+    cuts = cuts or CutStore(None)
     im = notes = None
     try:
         if detector.passthrough:
@@ -747,44 +833,56 @@ def crop_image(row: Row, crop: dict, detector, out: ShardDir,
             if found:  # faces there, all below min_face: the user may want to lower it
                 details["small_faces"] = [list(f.box) for f in found]
             return [row.drop("no_face", width=size[0], height=size[1], details=details)]
+        plans = [plan_cut(face, size, crop) for face in faces]
+        keys = [cuts.key(digest, cut) for _, cut in plans]
+        records = [cuts.get(key) for key in keys]
     except (ModelError, DetectorLoadError):
         raise  # no detector: the whole stage stops (the log says why)
     except Exception as e:  # one odd image must not cost the other thousands in the shard
         return [row.drop("crop_error", details={"error": f"{type(e).__name__}: {e}"})]
-    if im is None:  # faces to cut from stored detections: the pixels are needed now
+    if im is None and None in records:  # faces to cut: the pixels are needed now
         try:
             im, notes = load_rgb_of(data, row.path)
         except Exception as e:
             return [row.drop("load_error", details={"error": f"{type(e).__name__}: {e}"})]
     try:
         rows = []
-        for k, face in enumerate(faces):
-            face_im, details = cut_face(im, face, crop)
+        for k, ((details, cut), key, record) in enumerate(zip(plans, keys, records)):
             face_id = f"{row.id}-f{k}"
             write_to, recorded = out.path(f"{face_id}.png")
-            save_png(face_im, write_to)
-            if notes:
-                details["load"] = notes
+            if record is not None and cuts.place(key, record, write_to):
+                width, height, face_notes = record["width"], record["height"], record["load"]
+            else:
+                if im is None:  # a stored cut gone since its record was read
+                    im, notes = load_rgb_of(data, row.path)
+                face_im = cut_pixels(im, cut)
+                save_png(face_im, write_to)
+                width, height, face_notes = face_im.width, face_im.height, notes
+                cuts.put(key, write_to, width, height, notes)
+            if face_notes:
+                details["load"] = face_notes
             rows.append(Row(id=face_id, source=row.source, parent_id=row.id, path=recorded,
-                            width=face_im.width, height=face_im.height, details=details))
+                            width=width, height=height, details=details))
         return rows
     except Exception as e:  # one odd image must not cost the other thousands in the shard
         return [row.drop("crop_error", details={"error": f"{type(e).__name__}: {e}"})]
 
 
 def crop_shard(rows: list[Row], crop: dict, models: dict, out: ShardDir, threads: int = 1,
-               store: DetectionStore | None = None) -> list[Row]:
+               store: DetectionStore | None = None, cuts: CutStore | None = None) -> list[Row]:
     """Crop every kept row of an ingest manifest into ``out``; rows in input order.
-    ``store``: detections stored by earlier runs are used instead of detecting again."""
+    ``store``: detections stored by earlier runs are used instead of detecting again;
+    ``cuts``: faces they cut are placed instead of cut again."""
     detector = LazyDetector(crop, models)
     import cv2
     # the pool is the job's parallelism (`threads`, what Snakemake granted): OpenCV's own
     # threads would oversubscribe the cores, or use cores a --cores 1 run did not grant
     cv2.setNumThreads(1)
     store = store or DetectionStore(None, crop, models)
+    cuts = cuts or CutStore(None)
     todo = list(kept(rows))
     with ThreadPoolExecutor(max(threads, 1)) as pool:
-        results = pool.map(lambda r: crop_image(r, crop, detector, out, store), todo)
+        results = pool.map(lambda r: crop_image(r, crop, detector, out, store, cuts), todo)
         return [r for rs in tqdm(results, total=len(todo), desc="crop", unit="img", mininterval=2)
                 for r in rs]
 
@@ -824,6 +922,8 @@ def main(argv=None) -> None:
     parser = stage_argparser(__doc__)
     parser.add_argument("--detections", default="",
                         help="folder of stored detections (DetectionStore); none: detect every image")
+    parser.add_argument("--cuts", default="",
+                        help="folder of stored cuts (CutStore); none: cut every face")
     args = parser.parse_args(argv)
     cfg = load_config_arg(args.config)
     rows = read_manifest(args.input)
@@ -835,8 +935,9 @@ def main(argv=None) -> None:
     folder, manifest_name = (output.parent, output.name) if output.suffix == ".tsv" else (output, "manifest.tsv")
     try:
         store = DetectionStore(args.detections, cfg["crop"], cfg["models"])
+        cuts = CutStore(args.cuts)
         with ShardDir(folder) as out:
-            result = crop_shard(rows, cfg["crop"], cfg["models"], out, args.threads, store)
+            result = crop_shard(rows, cfg["crop"], cfg["models"], out, args.threads, store, cuts)
             out.write_manifest(result, manifest_name)
     except ModelError as e:
         raise SystemExit(str(e)) from None
@@ -844,7 +945,7 @@ def main(argv=None) -> None:
     dropped = sum(not r.kept for r in result)
     print(f"crop ({cfg['crop']['method']}): {sum(1 for _ in kept(rows))} images -> "
           f"{faces} faces, {dropped} dropped; detections: {store.stored} stored, "
-          f"{store.detected} detected")
+          f"{store.detected} detected; faces: {cuts.placed} from stored cuts, {cuts.cut} cut")
 
 
 if __name__ == "__main__":

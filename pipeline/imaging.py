@@ -10,6 +10,7 @@ import json
 import os
 import struct
 import sys
+import shutil
 import tempfile
 import warnings
 import zlib
@@ -309,6 +310,16 @@ def code_digest(*modules: str) -> str:
     return h.hexdigest()
 
 
+def place(src: Path, dest: Path) -> None:
+    """Put a stored file into a shard folder (or a shard's file into a store): a hard link
+    when possible (files are never modified in place: every write is temp + rename), else
+    a copy."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
 class ContentStore:
     """JSON records stored per file content (sha256 of the bytes) and settings, across runs
     and shards: ``<folder>/<settings key>/<digest[:2]>/<digest>.json``. ``settings`` must
@@ -329,21 +340,22 @@ class ContentStore:
                 except OSError:
                     pass
 
-    def _path(self, digest: str) -> Path:
-        return self.folder / digest[:2] / f"{digest}.json"
+    def path_of(self, digest: str, suffix: str = ".json") -> Path:
+        """Where the record of ``digest`` is stored, or a file stored beside it."""
+        return self.folder / digest[:2] / f"{digest}{suffix}"
 
     def get(self, digest: str) -> dict | None:
         if self.folder is None:
             return None
         try:
-            return json.loads(self._path(digest).read_bytes())
+            return json.loads(self.path_of(digest).read_bytes())
         except (OSError, ValueError):
             return None
 
     def put(self, digest: str, record: dict) -> None:
         if self.folder is None:
             return
-        path = self._path(digest)
+        path = self.path_of(digest)
         try:
             # temp + rename, without manifest's fsync: that costs ~2 ms a file (4 s of a
             # 2,000-file first run), and a record a power cut loses or cuts short is a miss

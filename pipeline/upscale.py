@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -43,7 +42,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.imaging import load_rgb, pixel_digest, save_png
+from pipeline.imaging import load_rgb, pixel_digest, place, save_png
 from pipeline.manifest import (Drop, Row, ShardDir, atomic_write_with, declare, load_config_arg, read_manifest,
                                stage_argparser)
 
@@ -226,15 +225,6 @@ def cached_size(path: Path) -> tuple[int, int] | None:
             return im.size
     except (OSError, ValueError):
         return None
-
-
-def place(src: Path, dest: Path) -> None:
-    """Put a cache file into the shard folder: a hard link when possible (files are never
-    modified in place), else a copy."""
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copyfile(src, dest)
 
 
 # ---------------------------------------------------------------- the stage

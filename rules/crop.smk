@@ -33,6 +33,8 @@ rule crop:
     shell:
         "python -m pipeline.crop --input {input.manifest:q} --output {output:q}"
         # detections stored per file content + detector settings ($FACEPREP_CACHE_DIR: no
-        # param, moving it reruns nothing): a framing edit re-cuts without detecting
+        # param, moving it reruns nothing): a framing edit re-cuts without detecting; cut
+        # faces stored per content + cut: added files leave the others' faces as they were
         " --config {params.cfg:q} --threads {threads}"
-        " --detections \"$FACEPREP_CACHE_DIR/detections\" > {log:q} 2>&1"
+        " --detections \"$FACEPREP_CACHE_DIR/detections\" --cuts \"$FACEPREP_CACHE_DIR/cuts\""
+        " > {log:q} 2>&1"

@@ -613,11 +613,59 @@ def test_stored_detections_recut_framing_edits_without_detecting(tmp_path):
     assert shard_bytes(tmp_path / "dlib150") == shard_bytes(tmp_path / "dlib150_fresh")
 
 
-def run_crop_stored(folder, rows, crop_cfg, store) -> list[Row]:
+def run_crop_stored(folder, rows, crop_cfg, store, cuts=None) -> list[Row]:
     with ShardDir(folder) as out:
-        result = crop.crop_shard(rows, crop_cfg, {"animeface_cascade": str(CASCADE)}, out, 2, store)
+        result = crop.crop_shard(rows, crop_cfg, {"animeface_cascade": str(CASCADE)}, out, 2, store, cuts)
         out.write_manifest(result)
     return read_manifest(folder / "manifest.tsv")
+
+
+def test_stored_cuts_are_placed_where_files_were_added(tmp_path):
+    """Cut once: a shard that reruns because files joined it (or after a max_faces edit)
+    places the faces earlier runs cut (hard links: no second copy on disk) and cuts only
+    the new ones, writing the bytes a fresh run writes: box crops with reflected borders,
+    FFHQ quads, and decode notes (CMYK, EXIF rotation, alpha) kept with each cut. A framing
+    edit is a new cut; a stored PNG cut short or gone is cut again."""
+    anime = ["anime_miku_noisy.jpg", "anime_miku_CC_BY-NC.jpg", "broken/cmyk.jpg",
+             "broken/exif_orient6.jpg", "noface_city.jpg"]
+    rows, added = ingest_rows(anime), ingest_rows(["broken/alpha.png", "anime_miku_small.png"])
+    store_dir, cuts_dir = tmp_path / "detections", tmp_path / "cuts"
+    first = cfg(method="animeface", min_face=48)
+
+    def run(name, rows, crop_cfg):
+        store, cuts = crop.DetectionStore(store_dir, crop_cfg, {}), crop.CutStore(cuts_dir)
+        result = run_crop_stored(tmp_path / name, rows, crop_cfg, store, cuts)
+        run_crop(tmp_path / f"{name}-fresh", rows, crop_cfg)
+        assert shard_bytes(tmp_path / name) == shard_bytes(tmp_path / f"{name}-fresh"), name
+        return [r for r in result if r.kept], cuts
+
+    faces, cuts = run("first", rows, first)
+    assert len(faces) >= 4 and (cuts.placed, cuts.cut) == (0, len(faces))
+    assert any("load" in r.details for r in faces)  # the CMYK and rotated files' notes
+    both, cuts = run("added", rows + added, first)
+    assert (cuts.placed, cuts.cut) == (len(faces), len(both) - len(faces)) and len(both) > len(faces)
+    assert all(os.stat(tmp_path / "added" / Path(r.path).name).st_nlink >= 2 for r in both)
+    _, cuts = run("max1", rows + added, {**first, "max_faces": 1})
+    assert cuts.cut == 0
+    _, cuts = run("margin", rows, {**first, "margin": 0.6, "border": "reflect"})
+    assert cuts.placed == 0
+
+    # two of the stored cuts the rerun below places: one cut short, one gone
+    used = {os.stat(tmp_path / "added" / Path(r.path).name).st_ino for r in both}
+    stored = [p for p in sorted(cuts_dir.glob("*/*/*.png")) if p.stat().st_ino in used]
+    short = stored[0].read_bytes()[:100]
+    stored[0].unlink()
+    stored[0].write_bytes(short)
+    stored[1].unlink()
+    _, cuts = run("damaged", rows + added, first)
+    assert cuts.cut == 2 and cuts.placed == len(both) - 2
+
+    photo, ffhq = ingest_rows(["photo_2008_001009.jpg"]), cfg(method="dlib", min_face=40, dlib_upsample=0,
+                                                               align="ffhq")
+    faces, cuts = run("ffhq", photo, ffhq)
+    assert faces and cuts.cut == len(faces) and "quad" in faces[0].details
+    _, cuts = run("ffhq-again", photo, ffhq)
+    assert (cuts.placed, cuts.cut) == (len(faces), 0)
 
 
 def crop_targets(shards=("0", "1")) -> list[str]:
