@@ -296,19 +296,26 @@ def near_pairs(words: np.ndarray, nbits: int, radius: int, max_pairs: int = 4_00
     return pairs_between(words, words, nbits, radius, max_pairs, keep=lambda q, i: q < i)
 
 
+def _packed(keys: tuple[np.ndarray, ...]) -> tuple[np.ndarray, list[int]] | None:
+    """The keys (the first the least significant) packed into one int64 each, and each
+    key's span; None where they are not all integers >= 0 or do not fit."""
+    if len(keys[0]) == 0 or any(k.dtype.kind not in "biu" or k.min() < 0 for k in keys):
+        return None
+    spans = [int(k.max()) + 1 for k in keys]
+    if math.prod(spans) >= 1 << 62:
+        return None
+    packed, room = np.zeros(len(keys[0]), np.int64), 1
+    for k, span in zip(keys, spans):
+        packed += k.astype(np.int64) * room
+        room *= span
+    return packed, spans
+
+
 def _lexsort(keys: tuple[np.ndarray, ...]) -> np.ndarray:
     """``np.lexsort(keys)`` (the last key first; stable), by one stable sort of the keys
     packed into an int64 where they are integers >= 0 that fit (3x faster for millions)."""
-    if len(keys[0]) == 0 or any(k.dtype.kind not in "biu" or k.min() < 0 for k in keys):
-        return np.lexsort(keys)
-    spans = [int(k.max()) + 1 for k in keys]
-    if math.prod(spans) >= 1 << 62:
-        return np.lexsort(keys)
-    packed, room = np.zeros(len(keys[0]), np.int64), 1
-    for k, span in zip(keys, spans):  # the first key the least significant
-        packed += k.astype(np.int64) * room
-        room *= span
-    return np.argsort(packed, kind="stable")
+    packed = _packed(keys)
+    return np.lexsort(keys) if packed is None else np.argsort(packed[0], kind="stable")
 
 
 def closest_per_pair(lo: np.ndarray, hi: np.ndarray, distance: np.ndarray, tiebreak: np.ndarray,
@@ -316,7 +323,23 @@ def closest_per_pair(lo: np.ndarray, hi: np.ndarray, distance: np.ndarray, tiebr
     """Each pair (lo, hi) once: its link with the smallest distance, then the smallest
     ``tiebreak``. Returns (lo, hi, distance, tiebreak, *more) of those links, sorted by
     pair."""
-    order = _lexsort((tiebreak, distance, hi, lo))
+    keys = (tiebreak, distance, hi, lo)
+    packed = None if more else _packed(keys)
+    if packed is not None:
+        # nothing but the keys: links with equal packed keys are equal, so the packed
+        # values are sorted themselves (no order to keep, nothing to gather: 2.7x faster
+        # than the stable argsort for 6M links) and unpacked after
+        values, spans = packed
+        values = np.sort(values)
+        pair = values // (spans[0] * spans[1])
+        values = values[np.r_[True, pair[1:] != pair[:-1]]]
+        columns = []
+        for k, span in zip(keys, spans):
+            values, column = np.divmod(values, span)
+            columns.append(column.astype(k.dtype, copy=False))
+        tiebreak, distance, hi, lo = columns
+        return lo, hi, distance, tiebreak
+    order = _lexsort(keys)
     columns = [x[order] for x in (lo, hi, distance, tiebreak, *more)]
     lo, hi = columns[0], columns[1]
     first = np.r_[True, (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])] if len(lo) else np.zeros(0, bool)

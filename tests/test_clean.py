@@ -376,6 +376,23 @@ def test_packed_lexsort_is_numpys_lexsort():
         assert np.array_equal(_lexsort(keys), np.lexsort(keys))
 
 
+def test_closest_per_pair_sorting_packed_values_equals_sorting_by_order():
+    """Without other columns closest_per_pair sorts the packed keys themselves; the links it
+    keeps, and their types, are those of the order-and-gather path (an extra column forces
+    that), for many links per pair, ties, and keys that cannot be packed."""
+    from pipeline.hamming import closest_per_pair
+    rng = np.random.default_rng(9)
+    n = 20000
+    cases = [(rng.integers(0, 60, n), rng.integers(0, 60, n), rng.integers(0, 5, n), rng.random(n) < 0.5),
+             (rng.integers(0, 1 << 40, n), rng.integers(0, 1 << 40, n), rng.integers(0, 5, n), rng.random(n) < 0.5),
+             (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool))]
+    for lo, hi, d, mirrored in cases:
+        fast = closest_per_pair(lo, hi, d, mirrored)
+        general = closest_per_pair(lo, hi, d, mirrored, np.zeros(len(lo)))[:4]
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(fast, general))
+    assert len(closest_per_pair(*cases[0])[0]) == len(set(zip(cases[0][0].tolist(), cases[0][1].tolist())))
+
+
 def test_duplicate_pairs_equals_brute_force_however_often_it_merges():
     """Owner pairs at their closest (any window of one against the other's picture or its
     mirror; unmirrored first on ties), the same when the links are merged every few hundred."""
