@@ -763,3 +763,33 @@ def test_every_line_of_the_tallest_grid_cards_fits_inside_them(tmp_path_factory,
     assert tallest and all(len(c["lines"]) == 7 for c in tallest), cards
     assert all(c["over"] <= 0 for c in cards), [c for c in cards if c["over"] > 0]
     assert all(f"id: {c['id']}" in c["lines"] for c in cards)
+
+
+@needs_chromium
+def test_near_misses_of_the_bottom_fraction_sit_either_side_of_its_cut(tmp_path_factory, chrome):
+    """rank.drop_bottom_fraction's near misses (built by the page from the ranking): its
+    value is the fraction the cut dropped, the dropped cards are that cut's best-scored
+    (closest first), the kept cards the worst-scored survivors, every kept score above every
+    dropped one, and the advice names the fraction one face less."""
+    tree = build_results(tmp_path_factory.mktemp("nearcut"), drop_bottom_fraction=0.3)
+    make_report(tree, cfg={"thumb": 24, "thresholds": {"min_face": 250}})
+    score = {s.id: s.score for s in tree["scores"]}
+    ranked = read_manifest(tree["R"] / "ranked" / "manifest.tsv")
+    cut = sorted((r.id for r in ranked if not r.kept and "bottom_fraction" in r.reason), key=lambda i: -score[i])
+    survivors = sorted((r.id for r in ranked if r.kept), key=lambda i: score[i])
+    n = len(score)
+    assert cut and survivors
+
+    open_page(chrome, (tree["R"] / "report" / "index.html").resolve().as_uri())
+    chrome.find_element("css selector", "#tabs a[data-tab='near']").click()
+    sec = chrome.find_element("css selector", "#near section[data-setting='rank.drop_bottom_fraction']")
+    assert sec.find_element("css selector", "h3").text == f"rank.drop_bottom_fraction = {round(len(cut) / n, 4):g}"
+    assert sec.find_element("css selector", ".advice").text.startswith(
+        f"lowering rank.drop_bottom_fraction to {(len(cut) - 1) / n:.4f} adds 1 face")
+    cards = js(chrome, """return [...arguments[0].querySelectorAll('.card')].map(c =>
+        [c.dataset.id, c.classList.contains('near-kept'), c.querySelector('.label').textContent])""", sec)
+    dropped = [cid for cid, kept_, _ in cards if not kept_]
+    inside = [cid for cid, kept_, _ in cards if kept_]
+    assert dropped == cut[:6] and inside == survivors[:6]
+    assert min(score[i] for i in inside) > max(score[i] for i in dropped)
+    assert all(label == f"{'kept' if k else 'dropped'}, score {score[cid]:.4f}" for cid, k, label in cards)
