@@ -30,9 +30,10 @@ rule all:
 onerror:
     # The console ends with what went wrong: the failing job's log tail and path, or the
     # one-line reason of an intentional stop (pipeline/console.py).
-    from pipeline.console import failure_report
+    from pipeline.console import end_scheduler_timers, failure_report
 
     _text = failure_report(log)
+    end_scheduler_timers()  # the process exits now, not a second later
     if _text:
         print(f"Complete log(s): {', '.join(map(str, log))}\n{_text}", file=sys.stderr)
         sys.exit(1)  # snakemake prints nothing after this, so the reason stays the last line
@@ -42,7 +43,7 @@ _RUN_STARTED = __import__("time").time()  # the console's last lines: what this 
 
 
 onsuccess:
-    from pipeline.console import outcome
+    from pipeline.console import end_scheduler_timers, outcome
 
     for _line in outcome(R, since=_RUN_STARTED):
         print(f"faceprep: {_line}", file=sys.stderr)
@@ -52,3 +53,4 @@ onsuccess:
     _stale = stale_outputs(R, round_set(ROUNDS)["manifest"], REJECTS)
     if _stale:
         print(f"faceprep: {_stale}", file=sys.stderr)
+    end_scheduler_timers()  # the process exits now, not a second later

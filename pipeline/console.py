@@ -308,6 +308,21 @@ def stale_outputs(results: str | Path, training_set: str | Path, rejects: str | 
 
 # ---------------------------------------------------------------- CLI
 
+def end_scheduler_timers() -> int:
+    """Cancel the timers Snakemake's job scheduler left; returns how many. Its job rate
+    limiter (--max-jobs-per-timespan, default 100/1s) arms a non-daemon
+    ``threading.Timer`` of one timespan after each scheduling round, and Python waits for
+    the last one before it exits: every run that ran a job ended ~1 s after its last line
+    (snakemake 9.27). Called once the run is over (onsuccess, onerror), when nothing waits
+    on them any more."""
+    import threading
+    timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)
+              and getattr(t.function, "__module__", "").startswith("snakemake.scheduling")]
+    for timer in timers:
+        timer.cancel()
+    return len(timers)
+
+
 def tee_main(log: str, append: bool) -> None:
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab" if append else "wb") as out:

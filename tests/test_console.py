@@ -207,3 +207,28 @@ def test_stale_outputs_compare_the_curated_set_with_the_dataset_and_rejects_now(
     write_manifest(R / "export" / "manifest.tsv", changed)
     assert stale_outputs(R, training, rejects).startswith(
         "warning: the dataset changed after the network was trained: ")
+
+
+def test_the_scheduler_timers_that_hold_the_exit_are_cancelled():
+    """Snakemake's job rate limiter arms a non-daemon threading.Timer after each scheduling
+    round (Python waits for it before exiting: ~1 s after every run that ran a job); the
+    Snakefile's onsuccess/onerror cancel them with end_scheduler_timers, which leaves other
+    timers alone. Armed here by the scheduler's own method, so a Snakemake that schedules
+    differently fails this test instead of silently bringing the wait back."""
+    import threading
+    from snakemake.scheduling.job_scheduler import JobScheduler
+    from pipeline.console import end_scheduler_timers
+
+    class Scheduler:
+        _open_jobs = threading.Semaphore(0)
+
+    JobScheduler._schedule_reevalutation(Scheduler(), 30)
+    ours = threading.Timer(30, lambda: None)
+    ours.start()
+    theirs = [t for t in threading.enumerate() if isinstance(t, threading.Timer) and t is not ours]
+    assert theirs and not any(t.daemon for t in theirs)
+    assert end_scheduler_timers() == len(theirs)
+    for t in theirs:
+        t.join(2)
+    assert not any(t.is_alive() for t in theirs) and ours.is_alive()
+    ours.cancel()
