@@ -750,10 +750,10 @@ class CutStore:
         if folder:
             import cv2
             import PIL
-            import scipy
+            from importlib.metadata import version  # not `import scipy`: 0.1 s a crop job
             settings = {"format": self.FORMAT, "code": code_digest("crop.py", "imaging.py"),
                         "versions": {"pillow": PIL.__version__, "opencv": cv2.__version__,
-                                     "numpy": np.__version__, "scipy": scipy.__version__}}
+                                     "numpy": np.__version__, "scipy": version("scipy")}}
         self._records = ContentStore(folder, settings)
 
     @staticmethod
