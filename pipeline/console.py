@@ -306,8 +306,6 @@ def stale_outputs(results: str | Path, training_set: str | Path, rejects: str | 
             f"come from the older data; snakemake {' '.join(targets)} refreshes them")
 
 
-# ---------------------------------------------------------------- CLI
-
 def end_scheduler_timers() -> int:
     """Cancel the timers Snakemake's job scheduler left; returns how many. Its job rate
     limiter (--max-jobs-per-timespan, default 100/1s) arms a non-daemon
@@ -322,6 +320,8 @@ def end_scheduler_timers() -> int:
         timer.cancel()
     return len(timers)
 
+
+# ---------------------------------------------------------------- CLI
 
 def tee_main(log: str, append: bool) -> None:
     Path(log).parent.mkdir(parents=True, exist_ok=True)

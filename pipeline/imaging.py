@@ -9,8 +9,8 @@ import io
 import json
 import os
 import struct
-import sys
 import shutil
+import sys
 import tempfile
 import warnings
 import zlib
