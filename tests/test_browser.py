@@ -706,6 +706,25 @@ def test_page_saves_each_id_with_its_source_and_confirms_unmatched_lines(tree, c
 
 
 @needs_chromium
+def test_a_tab_is_open_when_its_click_returns(tree, chrome):
+    """Clicking a tab shows it within the click: the page does not wait for 'hashchange' (a
+    later task), which let a test, or a quick keyboard user, find the old tab still shown.
+    Click and read in one script, so no other task can run in between."""
+    open_page(chrome, tree["url"])
+    for name in ["near", "drops", "ranking", "help", "review", "near"]:
+        shown = js(chrome, """const a = document.querySelector(`#tabs a[data-tab='${arguments[0]}']`);
+            a.click();
+            return [[...document.querySelectorAll('section.tab')].filter(s => !s.hidden).map(s => s.dataset.tab),
+                    a.classList.contains('active'), document.querySelectorAll('#near section').length];""", name)
+        assert shown[0] == [name] and shown[1], (name, shown)
+        if name == "near":
+            assert shown[2] > 0  # built on its first opening, within the same click
+    from selenium.webdriver.support.ui import WebDriverWait
+    chrome.back()  # the hash still records the tabs: back goes to the one before
+    WebDriverWait(chrome, 5).until(lambda d: js(d, "return !document.getElementById('tab-review').hidden"))
+
+
+@needs_chromium
 def test_near_misses_tab_shows_each_threshold_with_values(tree, chrome):
     open_page(chrome, tree["url"])
     chrome.find_element("css selector", "#tabs a[data-tab='near']").click()

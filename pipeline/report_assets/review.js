@@ -30,14 +30,19 @@
   // the drop galleries and near misses are built the first time their tab opens: the grid
   // comes first (at 100k images they cost ~a third of the opening time)
   const lazyTabs = {};
+  let shownTab = null;
   function showTab(name) {
     if (!TABS.includes(name)) name = 'review';
+    shownTab = name;
     if (lazyTabs[name]) { const build = lazyTabs[name]; delete lazyTabs[name]; build(); }
     for (const sec of document.querySelectorAll('section.tab')) sec.hidden = sec.dataset.tab !== name;
     for (const a of document.querySelectorAll('#tabs a')) a.classList.toggle('active', a.dataset.tab === name);
     if (name === 'review') renderGrid(true);
   }
-  window.addEventListener('hashchange', () => showTab(location.hash.slice(1)));
+  // a tab opens on its click, not a task later when 'hashchange' fires: what was clicked is
+  // there as soon as the click returns (the hash still changes, for the back button and links)
+  window.addEventListener('hashchange', () => { const name = location.hash.slice(1); if (name !== shownTab) showTab(name); });
+  for (const a of document.querySelectorAll('#tabs a')) a.addEventListener('click', () => showTab(a.dataset.tab));
 
   // ------------------------------------------------------------ items
   const I = C.items;
