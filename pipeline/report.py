@@ -161,6 +161,8 @@ def reason_text(stage: str, reason: str) -> str:
 
 COVERAGE_MIN_FILES = 3      # a folder smaller than this says little
 COVERAGE_WARN_FRACTION = 0.5  # more than this share of a folder's readable files gave no face
+COVERAGE_FOLDER_LINES = 3   # more folders than this to warn of: one line for them all
+COVERAGE_FOLDER_NAMES = 8   # the folders that one line names
 
 
 def folder_of(source: str) -> str:
@@ -168,9 +170,31 @@ def folder_of(source: str) -> str:
     return source.rsplit("/", 1)[0] if "/" in source else "."
 
 
+def where_of(folder: str) -> str:
+    return "the top of raw_dir" if folder == "." else f"raw folder {folder}/"
+
+
+def tries_for(small: list[int], method: str, min_face) -> list[str]:
+    """What to try where files gave no face: the faces found under min_face (sorted sizes), the
+    other detector."""
+    tries = []
+    if small:
+        tries.append(f"{len(small)} faces were found below crop.min_face ({min_face} px), the largest "
+                     f"{small[-1]} px: lowering crop.min_face to {small[-1]} keeps them")
+    if method == "dlib":
+        tries.append("crop.method: dlib finds photographed faces; for drawn (anime) faces try "
+                     "crop.method: animeface")
+    elif method == "animeface":
+        tries.append("crop.method: animeface finds drawn faces; for photographs try crop.method: dlib")
+    if not small and min_face:
+        tries.append(f"or lower crop.min_face (now {min_face} px)")
+    return tries
+
+
 def coverage(stages: dict[str, list[Row]]) -> tuple[list[dict], list[str]]:
-    """Per raw sub-folder: files in, files read, files with a face, faces out; and a warning
-    (naming the setting to try) for each folder where most files read gave no face."""
+    """Per raw sub-folder: files in, files read, files with a face, faces out, whether to warn;
+    and a warning (naming the setting to try) for each folder where most files read gave no
+    face, or one for them all where there are more than COVERAGE_FOLDER_LINES such folders."""
     table: dict[str, dict] = {}
     for r in stages.get("ingest", []):
         t = table.setdefault(folder_of(r.source), {"folder": folder_of(r.source), "files": 0, "read": 0,
@@ -191,26 +215,27 @@ def coverage(stages: dict[str, list[Row]]) -> tuple[list[dict], list[str]]:
         elif r.reason == "no_face":
             t["noFace"] += 1
             t["small"] += [max(int(b[2]), int(b[3])) for b in (r.details.get("small_faces") or []) if len(b) == 4]
-    warnings = []
+    flagged = []  # (folder, its counts, the sizes of faces under min_face)
     for folder, t in sorted(table.items()):
         t["withFace"] = len(with_face.get(folder, ()))
         small = sorted(t.pop("small"))
-        if t["read"] < COVERAGE_MIN_FILES or t["noFace"] <= COVERAGE_WARN_FRACTION * t["read"]:
-            continue
-        where = "the top of raw_dir" if folder == "." else f"raw folder {folder}/"
-        tries = []
-        if small:
-            tries.append(f"{len(small)} faces were found below crop.min_face ({min_face} px), the largest "
-                         f"{small[-1]} px: lowering crop.min_face to {small[-1]} keeps them")
-        if method == "dlib":
-            tries.append("crop.method: dlib finds photographed faces; for drawn (anime) faces try "
-                         "crop.method: animeface")
-        elif method == "animeface":
-            tries.append("crop.method: animeface finds drawn faces; for photographs try crop.method: dlib")
-        if not small and min_face:
-            tries.append(f"or lower crop.min_face (now {min_face} px)")
-        warnings.append(shown(f"{where}: {t['noFace']} of {t['read']} files gave no face "
-                              f"(crop.method {method or '?'}): " + "; ".join(tries)))
+        t["warn"] = t["read"] >= COVERAGE_MIN_FILES and t["noFace"] > COVERAGE_WARN_FRACTION * t["read"]
+        if t["warn"]:
+            flagged.append((folder, t, small))
+    detector = f"crop.method {method or '?'}"
+    if len(flagged) <= COVERAGE_FOLDER_LINES:
+        warnings = [shown(f"{where_of(folder)}: {t['noFace']} of {t['read']} files gave no face ({detector}): "
+                          + "; ".join(tries_for(small, method, min_face))) for folder, t, small in flagged]
+    else:  # one line, not a screenful: the folder table marks each of them
+        worst_first = sorted(flagged, key=lambda f: -f[1]["noFace"])
+        names = [f"{f}/" if f != "." else "the top of raw_dir" for f, _, _ in worst_first]
+        more = len(names) - COVERAGE_FOLDER_NAMES
+        listed = ", ".join(names[:COVERAGE_FOLDER_NAMES]) + (f" and {more} more" if more > 0 else "")
+        no_face, read = (sum(t[k] for _, t, _ in flagged) for k in ("noFace", "read"))
+        small = sorted(b for _, _, sizes in flagged for b in sizes)
+        warnings = [shown(f"{len(flagged)} raw folders where most files gave no face ({no_face} of {read} "
+                          f"files, {detector}): {listed}; the Dropped tab's coverage table lists each: "
+                          + "; ".join(tries_for(small, method, min_face)))]
     return list(table.values()), warnings
 
 

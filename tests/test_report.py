@@ -424,6 +424,20 @@ def test_a_folder_where_the_detector_finds_no_face_is_a_warning_naming_the_setti
     page = render_index("t", [], warnings, "characters/t.rejects.txt")
     assert "crop.method: animeface" in page and 'id="warnings"' in page
 
+    # the same drawings spread over ten folders: one line for them all, not a screenful
+    from pipeline.manifest import Row
+    def spread(rows):
+        moved = [Row(**({f: getattr(r, f) for f in Row.FIELDS} | {"source": r.source.replace("anime/", f"anime{i}/")}))
+                 for i in range(10) for r in rows if r.source.startswith("anime/")]
+        return moved + [r for r in rows if r.source.startswith("photos/")]
+    folders, warnings = coverage({"ingest": spread(ingest_rows), "crop": spread(crop_rows)})
+    (warning,) = warnings
+    no_face = table["anime"]["noFace"]
+    assert warning.startswith(f"10 raw folders where most files gave no face ({10 * no_face} of 40 files")
+    assert len(re.findall(r"anime\d/", warning)) == 8 and "and 2 more" in warning
+    assert "crop.method: animeface" in warning and "coverage table" in warning
+    assert {f["folder"] for f in folders if f["warn"]} == {f"anime{i}" for i in range(10)}
+
 
 def test_near_misses_for_each_threshold_with_values_and_what_moving_it_changes():
     """Real clean decisions on real faces: the sharpness floor set at the median drops half;

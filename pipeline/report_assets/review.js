@@ -378,8 +378,7 @@
     const t = el('table', {id: 'folder-table'}, el('tr', {},
       ...['raw folder', 'files', 'read', 'files with a face', 'files without', 'faces'].map((h) => el('th', {text: h}))));
     for (const f of F) {
-      const bad = f.read && f.noFace > f.read / 2;
-      t.append(el('tr', {class: bad ? 'warn' : ''}, el('td', {class: 'stage', text: f.folder}),
+      t.append(el('tr', {class: f.warn ? 'warn' : ''}, el('td', {class: 'stage', text: f.folder}),
         ...[f.files, f.read, f.withFace, f.noFace, f.faces].map((v) => el('td', {text: String(v)}))));
     }
     root.append(el('h3', {text: 'Coverage per raw folder (files in, faces out)'}), t);
