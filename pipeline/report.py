@@ -55,7 +55,7 @@ from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, by_co
                                load_config_arg, read_manifest)
 from pipeline.rank import Score, read_scores
 from util.config import default_rejects
-from util.fingerprint import dataset_fingerprint as dataset_fingerprint_of
+from util.fingerprint import dataset_fingerprint
 
 # Stages in data-flow order; dedup (a gather over clean) decides before upscale.
 FUNNEL = ("ingest", "crop", "clean", "dedup", "upscale", "normalize", "augment", "export", "ranked")
@@ -303,52 +303,27 @@ def load_stages(stage_manifests: list[str], dedup: str | None, dataset: str | No
     return stages
 
 
-def dataset_fingerprint(export_manifest: str | os.PathLike) -> str:
-    """What the dataset is: the sha256 of export's manifest (ids, files, order)."""
+def manifest_digest(export_manifest: str | os.PathLike) -> str:
+    """The sha256 of export's manifest (ids, files, order): the check and ranking pages carry
+    it, so the page can tell whether its two halves were made from the same dataset."""
     return hashlib.sha256(Path(export_manifest).read_bytes()).hexdigest()
-
-
-def run_fingerprint(export_manifest: str | os.PathLike) -> str:
-    """The dataset fingerprint training records (util.fingerprint, issue 11a): sha256 over
-    "<id>\t<sha256 of the image file>" of every dataset image in id order."""
-    return dataset_fingerprint_of(export_manifest)["sha256"]
-
-
-def recorded_fingerprint(network: str | os.PathLike) -> str | None:
-    """The dataset fingerprint a checkpoint records: its ``__meta__`` JSON's
-    ``extra.run.dataset.sha256`` (gan.checkpoint + gan.runs), or a string entry whose key
-    names a fingerprint; None when it records none (an older checkpoint)."""
-    import numpy as np
-    with np.load(network, allow_pickle=False) as npz:
-        for key in npz.files:
-            if npz[key].dtype.kind not in "US" or npz[key].size != 1:
-                continue
-            value = str(npz[key].reshape(()).item())
-            if key == "__meta__":
-                run = (json.loads(value).get("extra") or {}).get("run") or {}
-                sha = (run.get("dataset") or {}).get("sha256") if isinstance(run, dict) else None
-                if sha:
-                    return str(sha)
-            elif "fingerprint" in key.lower():
-                return value
-    return None
 
 
 def training_staleness(network: str | os.PathLike | None, export_manifest: str | os.PathLike) -> str:
     """"" when the network was trained on this dataset, else why it looks older.
 
-    The checkpoint's recorded dataset fingerprint decides when it has one (compared with
-    the same fingerprint of the export manifest); otherwise file times do.
+    The fingerprint of the set the network trained on, as its training run recorded it
+    (``gan.runs.network_provenance``), decides when it has one (compared with the same
+    fingerprint of ``export_manifest``: ids and image bytes); otherwise (a pretrained file,
+    a TF1 pickle) file times do.
     """
     if not network or not Path(network).exists() or not Path(export_manifest).exists():
         return ""
-    try:
-        recorded = recorded_fingerprint(network)
-    except (OSError, ValueError, KeyError) as e:
-        return f"cannot read the network {network}: {e}"
+    from gan.runs import network_provenance  # numpy only, no TensorFlow
+    recorded = network_provenance(network).get("dataset")
     if recorded:
         try:
-            current = run_fingerprint(export_manifest)
+            current = dataset_fingerprint(export_manifest)["sha256"]
         except OSError as e:
             return f"cannot fingerprint the dataset {export_manifest}: {e}"
         if recorded != current:
@@ -815,7 +790,7 @@ def build_check(*, name: str, stage_manifests: list[str], dataset: str, dedup: s
     folders, warnings = coverage(stages)
     for p in problems + warnings:
         warn(p)
-    fingerprint = dataset_fingerprint(dataset) if Path(dataset).exists() else ""
+    fingerprint = manifest_digest(dataset) if Path(dataset).exists() else ""
     shown_path = rejects_shown or rejects or default_rejects(name)
     data = check_data(name, items, clusters, thumbs, previews, out_dir, preset, problems,
                       fingerprint, shown_path, funnel(stages), folders, warnings,
@@ -849,7 +824,7 @@ def build_ranking(*, stage_manifests: list[str], dataset: str, dedup: str | None
     for p in problems:
         warn(p)
     worse_than, decided = explain_scores(scores, names)
-    data = {"datasetFingerprint": dataset_fingerprint(dataset), "ids": [s.id for s in scores],
+    data = {"datasetFingerprint": manifest_digest(dataset), "ids": [s.id for s in scores],
             "score": [round(s.score, 6) for s in scores], "std": [round(s.std, 6) for s in scores],
             # the std is the score's spread over reshuffled batches: 0 everywhere (one shuffle)
             # means nothing, and the page then shows no "±"

@@ -203,9 +203,11 @@ def test_scores_and_report_of_the_real_run(finished_run, monkeypatch):
     # the network records the fingerprint of this very dataset: no "training is older" warning
     ranking = page_data(finished_run / R / "report" / "ranking.js")
     assert ranking["problems"] == [] and set(ranking["ids"]) == {r.id for r in dataset}
-    from pipeline.report import recorded_fingerprint, run_fingerprint
+    from gan.runs import network_provenance
+    from util.fingerprint import dataset_fingerprint
     monkeypatch.chdir(finished_run)  # manifest paths are relative to the workdir
-    assert recorded_fingerprint(R / "finetune" / "network-final.npz") == run_fingerprint(R / "export" / "manifest.tsv")
+    assert (network_provenance(R / "finetune" / "network-final.npz")["dataset"]
+            == dataset_fingerprint(R / "export" / "manifest.tsv")["sha256"])
     log = (finished_run / R / "logs" / "rank" / "all.log").read_text(encoding="utf-8")
     assert "images/s" in log and "on CPU" in log
 

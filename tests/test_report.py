@@ -287,8 +287,9 @@ def test_training_older_than_the_dataset_is_reported(tmp_path, capfd):
     assert out["ranking"]["problems"] == out["ranking_problems"]
     assert "older than the dataset" in capfd.readouterr().err
     # a recorded fingerprint (as gan.checkpoint/gan.runs store it) decides over file times
-    from pipeline.report import run_fingerprint
-    meta = lambda sha: np.array(json.dumps({"extra": {"run": {"dataset": {"sha256": sha}}}}))  # noqa: E731
+    from util.fingerprint import dataset_fingerprint
+    run_fingerprint = lambda manifest: dataset_fingerprint(manifest)["sha256"]  # noqa: E731
+    meta = lambda sha: np.array(json.dumps({"extra": {"run": {"id": "r1", "dataset": {"sha256": sha}}}}))  # noqa: E731
     np.savez(net, __meta__=meta(run_fingerprint(export)))
     os.utime(net, ns=(export.stat().st_mtime_ns - 10**9,) * 2)
     assert training_staleness(net, export) == ""
