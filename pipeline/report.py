@@ -55,7 +55,6 @@ from pipeline.manifest import (Row, atomic_write_bytes, atomic_write_text, by_co
                                load_config_arg, read_manifest)
 from pipeline.rank import Score, read_scores
 from util.config import default_rejects
-from util.fingerprint import dataset_fingerprint
 
 # Stages in data-flow order; dedup (a gather over clean) decides before upscale.
 FUNNEL = ("ingest", "crop", "clean", "dedup", "upscale", "normalize", "augment", "export", "ranked")
@@ -312,24 +311,19 @@ def manifest_digest(export_manifest: str | os.PathLike) -> str:
 def training_staleness(network: str | os.PathLike | None, export_manifest: str | os.PathLike) -> str:
     """"" when the network was trained on this dataset, else why it looks older.
 
-    The fingerprint of the set the network trained on, as its training run recorded it
-    (``gan.runs.network_provenance``), decides when it has one (compared with the same
-    fingerprint of ``export_manifest``: ids and image bytes); otherwise (a pretrained file,
-    a TF1 pickle) file times do.
+    The fingerprint of the set the network trained on, as its training run recorded it,
+    decides when it has one (``gan.runs.staleness``: the same fingerprint of
+    ``export_manifest``, ids and image bytes); otherwise (a pretrained file, a TF1 pickle)
+    file times do.
     """
     if not network or not Path(network).exists() or not Path(export_manifest).exists():
         return ""
-    from gan.runs import network_provenance  # numpy only, no TensorFlow
-    recorded = network_provenance(network).get("dataset")
-    if recorded:
-        try:
-            current = dataset_fingerprint(export_manifest)["sha256"]
+    from gan.runs import network_provenance, staleness  # numpy only, no TensorFlow
+    if network_provenance(network).get("dataset"):
+        try:  # the line rank's log gives too
+            return staleness(network, export_manifest).removeprefix("warning: ")
         except OSError as e:
             return f"cannot fingerprint the dataset {export_manifest}: {e}"
-        if recorded != current:
-            return (f"the network {network} was trained on another dataset (fingerprint "
-                    f"{recorded[:12]}, dataset now {current[:12]}): rerun the fine-tune")
-        return ""
     if os.stat(network).st_mtime_ns < os.stat(export_manifest).st_mtime_ns:
         return (f"the network {network} is older than the dataset {export_manifest}: "
                 "its scores may not fit the images now in it; rerun the fine-tune")

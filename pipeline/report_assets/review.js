@@ -457,7 +457,7 @@
     const last = D.rounds[D.rounds.length - 1];
     sec.append(el('p', {id: 'rounds-network', text: 'Scores, model and figures come from run ' + (last.run || '?')
       + ', round ' + last.round + ' of ' + D.rounds.length + (last.kimg != null ? ' (kimg ' + last.kimg + ')' : '') + '.'}));
-    if (K && K.problems) for (const p of K.problems) if (/older|another dataset/.test(p)) sec.append(el('p', {class: 'stale', text: p}));
+    if (K && K.problems) for (const p of K.problems) if (/older/.test(p)) sec.append(el('p', {class: 'stale', text: p}));
     const now = new Set(C.preset.filter((i) => idIndex.has(i)));
     const saw = new Set(D.rejected || []);
     if (now.size !== saw.size || [...now].some((i) => !saw.has(i)))
