@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402,F401  (pipeline/ and tests/ on the path)
 from dedup_reference import dedup, near_duplicate_clusters  # noqa: E402
 from pipeline.dedup import main as dedup_cli  # noqa: E402
-from pipeline.hamming import choose_blocks, hamming, near_pairs  # noqa: E402
+from pipeline.hamming import choose_tables, hamming, near_pairs  # noqa: E402
 from pipeline.manifest import Row, write_manifest  # noqa: E402
 from util.config import defaults  # noqa: E402
 
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     words, originals, copies = planted_hashes(a.n, a.pairs, a.radius, a.seed)
     assert (hamming(words[originals], words[copies]) <= a.radius).all()
     print(f"{a.n:,} hashes, {a.pairs:,} planted pairs at distance 1..{a.radius}, "
-          f"{choose_blocks(a.n, a.n, 64, a.radius)} blocks")
+          "%d blocks, %d tables" % (lambda m, keys: (m, len(keys)))(*choose_tables(a.n, a.n, 64, a.radius)))
 
     (i, j, d), seconds = timed(near_pairs, words, 64, a.radius)
     found = set(zip(i.tolist(), j.tolist()))

@@ -7,8 +7,8 @@ two searches (source pictures, face crops; default config: trims, flips, radius 
   - query-table lookups: queries (whole + windows) x tables (multi-index hashing,
     pipeline/hamming.py), and candidates: index entries sharing a query's key in a table
     (exact: the per-table dot product of the query and index key histograms);
-  - the least numpy work per lookup (its key from two blocks, one gather from the 4 MB
-    byte-per-bucket table and the flatnonzero of its hits) and per candidate (gather of its words, xor, popcount,
+  - the least numpy work per lookup (its key from the first table's blocks, one gather from the
+    byte-per-bucket table, the flatnonzero of its hits) and per candidate (gather of its words, xor, popcount,
     compare), timed on random data of the same sizes;
   - floor = lookups x per-lookup + candidates x per-candidate, against the search's own
     CPU seconds (``hamming.duplicate_pairs``).
@@ -17,7 +17,6 @@ CPU seconds from getrusage (the machine is shared: wall time is not a fair figur
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import resource
@@ -39,13 +38,13 @@ def cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def counts(queries: list, index: np.ndarray, nbits: int, radius: int) -> tuple[int, int, int]:
-    """(blocks, query-table lookups, candidates) of ``pairs_between`` on these hashes."""
+def counts(queries: list, index: np.ndarray, nbits: int, radius: int) -> tuple[int, tuple, int, int]:
+    """(blocks, tables' key blocks, query-table lookups, candidates) of ``pairs_between``
+    on these hashes."""
     n_q = sum(len(p) for p in queries)
-    blocks = hamming.choose_blocks(n_q, len(index), nbits, radius)
+    blocks, tables = hamming.choose_tables(n_q, len(index), nbits, radius)
     bounds = hamming._block_bounds(nbits, blocks)
     candidates = 0
-    tables = list(itertools.combinations(range(blocks), blocks - radius))
     for subset in tables:
         bits = sum(bounds[b][1] for b in subset)
         i_hist = np.bincount(hamming._one_word_key(index.view(np.int64).reshape(-1), bounds, subset),
@@ -57,22 +56,24 @@ def counts(queries: list, index: np.ndarray, nbits: int, radius: int) -> tuple[i
                 q_hist += np.bincount(hamming._one_word_key(words.view(np.int64).reshape(-1), bounds, subset),
                                       minlength=1 << bits)
         candidates += int(q_hist @ i_hist)
-    return blocks, n_q * len(tables), candidates
+    return blocks, tables, n_q * len(tables), candidates
 
 
-def unit_costs(n_index: int, key_bits: int, reps: int = 20) -> tuple[float, float]:
-    """CPU seconds per lookup and per candidate of the least numpy work, 1M at a time."""
+def unit_costs(n_index: int, nbits: int, blocks: int, key: tuple, reps: int = 20) -> tuple[float, float]:
+    """CPU seconds per lookup (key ``key`` of ``blocks`` blocks) and per candidate of the
+    least numpy work, 1M at a time."""
+    bounds = hamming._block_bounds(nbits, blocks)
+    key_bits = sum(bounds[b][1] for b in key)
     rng = np.random.default_rng(0)
     occupied = (rng.random(1 << key_bits) < n_index / 2**key_bits).view(np.uint8)
     words = rng.integers(0, 2**63, n_index).astype(np.uint64)
     keys = rng.integers(0, 1 << key_bits, 1 << 20)
     pos = rng.integers(0, n_index, 1 << 20)
     queries = rng.integers(0, 2**63, 1 << 20).astype(np.uint64)
-    bounds = hamming._block_bounds(64, 6)
     out, tmp = np.empty(1 << 20, np.int64), np.empty(1 << 20, np.int64)
     t = cpu()
-    for _ in range(reps):  # the key (two blocks: two shifts, two masks, an or), its bucket
-        hamming._one_word_key(queries.view(np.int64), bounds, (0, 3), out, tmp)
+    for _ in range(reps):  # the key (a shift and a mask a block, an or between), its bucket
+        hamming._one_word_key(queries.view(np.int64), bounds, key, out, tmp)
         np.flatnonzero(occupied[keys])
     lookup = (cpu() - t) / reps / (1 << 20)
     t = cpu()
@@ -98,13 +99,13 @@ def main() -> None:
         whole, mirror, trims = sets[""], sets["_mirror"], sets["_trims"]
         index = np.concatenate([whole.words, mirror.words])
         queries = [whole.words, *trims.words]
-        blocks, lookups, candidates = counts(queries, index, nbits, radius)
-        key_bits = sum(sorted(length for _, length in hamming._block_bounds(nbits, blocks))[-(blocks - radius):])
-        lookup, candidate = unit_costs(len(index), key_bits)
+        blocks, tables, lookups, candidates = counts(queries, index, nbits, radius)
+        lookup, candidate = unit_costs(len(index), nbits, blocks, tables[0])
         t = cpu()
         pairs = len(hamming.duplicate_pairs(sets, nbits, radius, True)[0])
         search = cpu() - t
-        out[name] = {"queries": sum(len(p) for p in queries), "index": len(index), "blocks": blocks,
+        out[name] = {"queries": sum(len(p) for p in queries), "index": len(index),
+                     "blocks": blocks, "tables": len(tables),
                      "lookups": lookups, "candidates": candidates, "pairs": pairs,
                      "ns_per_lookup": round(lookup * 1e9, 2), "ns_per_candidate": round(candidate * 1e9, 2),
                      "floor_cpu_s": round(lookups * lookup + candidates * candidate, 2),

@@ -2,8 +2,9 @@
 
 Multi-index hashing (Norouzi et al.; Manku et al.'s permuted tables): split the hash into m
 blocks; two hashes within radius r differ in at most r blocks, so they agree exactly on
-some m - r of them. A table per (m - r)-subset of blocks, keyed by those blocks'
-concatenated bits, holds the index; a query's candidates are the index entries that
+some m - r of them. Tables keyed by sets of blocks (their concatenated bits) hold the
+index, one set inside every (m - r)-set of blocks (those sets themselves, or a covering
+of them by fewer blocks: ``covering``); a query's candidates are the index entries that
 share its key in some table, and a popcount verifies them. That finds every pair within r
 without comparing all N^2 pairs (1M hashes in seconds, see bench/bench_dedup.py).
 
@@ -15,6 +16,7 @@ pictures match.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import sys
@@ -68,21 +70,75 @@ def _block_bounds(nbits: int, blocks: int) -> list[tuple[int, int]]:
     return [(edges[i], edges[i + 1] - edges[i]) for i in range(blocks)]
 
 
-def search_cost(n_queries: int, n_index: int, nbits: int, radius: int, blocks: int) -> float:
-    """Estimated seconds of ``pairs_between`` with ``blocks`` blocks: every table sorts both
-    sides, and verifies Q * N / 2^key_bits candidates (with many trimmed-window queries,
-    few tables win)."""
+def search_cost(n_queries: int, n_index: int, nbits: int, radius: int, blocks: int,
+                tables: int | None = None, key_blocks: int | None = None) -> float:
+    """Estimated seconds of ``pairs_between`` with ``blocks`` blocks and ``tables`` tables
+    keyed by ``key_blocks`` blocks (by default every set of blocks - radius): every table
+    sorts both sides, and verifies Q * N / 2^key_bits candidates (with many trimmed-window
+    queries, few tables win)."""
+    key_blocks = blocks - radius if key_blocks is None else key_blocks
+    tables = math.comb(blocks, radius) if tables is None else tables
     sizes = sorted(length for _, length in _block_bounds(nbits, blocks))
-    key_bits = min(64, sum(sizes[: blocks - radius]))
+    key_bits = min(64, sum(sizes[:key_blocks]))
     sort = sum(k * math.log2(max(k, 2)) for k in (n_queries, n_index)) * _SORT_COST
-    return math.comb(blocks, radius) * (sort + n_queries * n_index * 2.0 ** -key_bits * _PAIR_COST)
+    return tables * (sort + n_queries * n_index * 2.0 ** -key_bits * _PAIR_COST)
 
 
-def choose_blocks(n_queries: int, n_index: int, nbits: int, radius: int) -> int:
-    """Number of blocks m (>= radius + 1, each <= 64 bits) with the least ``search_cost``."""
+# a covering is looked for where its incidence matrix (sets of agreeing blocks x candidate
+# keys) has at most this many cells: 9 blocks, keys of 3 at radius 4 have 10,584
+_COVERING_CELLS = 100_000
+
+
+def _masks(blocks: int, size: int) -> np.ndarray:
+    return np.array([sum(1 << b for b in c) for c in itertools.combinations(range(blocks), size)], np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def covering(blocks: int, exact: int, key_blocks: int) -> tuple[tuple[int, ...], ...] | None:
+    """Sets of ``key_blocks`` of the blocks such that every set of ``exact`` blocks holds
+    one (greedy: each time the set held by most of those not yet covered, the first on
+    ties), or None where that is too big to look for. Two hashes that agree on ``exact``
+    blocks then share a key in some table: at radius 4 on 64 bits, 12 tables keyed by 3
+    of 9 blocks (21-22 bits) find every pair the 15 keyed by 2 of 6 find (20-22 bits),
+    with a fifth fewer lookups (bench/RESULTS.md, 1M rows)."""
+    if key_blocks == exact:
+        return tuple(itertools.combinations(range(blocks), exact))
+    if math.comb(blocks, exact) * math.comb(blocks, key_blocks) > _COVERING_CELLS:
+        return None
+    keys, agree = _masks(blocks, key_blocks), _masks(blocks, exact)
+    held = (agree[:, None] & keys[None, :]) == keys[None, :]
+    chosen, left = [], np.ones(len(agree), bool)
+    while left.any():
+        best = int(np.argmax(held[left].sum(axis=0)))
+        chosen.append(tuple(b for b in range(blocks) if keys[best] >> b & 1))
+        left &= ~held[:, best]
+    return tuple(chosen)
+
+
+def choose_tables(n_queries: int, n_index: int, nbits: int, radius: int) -> tuple[int, tuple[tuple[int, ...], ...]]:
+    """(m, keys): the number of blocks (>= radius + 1, each <= 64 bits) and each table's
+    key blocks, with the least ``search_cost``. A pair within the radius agrees on some
+    m - radius blocks, so a table per such set finds every pair; so does a covering of
+    those sets by fewer blocks a key (longer blocks, fewer tables), which wins where the
+    queries are many. A covering is looked for only where the fewest tables it could have
+    would cost less than the best so far."""
     smallest = max(radius + 1, math.ceil(nbits / 64))
-    options = range(smallest, min(nbits, smallest + 16) + 1)
-    return min(options, key=lambda m: search_cost(n_queries, n_index, nbits, radius, m))
+    best = None
+    for m in range(smallest, min(nbits, smallest + 16) + 1):
+        exact = m - radius
+        for key_blocks in range(exact, 0, -1):
+            # each key is held by comb(m - k, exact - k) of the comb(m, exact) agreeing sets
+            fewest = math.ceil(math.comb(m, exact) / math.comb(m - key_blocks, exact - key_blocks))
+            if best is not None and search_cost(n_queries, n_index, nbits, radius, m, fewest,
+                                                key_blocks) >= best[0]:
+                continue
+            keys = covering(m, exact, key_blocks)
+            if keys is None:
+                continue
+            cost = search_cost(n_queries, n_index, nbits, radius, m, len(keys), key_blocks)
+            if best is None or cost < best[0]:
+                best = (cost, m, keys)
+    return best[1], best[2]
 
 
 def _candidate_batches(starts: np.ndarray, counts: np.ndarray, max_pairs: int):
@@ -157,9 +213,15 @@ def _one_word_key(words: np.ndarray, bounds: list[tuple[int, int]], subset: tupl
     place, into ``out``: a quarter of the time of extracting and joining the blocks)."""
     out = np.empty(len(words), np.int64) if out is None else out[:len(words)]
     tmp = np.empty(len(words), np.int64) if tmp is None else tmp[:len(words)]
-    rest = sum(bounds[b][1] for b in subset)
-    for n, b in enumerate(subset):
+    runs = []  # neighbouring blocks in order are one range of bits: one shift and mask
+    for b in subset:
         start, length = bounds[b]
+        if runs and runs[-1][0] + runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], runs[-1][1] + length)
+        else:
+            runs.append((start, length))
+    rest = sum(length for _, length in runs)
+    for n, (start, length) in enumerate(runs):
         rest -= length
         # an arithmetic shift: the sign bits it brings in are above the mask
         target = out if n == 0 else tmp
@@ -190,7 +252,7 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
     n_queries = int(starts[-1])
     if n_queries == 0 or len(index) == 0:
         return empty
-    blocks = choose_blocks(n_queries, len(index), nbits, radius)
+    blocks, tables = choose_tables(n_queries, len(index), nbits, radius)
     bounds = _block_bounds(nbits, blocks)
     # the index's blocks in the smallest type that holds them (11-bit blocks: a quarter)
     i_blocks = [_bit_range(index, start, length).astype(
@@ -203,7 +265,7 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
     if one_word:  # keys in place, two buffers for every chunk and table
         key_buf = np.empty(min(chunk, max(len(p) for p in parts)), np.int64)
         tmp_buf = np.empty_like(key_buf)
-    for subset in itertools.combinations(range(blocks), blocks - radius):
+    for subset in tables:
         key_bits = sum(bounds[b][1] for b in subset)
         if one_word:
             i_key = _one_word_key(index.view(np.int64).reshape(-1), bounds, subset)
@@ -213,15 +275,26 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
             i_key = np.zeros(len(index), dtype=np.uint64)
             for b in subset:  # concatenated; bits shifted out past 64 only add candidates
                 i_key = (i_key << np.uint64(bounds[b][1])) | i_blocks[b]
-        order = np.argsort(i_key).astype(dtype)  # any order within a bucket: pairs are sets
-        table_words = index.reshape(-1).take(order).reshape(-1, 1) if one_word else index[order]
         direct = key_bits <= DIRECT_KEY_BITS
+        if direct:
+            # short keys and positions packed in an int64 and sorted: positions in key order
+            # (in order within a bucket: any order would do, pairs are sets) at 0.6 of the
+            # time of an argsort
+            shift = max(1, (len(index) - 1).bit_length())
+            packed = i_key.astype(np.int64, copy=False) << shift
+            np.bitwise_or(packed, np.arange(len(index)), out=packed)
+            packed.sort()
+            order = np.bitwise_and(packed, (1 << shift) - 1, out=packed).astype(dtype)
+            del packed
+        else:
+            order = np.argsort(i_key).astype(dtype)  # any order within a bucket: pairs are sets
+        table_words = index.reshape(-1).take(order).reshape(-1, 1) if one_word else index[order]
         if direct:
             # keys this short index a table directly: a query's bucket is one lookup, no
             # sort of the (many) queries and no binary search (4x faster at 1M rows)
             bucket_size = np.bincount(i_key.astype(np.intp, copy=False), minlength=1 << key_bits)
             bucket_start = np.zeros((1 << key_bits) + 1, dtype=dtype)
-            np.cumsum(bucket_size, out=bucket_start[1:])
+            np.cumsum(bucket_size, dtype=dtype, out=bucket_start[1:])  # summed in its type: 10x
             # a byte a bucket (4 MB at 22 bits, mostly in cache): its size up to 255, 0 for
             # empty; the starts (16 MB) are read for the queries that hit only (half the
             # time at 1M), and the ends only for buckets of 255 or more

@@ -6,6 +6,7 @@ import copy
 import io
 import itertools
 import json
+import math
 import re
 
 import numpy as np
@@ -317,11 +318,19 @@ def test_near_pairs_equals_brute_force(nbits, radius):
     assert (d == hamming(words[i], words[j])).all()
 
 
-@pytest.mark.parametrize("nbits,radius", [(64, 4), (64, 1), (256, 16)])
-def test_pairs_between_equals_brute_force(nbits, radius):
+@pytest.mark.parametrize("nbits,radius,design", [(64, 4, None), (64, 1, None), (256, 16, None),
+                                                (64, 4, (9, 3)), (64, 4, (7, 2)), (128, 6, (9, 2))])
+def test_pairs_between_equals_brute_force(nbits, radius, design, monkeypatch):
     """Both table lookups (direct for short keys, sorted for long ones) and queries in
-    chunks find exactly the pairs within the radius."""
-    words = random_clustered_hashes(1800, nbits, radius, seed=7)
+    chunks find exactly the pairs within the radius; so do tables keyed by a covering
+    (``design``: blocks, blocks a key; fewer, longer keys, as a million rows' windows get),
+    on one-word and two-word hashes."""
+    from pipeline import hamming as hm
+    if design:
+        blocks, key_blocks = design
+        tables = hm.covering(blocks, blocks - radius, key_blocks)
+        monkeypatch.setattr(hm, "choose_tables", lambda *args: (blocks, tables))
+    words = random_clustered_hashes(1800, nbits, radius, seed=7 if design is None else design[0])
     queries, index = words[:1200], words[1200:]
     qq, ii = (x.ravel() for x in np.meshgrid(np.arange(len(queries)), np.arange(len(index)), indexing="ij"))
     dist = hamming(queries[qq], index[ii])
@@ -331,6 +340,31 @@ def test_pairs_between_equals_brute_force(nbits, radius):
         q, i, d = pairs_between(queries, index, nbits, radius, chunk=chunk)
         assert set(zip(q.tolist(), i.tolist())) == expected and len(q) == len(expected)
         assert (d == hamming(queries[q], index[i])).all()
+
+
+@pytest.mark.parametrize("blocks,exact,key_blocks", [(9, 5, 3), (7, 3, 2), (8, 4, 3), (10, 6, 4), (6, 2, 2)])
+def test_a_covering_holds_a_key_in_every_set_of_agreeing_blocks(blocks, exact, key_blocks):
+    """Every set of ``exact`` blocks (those a pair within the radius agrees on) holds some
+    table's key, so the tables miss no pair; fewer tables than the sets themselves."""
+    from pipeline.hamming import covering
+    keys = covering(blocks, exact, key_blocks)
+    assert all(len(key) == key_blocks and len(set(key)) == key_blocks for key in keys)
+    assert all(any(set(key) <= set(agree) for key in keys)
+               for agree in itertools.combinations(range(blocks), exact))
+    if key_blocks < exact:
+        assert len(keys) < math.comb(blocks, exact)
+    assert covering(9, 5, 3) and len(covering(9, 5, 3)) == 12  # the 1M-row search's tables
+
+
+def test_many_queries_get_covering_tables():
+    """With a million rows' windows (49M queries, 2M whole and mirror hashes) the search
+    takes the 12 tables of 3 of 9 blocks, not the 15 of 2 of 6; small searches keep few
+    tables of short keys."""
+    from pipeline.hamming import choose_tables
+    blocks, tables = choose_tables(49_000_000, 2_000_000, 64, 4)
+    assert (blocks, len(tables), len(tables[0])) == (9, 12, 3)
+    blocks, tables = choose_tables(1000, 1000, 64, 4)
+    assert (blocks, len(tables)) == (5, 5)
 
 
 def test_matched_faces_equals_the_face_by_face_rule():
