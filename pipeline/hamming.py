@@ -242,7 +242,7 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
     them). Queries go ``chunk`` at a time, their keys made per table: memory stays ~100 MB
     however many windows a million rows bring (all blocks of 49M source windows at once
     were ~2 GB). ``keep(q, i)`` (a mask) drops pairs as they are found: an image's windows
-    matching its own picture would otherwise pile up once per table (15 tables x 1M self
+    matching its own picture would otherwise pile up once per table (12 tables x 1M self
     matches at 1M rows). ``on_pairs(q, i, d)``, when given, takes each batch as it is found
     (after ``keep``), the same pair once per table that finds it; then nothing is collected
     and None is returned."""
