@@ -70,14 +70,10 @@ def _block_bounds(nbits: int, blocks: int) -> list[tuple[int, int]]:
     return [(edges[i], edges[i + 1] - edges[i]) for i in range(blocks)]
 
 
-def search_cost(n_queries: int, n_index: int, nbits: int, radius: int, blocks: int,
-                tables: int | None = None, key_blocks: int | None = None) -> float:
+def search_cost(n_queries: int, n_index: int, nbits: int, blocks: int, tables: int, key_blocks: int) -> float:
     """Estimated seconds of ``pairs_between`` with ``blocks`` blocks and ``tables`` tables
-    keyed by ``key_blocks`` blocks (by default every set of blocks - radius): every table
-    sorts both sides, and verifies Q * N / 2^key_bits candidates (with many trimmed-window
-    queries, few tables win)."""
-    key_blocks = blocks - radius if key_blocks is None else key_blocks
-    tables = math.comb(blocks, radius) if tables is None else tables
+    keyed by ``key_blocks`` blocks: every table sorts both sides, and verifies
+    Q * N / 2^key_bits candidates (with many trimmed-window queries, few tables win)."""
     sizes = sorted(length for _, length in _block_bounds(nbits, blocks))
     key_bits = min(64, sum(sizes[:key_blocks]))
     sort = sum(k * math.log2(max(k, 2)) for k in (n_queries, n_index)) * _SORT_COST
@@ -129,13 +125,12 @@ def choose_tables(n_queries: int, n_index: int, nbits: int, radius: int) -> tupl
         for key_blocks in range(exact, 0, -1):
             # each key is held by comb(m - k, exact - k) of the comb(m, exact) agreeing sets
             fewest = math.ceil(math.comb(m, exact) / math.comb(m - key_blocks, exact - key_blocks))
-            if best is not None and search_cost(n_queries, n_index, nbits, radius, m, fewest,
-                                                key_blocks) >= best[0]:
+            if best is not None and search_cost(n_queries, n_index, nbits, m, fewest, key_blocks) >= best[0]:
                 continue
             keys = covering(m, exact, key_blocks)
             if keys is None:
                 continue
-            cost = search_cost(n_queries, n_index, nbits, radius, m, len(keys), key_blocks)
+            cost = search_cost(n_queries, n_index, nbits, m, len(keys), key_blocks)
             if best is None or cost < best[0]:
                 best = (cost, m, keys)
     return best[1], best[2]
@@ -299,11 +294,11 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
             # short keys and positions packed in an int64 and sorted: positions in key order
             # (in order within a bucket: any order would do, pairs are sets) at 0.6 of the
             # time of an argsort
-            shift = max(1, (len(index) - 1).bit_length())
-            packed = i_key.astype(np.int64, copy=False) << shift
+            position_bits = max(1, (len(index) - 1).bit_length())
+            packed = i_key.astype(np.int64, copy=False) << position_bits
             np.bitwise_or(packed, np.arange(len(index)), out=packed)
             packed.sort()
-            order = np.bitwise_and(packed, (1 << shift) - 1, out=packed).astype(dtype)
+            order = np.bitwise_and(packed, (1 << position_bits) - 1, out=packed).astype(dtype)
             del packed
         else:
             order = np.argsort(i_key).astype(dtype)  # any order within a bucket: pairs are sets
