@@ -247,6 +247,15 @@ def _one_word_key(words: np.ndarray, bounds: list[tuple[int, int]], subset: tupl
     return out
 
 
+def _short_key_order(key: np.ndarray, key_bits: int) -> np.ndarray:
+    """Positions of ``key`` (at most 32 bits) in key order, in position order within a key:
+    two stable sorts of 16-bit halves, which numpy does by radix, in linear time (2M
+    22-bit keys: 64 ms, where sorting them packed with their positions took 115)."""
+    low_bits = key_bits // 2
+    order = np.argsort((key & ((1 << low_bits) - 1)).astype(np.uint16), kind="stable")
+    return order.take(np.argsort((key >> low_bits).astype(np.uint16).take(order), kind="stable"))
+
+
 def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbits: int, radius: int,
                   max_pairs: int = 4_000_000, chunk: int = 1 << 20, keep=None, on_pairs=None):
     """Every (q, i) with ``queries[q]`` within Hamming ``radius`` of ``index[i]``, with the
@@ -291,15 +300,7 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
                 i_key = (i_key << np.uint64(bounds[b][1])) | i_blocks[b]
         direct = key_bits <= DIRECT_KEY_BITS
         if direct:
-            # short keys and positions packed in an int64 and sorted: positions in key order
-            # (in order within a bucket: any order would do, pairs are sets) at 0.6 of the
-            # time of an argsort
-            position_bits = max(1, (len(index) - 1).bit_length())
-            packed = i_key.astype(np.int64, copy=False) << position_bits
-            np.bitwise_or(packed, np.arange(len(index)), out=packed)
-            packed.sort()
-            order = np.bitwise_and(packed, (1 << position_bits) - 1, out=packed).astype(dtype)
-            del packed
+            order = _short_key_order(i_key, key_bits).astype(dtype)
         else:
             order = np.argsort(i_key).astype(dtype)  # any order within a bucket: pairs are sets
         if one_word:
@@ -334,7 +335,7 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
             if direct:
                 q_key = q_key.astype(np.intp, copy=False)
                 sizes = occupied.take(q_key)
-                q_of_hit = np.flatnonzero(sizes)
+                q_of_hit = np.flatnonzero(sizes != 0)  # on bools: 10x faster than on bytes
                 key = q_key.take(q_of_hit)
                 lo = bucket_start.take(key)
                 counts = sizes.take(q_of_hit).astype(dtype)
@@ -350,7 +351,7 @@ def pairs_between(queries: np.ndarray | list[np.ndarray], index: np.ndarray, nbi
                 lo = np.searchsorted(sorted_key, needles, side="left")
                 counts = np.searchsorted(sorted_key, needles, side="right") - lo
                 del needles
-                hits = np.flatnonzero(counts)
+                hits = np.flatnonzero(counts != 0)
                 q_of_hit = q_order[hits]
             del q_key
             for q, i, d in _verify(part, q_of_hit, lo[hits], counts[hits], table_words, order, radius,
