@@ -69,8 +69,10 @@ def main() -> None:
         verdict = phase("dedup verdicts (searches)", lambda: dedup.dedup_verdicts(cols, cfg))
         hamming.duplicate_pairs = original
         print(f"    searches (sources, faces): {searches}")
+        lines = cols.lines
         del cols
-        phase("dedup pass two (write)", lambda: dedup.write_dedup(paths, verdict, str(a.folder / "dedup_phases.tsv")))
+        phase("dedup pass two (write)", lambda: dedup.write_dedup(paths, verdict, str(a.folder / "dedup_phases.tsv"),
+                                                                  lines))
         del verdict
     norm = sorted(a.folder.glob("normalize/*/manifest.tsv"))
     dup = phase("export dedup.tsv drop ids", lambda: dropped_ids(a.folder / "dedup.tsv"))

@@ -702,18 +702,27 @@ def test_crop_level_matching_tolerates_redetected_boxes(tmp_path):
 def test_streamed_dedup_gather_writes_what_the_row_path_wrote(shard_cleaned, tmp_path):
     """The dedup CLI (two passes over the manifest lines, columns instead of rows: issue 17
     item 4) writes the bytes the row path writes (every row read and its details parsed,
-    as dedup always did): on the real testdata's clean rows split over two shards, plus a
-    shard with a quoted name, which is read as rows."""
-    from pipeline.dedup import dedup_manifests, main
+    as dedup always did): on the real testdata's clean rows split over two shards (one
+    with a blank line, one without its last newline: copied in runs of lines), plus a
+    shard with a quoted name after a plain line, which is read as rows."""
+    from pipeline.dedup import dedup_manifests, main, read_dedup_columns
     from pipeline.manifest import read_manifests
+    survives = {r.id: r.kept for r in dedup([r for r in shard_cleaned if r.kept], CLEAN)}
+    last = next(r for r in reversed(shard_cleaned[1::2]) if survives.get(r.id))
     paths = []
     for s in range(2):
         paths.append(tmp_path / f"{s}.tsv")
-        write_manifest(paths[-1], shard_cleaned[s::2])
+        write_manifest(paths[-1], shard_cleaned[s::2] if s == 0 else
+                       [r for r in shard_cleaned[1::2] if r is not last] + [last])
+    head, *lines = paths[0].read_bytes().splitlines(keepends=True)
+    paths[0].write_bytes(b"".join([head, *lines[:2], b"\n", *lines[2:]]))
+    paths[1].write_bytes(paths[1].read_bytes().removesuffix(b"\n"))
     twin = next(r for r in shard_cleaned if r.kept and r.source == NOISY)
     paths.append(tmp_path / "quoted.tsv")
-    write_manifest(paths[-1], [twin.keep(id="zz-quoted", source='we"ird\nname.jpg'),
+    write_manifest(paths[-1], [twin.keep(id="zz-plain"), twin.keep(id="zz-quoted", source='we"ird\nname.jpg'),
                                twin.drop("too_small", id="zz-dropped")])
+    known = [spans is not None for spans in read_dedup_columns(list(map(str, paths)), CLEAN["near_duplicates"]).lines]
+    assert known == [True, True, False]
     rows = read_manifests(paths)
     for r in rows:
         r.details  # noqa: B018 (parsed, as the row path always had them)
@@ -723,6 +732,7 @@ def test_streamed_dedup_gather_writes_what_the_row_path_wrote(shard_cleaned, tmp
     assert (tmp_path / "got.tsv").read_bytes() == expected.read_bytes()
     assert {"exact_duplicate", "source_duplicate", "keep"} <= set(counts)
     assert sum(counts.values()) == sum(r.kept for r in rows)
+    assert next(r for r in read_manifest(expected) if r.id == last.id).kept  # copied, newline added
     assert verdicts(read_manifest(expected))["we\"ird\nname.jpg"][0].endswith("_duplicate")
     main(["--output", str(tmp_path / "cli.tsv"), "--config", json.dumps(CLEAN), *map(str, paths)])
     assert (tmp_path / "cli.tsv").read_bytes() == expected.read_bytes()
