@@ -26,6 +26,7 @@ from pipeline import hamming
 from pipeline.clean import HASH_KINDS, flips_on, hashes_index, hashes_path, read_span, resolved
 from pipeline.manifest import (ENCODING, ERRORS, HEADER_BYTES, Drop, atomic_write_with, declare,
                                line_row, load_config_arg, manifest_lines_of, plain_fields, row_line)
+from util.files import copy_range
 
 _LINK = ("duplicate_of", "distance", "mirrored")
 DROPS = declare(
@@ -409,8 +410,8 @@ def write_dedup(paths: list[str], verdict: dict[int, tuple[str, dict]], output: 
     """Pass two of ``dedup_manifests``: every kept row of ``paths`` (the k-th is item k),
     its line copied through, or its drop row when ``verdict`` has it. ``lines`` (pass
     one's ``DedupColumns.lines``): a manifest whose kept lines are known is copied in runs
-    of lines that follow each other in the file, one write a run, none read again (the
-    per-line reading was half of this pass at 1M rows)."""
+    of lines that follow each other in the file, by the kernel, none read again (reading
+    them was half of this pass at 1M rows, writing them from Python most of the rest)."""
     drops = np.array(sorted(verdict), dtype=np.int64)
 
     def drop_line(row, k: int) -> bytes:
@@ -418,12 +419,13 @@ def write_dedup(paths: list[str], verdict: dict[int, tuple[str, dict]], output: 
         row.details  # parsed: the drop's keys merge in sorted, as they always did
         return row_line(row.drop(reason, details=details)).encode(ENCODING, ERRORS)
 
-    def pieces():
+    def write(f):
+        f.write(HEADER_BYTES)
         k = 0
         for n, path in enumerate(paths):
             spans = lines[n] if lines is not None else None
             if spans is not None:
-                yield from _runs_of_lines(path, spans, k, drops[np.searchsorted(drops, k):np.searchsorted(
+                _copy_kept_lines(f, path, spans, k, drops[np.searchsorted(drops, k):np.searchsorted(
                     drops, k + len(spans))], drop_line)
                 k += len(spans)
                 continue
@@ -431,45 +433,41 @@ def write_dedup(paths: list[str], verdict: dict[int, tuple[str, dict]], output: 
                 if not is_kept:
                     continue
                 if k in verdict:
-                    yield drop_line(line_row(row) if line is not None else row, k)
+                    f.write(drop_line(line_row(row) if line is not None else row, k))
                 elif line is not None:
-                    yield line  # as read: the clean step writes canonical (sorted) JSON
+                    f.write(line)  # as read: the clean step writes canonical (sorted) JSON
                 else:
                     row.details  # re-serialized, as the row path did
-                    yield row_line(row).encode(ENCODING, ERRORS)
+                    f.write(row_line(row).encode(ENCODING, ERRORS))
                 k += 1
-
-    def write(f):
-        f.write(HEADER_BYTES)
-        for piece in pieces():
-            f.write(piece)
     atomic_write_with(output, write)
 
 
-def _runs_of_lines(path: str, spans: np.ndarray, first: int, drops: np.ndarray, drop_line):
-    """The kept lines (items ``first``, ``first`` + 1...) at ``spans`` (start, end
-    offsets) of the manifest at ``path``, item k in ``drops`` (sorted) as ``drop_line(its
-    row, k)``: each run of lines that follow each other in the file as one piece of its
-    bytes."""
+def _copy_kept_lines(out, path: str, spans: np.ndarray, first: int, drops: np.ndarray, drop_line) -> None:
+    """Writes to ``out`` the kept lines (items ``first``, ``first`` + 1...) at ``spans``
+    (start, end offsets) of the manifest at ``path``, item k in ``drops`` (sorted) as
+    ``drop_line(its row, k)``: each run of lines that follow each other in the file
+    copied as one range of its bytes."""
     if not len(spans):
         return
-    with open(path, "rb") as f:
-        data = f.read()
     # a run ends where the next kept line does not start at its end (a dropped row or a
     # blank line between them), and around each drop
     drops = drops - first
     cuts = np.union1d(np.flatnonzero(spans[1:, 0] != spans[:-1, 1]) + 1, np.r_[drops, drops + 1])
     bounds = np.r_[0, cuts[(cuts > 0) & (cuts < len(spans))], len(spans)].tolist()
     dropped = set(drops.tolist())
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        start, end = int(spans[a, 0]), int(spans[b - 1, 1])
-        if a in dropped:  # a run of one
-            body = data[start:end].removesuffix(b"\n")
-            yield drop_line(line_row(plain_fields(body)), first + a)
-            continue
-        yield memoryview(data)[start:end]
-        if data[end - 1:end] != b"\n":  # the file's last line, without its newline
-            yield b"\n"
+    with open(path, "rb") as f:
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            start, end = int(spans[a, 0]), int(spans[b - 1, 1])
+            if a in dropped:  # a run of one
+                f.seek(start)
+                body = f.read(end - start).removesuffix(b"\n")
+                out.write(drop_line(line_row(plain_fields(body)), first + a))
+                continue
+            copy_range(f, out, start, end - start)
+            f.seek(end - 1)
+            if f.read(1) != b"\n":  # the file's last line, without its newline
+                out.write(b"\n")
 
 
 # ---------------------------------------------------------------- CLI

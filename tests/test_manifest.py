@@ -277,3 +277,33 @@ def test_stages_import_numpy_without_its_huge_page_advice():
                             env={**env, "NUMPY_MADVISE_HUGEPAGE": "1"},
                             capture_output=True, text=True, check=True)
     assert (ours.stdout.strip(), theirs.stdout.strip()) == ("False", "True")
+
+
+def test_copy_range_copies_in_the_kernel_and_without_it(tmp_path, monkeypatch):
+    """util.files.copy_range (the dedup gather's pass two): a range of one file appended
+    to another after what the writer holds, by copy_file_range and, where that fails part
+    way (another file system), by reading and writing the rest; a file shorter than the
+    range stops it."""
+    import os
+    from util.files import copy_range
+    src = tmp_path / "src"
+    src.write_bytes(bytes(range(256)) * 4096)
+    real = os.copy_file_range
+    for failing in (False, True):
+        calls = []
+
+        def partly(*args, **kw):  # copies 1000 bytes, then says it cannot
+            calls.append(args)
+            if failing and len(calls) > 1:
+                raise OSError(18, "Invalid cross-device link")
+            return real(args[0], args[1], min(args[2], 1000), *args[3:], **kw)
+        monkeypatch.setattr(os, "copy_file_range", partly)
+        out = tmp_path / f"out{failing}"
+        with open(src, "rb") as f, open(out, "wb") as o:
+            o.write(b"head")
+            copy_range(f, o, 7, 300_000)
+            o.write(b"tail")
+        assert out.read_bytes() == b"head" + src.read_bytes()[7:300_007] + b"tail"
+        assert len(calls) == (2 if failing else 300)
+        with open(src, "rb") as f, open(out, "wb") as o, pytest.raises(ValueError, match="shorter"):
+            copy_range(f, o, 1_000_000, 100_000)
