@@ -931,3 +931,30 @@ def test_a_margin_edit_serves_clean_from_stored_source_measures(tmp_path):
         hashes = t.replace(".tsv", ".hashes")  # the perceptual hashes' binary file
         assert (first / hashes).read_bytes() == (fresh / hashes).read_bytes()
     assert any(r.kept for t in targets for r in read_manifest(first / t))
+
+
+def test_items_that_may_share_a_digest_hold_every_exact_duplicate():
+    """dedup's exact duplicates look at the items whose digests' first 8 bytes are shared
+    (one sort): the verdicts are those of every digest in a dict, with digests that share
+    only their first 8 bytes, and with text digests (all items then)."""
+    from pipeline.dedup import _may_share_a_digest
+    rng = np.random.default_rng(7)
+    digests = [rng.bytes(32) for _ in range(3000)]
+    for k in range(0, 3000, 17):  # copies
+        digests[k] = digests[rng.integers(3000)]
+    for k in range(5, 3000, 31):  # the same first 8 bytes, another digest
+        digests[k] = digests[k - 1][:8] + rng.bytes(24)
+    priority = rng.permutation(3000)
+
+    def keepers(items):
+        best, out = {}, {}
+        for k in items.tolist():
+            keeper = best.setdefault(digests[k] or k, k)
+            if keeper != k:
+                out[k] = keeper
+        return out
+    some = _may_share_a_digest(digests, priority)
+    assert 0 < len(some) < 600 and keepers(some) == keepers(priority) and len(keepers(priority)) > 100
+    assert np.array_equal(some, priority[np.isin(priority, some)])  # in priority order
+    digests[3] = "not hex"
+    assert _may_share_a_digest(digests, priority) is priority
