@@ -136,14 +136,11 @@ class DedupColumns:
         else:
             self.block.append(-1)
 
-    def add_lines(self, spans: array, kept: array) -> None:
-        """The next manifest's kept rows' lines: ``spans`` (start, end offsets of the
-        records ``manifest_lines_of`` yielded as lines) at the record numbers ``kept``;
-        None where some kept row was read as a row."""
-        spans = np.frombuffer(spans, dtype=np.int64).reshape(-1, 2)
-        kept = np.frombuffer(kept, dtype=np.int64)
-        # the records yielded as lines come first: all kept are lines if the last is
-        self.lines.append(spans[kept] if not len(kept) or kept[-1] < len(spans) else None)
+    def add_lines(self, kept_spans: array, kept: int) -> None:
+        """The next manifest's ``kept`` rows' lines: ``kept_spans`` (their start and end
+        offsets, from ``manifest_lines_of``), or None where some were read as rows."""
+        spans = np.frombuffer(kept_spans, dtype=np.int64).reshape(-1, 2)
+        self.lines.append(spans if len(spans) == kept else None)
 
     def add_columns(self, path: str, index: tuple[dict, dict[str, tuple[int, int]]], ids: list[str],
                     parents: list[str], crop_pixels: array) -> None:
@@ -384,11 +381,10 @@ def read_dedup_columns(paths: list[str], near: dict) -> DedupColumns:
             _add_shard_columns(cols, path, side, index)
             continue
         rows, blocks = len(cols), len(cols.block_size)
-        spans, kept = array("q"), array("q")
-        for record, (line, is_kept, f) in enumerate(manifest_lines_of(path, spans)):
+        spans = array("q")
+        for line, is_kept, f in manifest_lines_of(path, spans):
             if not is_kept:
                 continue
-            kept.append(record)
             if line is None:  # a row (a quoted name...)
                 cols.add(f.id, f.parent_id, f.width, f.height, f.peek_details(), in_details)
                 continue
@@ -399,7 +395,7 @@ def read_dedup_columns(paths: list[str], near: dict) -> DedupColumns:
                 details = line_row(f).peek_details()
             cols.add(f[0].decode(ENCODING, ERRORS), f[2].decode(ENCODING, ERRORS), int(f[4]),
                      int(f[5]), details, in_details)
-        cols.add_lines(spans, kept)
+        cols.add_lines(spans, len(cols) - rows)
         if not in_details:
             cols.add_hashes(side, len(cols) - rows, (len(cols.block_size) - blocks) // 2, index)
     return cols
@@ -409,11 +405,10 @@ def _add_shard_columns(cols: DedupColumns, path: str, side: str, index: tuple) -
     """A shard whose hashes file has the fixed columns: of its lines only the ids and the
     crop size are read (no details parsed: ~10 s of a million-row gather)."""
     ids, parents, crop_pixels = [], [], array("d")
-    spans, kept = array("q"), array("q")
-    for record, (line, is_kept, f) in enumerate(manifest_lines_of(path, spans)):
+    spans = array("q")
+    for line, is_kept, f in manifest_lines_of(path, spans):
         if not is_kept:
             continue
-        kept.append(record)
         if line is None:  # a row (a quoted name...)
             ids.append(f.id)
             parents.append(f.parent_id or f.id)
@@ -423,7 +418,7 @@ def _add_shard_columns(cols: DedupColumns, path: str, side: str, index: tuple) -
         ids.append(id)
         parents.append(f[2].decode(ENCODING, ERRORS) or id)
         crop_pixels.append(int(f[4]) * int(f[5]))
-    cols.add_lines(spans, kept)
+    cols.add_lines(spans, len(ids))
     cols.add_columns(side, index, ids, parents, crop_pixels)
 
 

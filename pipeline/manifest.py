@@ -362,15 +362,15 @@ def line_row(fields: list[bytes]) -> Row:
     return Row._from_fields(f[0], f[1], f[2], f[3], int(f[4]), int(f[5]), f[6], f[7], None, f[8])
 
 
-def manifest_lines_of(path: str | os.PathLike, spans: array | None = None
+def manifest_lines_of(path: str | os.PathLike, kept_spans: array | None = None
                       ) -> Iterator[tuple[bytes | None, bool, object]]:
     """Every record of a manifest as (line, kept, fields or row), for gathers that copy
     most rows through: ``line`` (bytes, newline included) is what writing its row back
     untouched gives, with its ``plain_fields`` (``line_row`` makes the row when needed);
     a record that would not write back as read (a quoted name, a field spanning lines)
     comes as (None, kept, Row), and so does every record after it in that file.
-    ``spans``, when given, gets the start and end byte offsets in the file of each
-    record yielded with its line (the end past its newline, or at the file's end)."""
+    ``kept_spans``, when given, gets the start and end byte offsets in the file of each
+    kept record yielded with its line (the end past its newline, or at the file's end)."""
     done = 0
     with open(path, "rb") as f:
         header = f.readline()
@@ -384,10 +384,11 @@ def manifest_lines_of(path: str | os.PathLike, spans: array | None = None
                     if not body:
                         continue  # a blank line, as csv.reader skips
                     break
-                if spans is not None:
-                    spans.append(start)
-                    spans.append(at)
-                yield line if len(body) < len(line) else body + b"\n", fields[6] == b"keep", fields
+                kept = fields[6] == b"keep"
+                if kept and kept_spans is not None:
+                    kept_spans.append(start)
+                    kept_spans.append(at)
+                yield line if len(body) < len(line) else body + b"\n", kept, fields
                 done += 1
             else:
                 return
