@@ -474,6 +474,7 @@ def _copy_kept_lines(out, path: str, spans: np.ndarray, first: int, drops: np.nd
     bounds = np.r_[0, cuts[(cuts > 0) & (cuts < len(spans))], len(spans)].tolist()
     dropped = set(drops.tolist())
     with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         for a, b in zip(bounds[:-1], bounds[1:]):
             start, end = int(spans[a, 0]), int(spans[b - 1, 1])
             if a in dropped:  # a run of one
@@ -482,9 +483,8 @@ def _copy_kept_lines(out, path: str, spans: np.ndarray, first: int, drops: np.nd
                 out.write(drop_line(line_row(plain_fields(body)), first + a))
                 continue
             copy_range(f, out, start, end - start)
-            f.seek(end - 1)
-            if f.read(1) != b"\n":  # the file's last line, without its newline
-                out.write(b"\n")
+            if end == size and os.pread(f.fileno(), 1, end - 1) != b"\n":
+                out.write(b"\n")  # the file's last line, without its newline
 
 
 # ---------------------------------------------------------------- CLI

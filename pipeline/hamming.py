@@ -588,10 +588,6 @@ def duplicate_pairs(sets: dict[str, HashSet], nbits: int, radius: int, flips: bo
 
     def add(q, i, d):
         nonlocal held, limit
-        # each whole picture finds itself once a table (12M of the 13M pairs found at 1M
-        # rows): dropped before looking up owners, which would drop them as one owner
-        other = (q != i) | (q >= n_whole)
-        q, i, d = q[other], i[other], d[other]
         a, b, mirrored = owners(q, i)
         other = (a != b) & (a >= 0) & (b >= 0)
         a, b = a[other], b[other]
@@ -601,5 +597,8 @@ def duplicate_pairs(sets: dict[str, HashSet], nbits: int, radius: int, flips: bo
             links[:] = [merged()]
             held = len(links[0][0])
             limit = max(limit, 2 * held)
-    pairs_between([whole.words, *windows], index, nbits, radius, on_pairs=add)
+    # each whole picture finds itself once a table (12M of the 13M pairs found at 1M rows):
+    # dropped as found, before their owners are looked up
+    pairs_between([whole.words, *windows], index, nbits, radius, on_pairs=add,
+                  keep=lambda q, i: (q != i) | (q >= n_whole))
     return merged()
