@@ -37,7 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.manifest import (HEADER_BYTES, Drop, Row, ShardDir, atomic_write_with, declare, dropped_ids,
-                               iter_manifest, iter_manifests, kept, load_config_arg, plain_fields,
+                               iter_manifest, iter_manifests, kept, load_config_arg, manifest_lines_of,
                                read_manifest, row_line, write_manifest)
 from pipeline.rank import read_scores
 from util.config import with_defaults
@@ -313,10 +313,11 @@ def write_dataset_manifest(normalized: Iterable[str | os.PathLike], duplicates: 
     pixels: exactly the bytes of ``write_manifest(path, listed_rows(dataset_rows(...),
     record_positions(n)))``, in two passes that hold no rows (1M rows: issue 17 item 4); writes nothing when no image is left.
 
-    Pass one keeps each kept row's id and where its line is; pass two reads the lines back
-    in id order and appends ``index`` and ``tfrecord_position`` to the details text, as
-    ``Row.keep`` does. A file with any line a row would not write back byte for byte (a
-    quoted name, a row to re-serialize) is read as rows instead. Returns the image count.
+    Pass one keeps each kept row's id and where its line is (``manifest_lines_of``); pass
+    two reads the lines back in id order and appends ``index`` and ``tfrecord_position`` to
+    the details text, as ``Row.keep`` does. A file with any line a row would not write back
+    byte for byte (a quoted name, a row to re-serialize) is read as rows instead. Returns
+    the image count.
     """
     ENC, ERR = "utf-8", "surrogateescape"
     files = [str(p) for p in normalized]
@@ -326,32 +327,19 @@ def write_dataset_manifest(normalized: Iterable[str | os.PathLike], duplicates: 
     file_of, offset_of, size_of, text_of = array("i"), array("q"), array("i"), array("i")
     rows_of: dict[int, Row] = {}
     for fno, name in enumerate(files):
-        start = len(ids)
-        with open(name, "rb") as f:
-            offset = len(HEADER_BYTES)
-            for line in (f if f.readline() == HEADER_BYTES else [b"?"]):  # else: rows say why
-                size = len(line)
-                # the head only (split stops before the details, most of a 2 KB line)
-                c = line.split(b"\t", 8)
-                q = line.find(b'"')
-                if len(c) != 9 or (q != -1 and q != size - len(c[8])):
-                    if line.strip(b"\n"):
-                        break  # a quoted name, a record over several lines: read as rows
-                elif c[6] == b"keep":
-                    # a line copied through must be what writing its row gives (plain_fields)
-                    fields = plain_fields(line[:-1] if line[-1:] == b"\n" else line)
-                    if fields is None or fields[7]:  # keep() clears a reason: rewrite the row
-                        break
-                    ident = fields[0].decode(ENC, ERR)
-                    if ident not in duplicates:
-                        ids.append(ident)
-                        file_of.append(fno), offset_of.append(offset)
-                        size_of.append(size), text_of.append(len(fields[8]))
-                elif b"\r" in line:  # a CR the row path would read differently
-                    break
-                offset += size
-            else:
-                continue
+        start, spans, nth = len(ids), array("q"), -1
+        for line, is_kept, fields in manifest_lines_of(name, spans):
+            if line is None or (is_kept and fields[7]):  # keep() clears a reason: rewrite the row
+                break
+            if is_kept:
+                nth += 1
+                ident = fields[0].decode(ENC, ERR)
+                if ident not in duplicates:
+                    ids.append(ident)
+                    file_of.append(fno), offset_of.append(spans[2 * nth])
+                    size_of.append(spans[2 * nth + 1] - spans[2 * nth]), text_of.append(len(fields[8]))
+        else:
+            continue
         # this file as rows (the same code as the one-pass export)
         for column in (ids, file_of, offset_of, size_of, text_of):
             del column[start:]
@@ -364,7 +352,6 @@ def write_dataset_manifest(normalized: Iterable[str | os.PathLike], duplicates: 
     del ids
     positions = record_positions(len(order))
     fds: dict[int, int] = {}
-    index_keys = (b'""index"":', b'""tfrecord_position"":')
 
     def write(out):
         buf = [HEADER_BYTES]

@@ -181,7 +181,8 @@ def test_streamed_dataset_manifest_is_byte_identical_to_the_row_path(tmp_path):
     """The workflow's export gather (manifest only, two passes over the lines, no rows held)
     writes exactly what building rows and ``listed_rows`` writes: on real normalize output,
     on a shard of odd rows (quoted and non-UTF-8 names, empty details, a keep row with a
-    reason, details that already hold ``index``, a blank line) and minus dedup's drops."""
+    reason, details that already hold ``index``, a blank line, a last line without its
+    newline) and minus dedup's drops."""
     norm = normalized_dataset(tmp_path)
     odd = tmp_path / "odd" / "manifest.tsv"
     write_manifest(odd, [
@@ -198,13 +199,18 @@ def test_streamed_dataset_manifest_is_byte_identical_to_the_row_path(tmp_path):
                                 height=32, details={"a": 1}),
                             Row(id="cc-r", source="r.png", path="/x/r.png", width=32, height=32,
                                 reason="kept_with_a_reason", details={"a": 2})])
-    manifests = [norm, odd, quoted]
-    dropped = {"id03", "id05"}
+    tail = tmp_path / "tail" / "manifest.tsv"  # its last line without a newline
+    write_manifest(tail, [Row(id="tt-dup", source="u.png", path="/x/u.png", width=32, height=32),
+                          Row(id="tt-last", source="t.png", path="/x/t.png", width=32, height=32,
+                              details={"t": 1})])
+    tail.write_bytes(tail.read_bytes().rstrip(b"\n"))
+    manifests = [norm, odd, quoted, tail]
+    dropped = {"id03", "id05", "tt-dup"}
     rows = export.dataset_rows(iter_manifests(manifests), dropped)
     expected = tmp_path / "expected.tsv"
     write_manifest(expected, export.listed_rows(rows, export.record_positions(len(rows))))
     got = tmp_path / "got.tsv"
-    assert export.write_dataset_manifest(manifests, dropped, got) == len(rows) == 11
+    assert export.write_dataset_manifest(manifests, dropped, got) == len(rows) == 12
     assert got.read_bytes() == expected.read_bytes()
     assert [r.details["index"] for r in read_manifest(got)] == list(range(len(rows)))
 
