@@ -48,16 +48,18 @@ def copy_range(src, dst, offset: int, count: int) -> None:
         while count:
             copied = os.copy_file_range(src.fileno(), dst.fileno(), count, offset)
             if not copied:
-                raise ValueError(f"{src.name}: shorter than it was: {count} bytes missing at {offset}")
+                break
             offset, count = offset + copied, count - copied
     except (AttributeError, OSError):  # no copy_file_range here, or not between these files
         src.seek(offset)
         while count:
             data = src.read(min(count, 1 << 24))
             if not data:
-                raise ValueError(f"{src.name}: shorter than it was: {count} bytes missing at {offset}")
+                break
             dst.write(data)
             offset, count = offset + len(data), count - len(data)
+    if count:
+        raise ValueError(f"{src.name}: shorter than it was: {count} bytes missing at {offset}")
 
 
 def read_text(path: str | os.PathLike) -> str:
