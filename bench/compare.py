@@ -57,6 +57,8 @@ from PIL import Image, ImageEnhance, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from process_cpu import counting_env, per_stage  # noqa: E402  (bench/, beside this script)
+
 TESTDATA = Path(os.environ.get("FACEPREP_SHARED", REPO.parent / "shared")) / "testdata"
 CASCADE = TESTDATA.parent / "models" / "lbpcascade_animeface.xml"
 # files that are not worth many copies: unreadable, or 24 megapixels of one colour
@@ -284,13 +286,15 @@ def run_faceprep(raw: Path, workdir: Path, settings: dict, shards, cores: int,
         "name": "compare", "raw_dir": str(raw), "shards": shards,
         "results_dir": str(workdir / "results"), "cache_dir": str(workdir / "cache"),
         **settings}))
-    env = {**os.environ, "FACEPREP_ANIMEFACE_CASCADE": str(CASCADE)}
+    extra = {"FACEPREP_ANIMEFACE_CASCADE": str(CASCADE)}
     goal = str(workdir / "results/compare/export/manifest.tsv") if target == "export" else target
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
            str(workdir), "--configfile", str(config), "--cores", str(cores), goal]
-    t0, cpu0 = time.perf_counter(), children_cpu()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
+    with counting_env() as (env, lines):  # each Python process's CPU (bench/process_cpu.py)
+        t0, cpu0 = time.perf_counter(), children_cpu()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, **extra})
+        wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
+        processes = per_stage(lines)
     if proc.returncode != 0:
         raise SystemExit(f"faceprep failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     from pipeline.manifest import read_manifest
@@ -305,7 +309,9 @@ def run_faceprep(raw: Path, workdir: Path, settings: dict, shards, cores: int,
                 bad += im.size != (512, 512)
     return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "target": target, "shards": shards,
             "job_seconds_by_rule": rule_seconds(results),
-            "job_cpu_s_by_rule": rule_seconds(results, "cpu_time"),
+            # Snakemake's benchmark cpu_time samples a job now and then and missed a quarter of
+            # crop's CPU at 2,000 files: each process's own, from the kernel, at its exit
+            "process_cpu_s": {stage: cpu for stage, (_, cpu, _) in processes.items()},
             "kept_sources": kept, "not_512": bad, "near_dup_sources": near}
 
 
@@ -348,8 +354,8 @@ def rerun(args, edit: str, verify: bool, raw: Path, settings: dict, shards, targ
 
 
 def rule_seconds(results: Path, column: str = "s") -> dict[str, float]:
-    """Snakemake's `benchmark:` wall seconds (or another column, e.g. cpu_time), summed
-    over each rule's jobs."""
+    """Snakemake's `benchmark:` wall seconds (or another column), summed over each rule's
+    jobs."""
     totals: dict[str, float] = {}
     for tsv in sorted((results / "benchmarks").glob("*/*.tsv")):
         with open(tsv, newline="") as f:
