@@ -120,6 +120,7 @@ def make_manifests(folder: Path, rows: int, shards: int = 64, trims: bool = True
     writes them since issue 24 item 4);
     "details": in the details, as clean wrote them before."""
     from pipeline.clean import hashes_path, split_hashes, write_hashes
+    from pipeline.ingest import source_id
     from pipeline.manifest import HEADER_BYTES, Row, row_line
     near = {"method": "phash", "hash_size": 8}
     arrays: list[dict[str, list[bytes]]] = [{} for _ in range(shards)]  # each row's, per shard
@@ -137,6 +138,7 @@ def make_manifests(folder: Path, rows: int, shards: int = 64, trims: bool = True
     dedup.write(HEADER_BYTES)
     rng = random.Random(0)
     recent: list[dict] = []
+    sids: list[str] = []  # the last 8 rows' source ids
     # the (never written) image paths name the same folder whatever the layout: the two
     # layouts' dedup.tsv compare (bench/same_without_hashes.py)
     root = folder.parent / folder.name.removesuffix("-details")
@@ -155,19 +157,22 @@ def make_manifests(folder: Path, rows: int, shards: int = 64, trims: bool = True
                             "height": base["source"]["height"] // 2}}
         recent = (recent + [d])[-8:]
         w = d["box"][2]
-        row = Row(id=f"{i:016x}-f0", source=f"raw/{i // 1000:04d}/img{i:07d}.jpg",
-                  parent_id=f"{i:016x}", path=f"{root}/crop/{i % shards:02d}/{i:016x}-f0.png",
+        # ids as ingest makes them (a hash of the path): rows in path order, ids in none
+        source = f"raw/{i // 1000:04d}/img{i:07d}.jpg"
+        sid = source_id(source)
+        sids = (sids + [sid])[-8:]
+        row = Row(id=f"{sid}-f0", source=source, parent_id=sid, path=f"{root}/crop/{i % shards:02d}/{sid}-f0.png",
                   width=w, height=w, details=d)
         if layout == "file":  # the arrays of one row: concatenated, a shard's
             (row,), one = split_hashes([row], near)
             for name, data in one.items():
                 arrays[i % shards].setdefault(name, []).append(data)
         clean[i % shards].write(row_line(row).encode())
-        dedup.write(row_line(row.drop("near_duplicate", details={"duplicate_of": f"{i - 7:016x}-f0",
+        dedup.write(row_line(row.drop("near_duplicate", details={"duplicate_of": f"{sids[-8]}-f0",
                                                                  "distance": 1})
                              if i % 20 == 19 else row).encode())
         norm[i % shards].write(row_line(row.keep(
-            path=f"{root}/normalize/{i % shards:02d}/{i:016x}-f0.png", width=512, height=512,
+            path=f"{root}/normalize/{i % shards:02d}/{sid}-f0.png", width=512, height=512,
             details={"upscaler": "lanczos", "upscale": {"factor": 2, "from": [w, w]},
                      "normalize": {"scale": round(512 / (2 * w), 6), "from": [2 * w, 2 * w]}})).encode())
     for f in clean + norm + [dedup]:

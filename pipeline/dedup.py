@@ -190,11 +190,19 @@ class DedupColumns:
 
     def priority(self) -> np.ndarray:
         """``keeper_priority``: best copy first; ties by id, then input order."""
-        n = len(self.ids)
-        id_rank = np.empty(n, dtype=np.int64)
-        id_rank[sorted(range(n), key=self.ids.__getitem__)] = np.arange(n)
         keys = [-np.frombuffer(col, dtype=np.float64) for col in self.keys]
-        return np.lexsort((id_rank, keys[3], keys[2], keys[1], keys[0])).astype(np.int64)
+        order = np.lexsort(keys[::-1]).astype(np.int64)  # stable: input order within ties
+        # only runs equal on every key go to the ids (sorting a million ids in Python was
+        # 0.9 s; ties are few): NaN ties NaN, as in lexsort
+        tied = np.ones(max(len(order) - 1, 0), dtype=bool)
+        for key in keys:
+            k = key.take(order)
+            tied &= (k[1:] == k[:-1]) | (np.isnan(k[1:]) & np.isnan(k[:-1]))
+        edges = np.flatnonzero(np.diff(np.r_[False, tied, False].astype(np.int8)))
+        ids = self.ids
+        for start, end in zip(edges[::2].tolist(), (edges[1::2] + 1).tolist()):
+            order[start:end] = sorted(order[start:end].tolist(), key=ids.__getitem__)  # stable
+        return order
 
     def face_positions(self, rows: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, ...]:
         """Centre x, y and width of faces ``rows``, each in source block ``blocks``, as
@@ -208,6 +216,30 @@ class DedupColumns:
         return x, y, size, (width != 0) & (height != 0)
 
 
+def sorted_groups(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(order, starts): the positions of ``texts`` in sorted order (equal texts in input
+    order) and where each run of equal texts begins in it. Texts that are all 16 lowercase
+    hex digits (``ingest.source_id``) sort as the 64-bit numbers they spell, in the same
+    order: a million source ids in hash order in 0.2 s, where sorting the strings took 1.6."""
+    n = len(texts)
+    joined = "".join(texts)
+    raw = None
+    if len(joined) == 16 * n and set(map(len, texts)) <= {16}:
+        try:
+            raw = bytes.fromhex(joined)
+        except ValueError:  # not hex
+            pass
+    # fromhex skips whitespace (then fewer than 8 bytes a text); upper case sorts otherwise
+    if raw is not None and len(raw) == 8 * n and joined == joined.lower():
+        words = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+        order = np.argsort(words, kind="stable")
+        ordered = words.take(order)
+        return order.astype(np.int64), np.flatnonzero(np.r_[n > 0, ordered[1:] != ordered[:-1]]).astype(np.int64)
+    order = sorted(range(n), key=texts.__getitem__)
+    starts = [g for g in range(n) if not g or texts[order[g]] != texts[order[g - 1]]]
+    return np.array(order, dtype=np.int64), np.array(starts, dtype=np.int64)
+
+
 def source_face_pairs(cols: DedupColumns, alive: np.ndarray, near: dict) -> tuple[np.ndarray, ...]:
     """Pairs of faces cut from sources that are duplicates of each other (whole pictures
     within the radius: reposts, rescales, re-encodes, crops by a few percent, mirrors), each
@@ -217,12 +249,9 @@ def source_face_pairs(cols: DedupColumns, alive: np.ndarray, near: dict) -> tupl
     # the faces with source measures, grouped by source id (groups in sorted id order,
     # faces in alive order): arrays, not a dict of lists (~300 MB at 1M rows)
     with_source = np.flatnonzero(np.frombuffer(cols.block, dtype=np.int64)[alive] >= 0)
-    sids = [cols.sources[k] for k in alive[with_source].tolist()]
-    order = sorted(range(len(sids)), key=sids.__getitem__)
-    starts = np.array([g for g in range(len(order)) if not g or sids[order[g]] != sids[order[g - 1]]],
-                      dtype=np.int64)
-    members = with_source[np.array(order, dtype=np.int64)]  # positions in alive
-    del sids, order
+    order, starts = sorted_groups([cols.sources[k] for k in alive[with_source].tolist()])
+    members = with_source[order]  # positions in alive
+    del order
     ends = np.r_[starts[1:], len(members)] if len(starts) else starts
     # a source's measures: those of its last face here
     block_of = np.frombuffer(cols.block, dtype=np.int64)[alive[members[ends - 1]]]

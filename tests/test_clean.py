@@ -958,3 +958,50 @@ def test_items_that_may_share_a_digest_hold_every_exact_duplicate():
     assert np.array_equal(some, priority[np.isin(priority, some)])  # in priority order
     digests[3] = "not hex"
     assert _may_share_a_digest(digests, priority) is priority
+
+
+def test_keeper_priority_is_best_copy_first_then_id_then_input_order():
+    """``DedupColumns.priority``: by the four measures (larger first), then id, then input
+    order; only runs equal on every measure are sorted by id. Measures with many ties, NaN
+    (ties NaN, after the numbers), -0.0 beside 0.0, and repeated ids."""
+    from array import array
+
+    from pipeline.dedup import DedupColumns
+    rng = np.random.default_rng(3)
+    n = 4000
+    cols = DedupColumns("phash", 64)
+    cols.ids = [f"{rng.integers(40):02d}-f{rng.integers(2)}" for _ in range(n)]
+    values = [rng.integers(0, 3, n).astype(np.float64) for _ in range(4)]
+    values[1][rng.random(n) < 0.2] = math.nan
+    values[2][values[2] == 0] = np.where(rng.random(int((values[2] == 0).sum())) < 0.5, 0.0, -0.0)
+    cols.keys = [array("d", v.tobytes()) for v in values]
+
+    def rank(v):  # larger first, NaN last (as lexsort puts -NaN), -0.0 equal to 0.0
+        return (1, 0.0) if math.isnan(v) else (0, -v)
+    expected = sorted(range(n), key=lambda i: (*(rank(v[i]) for v in values), cols.ids[i], i))
+    got = cols.priority()
+    assert got.dtype == np.int64 and got.tolist() == expected
+    assert len(set(cols.ids)) < 100  # the ids decided many runs
+
+
+@pytest.mark.parametrize("kind", ["source ids", "upper case", "a space", "other lengths", "other texts", "none"])
+def test_sorted_groups_orders_as_sorting_the_texts(kind):
+    """``dedup.sorted_groups``: the order and runs of sorting the strings themselves,
+    whether they are source ids (sorted as numbers) or not."""
+    from pipeline.dedup import sorted_groups
+    rng = np.random.default_rng(11)
+    texts = [source_id(f"raw/{k}.jpg") for k in rng.integers(0, 300, 1000)] if kind != "none" else []
+    if kind == "upper case":
+        texts[5] = texts[5].upper().replace("0", "A")
+    elif kind == "a space":
+        texts[7] = texts[7][:8] + " " + texts[7][9:]
+    elif kind == "other lengths":
+        texts[3], texts[4] = texts[3] + "0", texts[4][:-1]
+    elif kind == "other texts":
+        texts = [f"img-{k}" for k in rng.integers(0, 300, 1000)]
+    order, starts = sorted_groups(texts)
+    expected = sorted(range(len(texts)), key=texts.__getitem__)
+    assert order.tolist() == expected
+    assert starts.tolist() == [g for g in range(len(texts))
+                               if not g or texts[expected[g]] != texts[expected[g - 1]]]
+    assert order.dtype == starts.dtype == np.int64
