@@ -25,7 +25,8 @@ import numpy as np
 from pipeline import hamming
 from pipeline.clean import HASH_KINDS, flips_on, hashes_index, hashes_path, read_span, resolved
 from pipeline.manifest import (ENCODING, ERRORS, HEADER_BYTES, Drop, atomic_write_with, declare,
-                               line_row, load_config_arg, manifest_lines_of, plain_fields, row_line)
+                               id_sort_keys, line_row, load_config_arg, manifest_lines_of, plain_fields,
+                               row_line)
 from util.files import copy_range
 
 _LINK = ("duplicate_of", "distance", "mirrored")
@@ -218,26 +219,20 @@ class DedupColumns:
 
 def sorted_groups(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(order, starts): the positions of ``texts`` in sorted order (equal texts in input
-    order) and where each run of equal texts begins in it. Texts that are all 16 lowercase
-    hex digits (``ingest.source_id``) sort as the 64-bit numbers they spell, in the same
-    order: a million source ids in hash order in 0.2 s, where sorting the strings took 1.6."""
-    n = len(texts)
-    joined = "".join(texts)
-    raw = None
-    if len(joined) == 16 * n and set(map(len, texts)) <= {16}:
-        try:
-            raw = bytes.fromhex(joined)
-        except ValueError:  # not hex
-            pass
-    # fromhex skips whitespace (then fewer than 8 bytes a text); upper case sorts otherwise
-    if raw is not None and len(raw) == 8 * n and joined == joined.lower():
-        words = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
-        order = np.argsort(words, kind="stable")
-        ordered = words.take(order)
-        return order.astype(np.int64), np.flatnonzero(np.r_[n > 0, ordered[1:] != ordered[:-1]]).astype(np.int64)
-    order = sorted(range(n), key=texts.__getitem__)
-    starts = [g for g in range(n) if not g or texts[order[g]] != texts[order[g - 1]]]
-    return np.array(order, dtype=np.int64), np.array(starts, dtype=np.int64)
+    order) and where each run of equal texts begins in it; source ids by their
+    ``id_sort_keys`` (a million in hash order: 0.2 s, where sorting the strings took 1.0)."""
+    keys = id_sort_keys(texts)
+    if keys is None:
+        order = sorted(range(len(texts)), key=texts.__getitem__)
+        starts = [g for g in range(len(texts)) if not g or texts[order[g]] != texts[order[g - 1]]]
+        return np.array(order, dtype=np.int64), np.array(starts, dtype=np.int64)
+    order = np.lexsort(keys).astype(np.int64)
+    new = np.zeros(len(order), dtype=bool)
+    new[:1] = True
+    for key in keys:
+        ordered = key.take(order)
+        new[1:] |= ordered[1:] != ordered[:-1]
+    return order, np.flatnonzero(new).astype(np.int64)
 
 
 def source_face_pairs(cols: DedupColumns, alive: np.ndarray, near: dict) -> tuple[np.ndarray, ...]:

@@ -37,8 +37,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline.manifest import (HEADER_BYTES, Drop, Row, ShardDir, atomic_write_with, declare, dropped_ids,
-                               iter_manifest, iter_manifests, kept, load_config_arg, manifest_lines_of,
-                               read_manifest, row_line, write_manifest)
+                               id_order, iter_manifest, iter_manifests, kept, load_config_arg,
+                               manifest_lines_of, read_manifest, row_line, write_manifest)
 from pipeline.rank import read_scores
 from util.config import with_defaults
 
@@ -348,7 +348,7 @@ def write_dataset_manifest(normalized: Iterable[str | os.PathLike], duplicates: 
                 rows_of[len(ids)] = r
                 ids.append(r.id)
                 file_of.append(-1), offset_of.append(0), size_of.append(0), text_of.append(0)
-    order = sorted(range(len(ids)), key=ids.__getitem__)  # stable: equal ids keep file order
+    order = id_order(ids).tolist()  # stable: equal ids keep file order
     del ids
     positions = record_positions(len(order))
     fds: dict[int, int] = {}

@@ -409,6 +409,42 @@ def verdict_counts(path: str | os.PathLike) -> tuple[int, dict[str, int]]:
     return kept, dropped
 
 
+def id_sort_keys(ids: list[str]) -> list | None:
+    """Numbers that sort as ``ids`` do, as ``np.lexsort`` keys (the last the first), where
+    every id starts with 16 lowercase hex digits (``ingest.source_id``; a face's id adds
+    ``-f<k>``): those digits as a 64-bit number (lowercase hex of one width sorts as its
+    value), then the rest's rank among the distinct rests. None for other ids."""
+    import numpy as np
+    n = len(ids)
+    heads = "".join([i[:16] for i in ids])
+    if len(heads) != 16 * n or heads != heads.lower():  # a shorter id; upper case sorts otherwise
+        return None
+    try:
+        raw = bytes.fromhex(heads)
+    except ValueError:  # not hex
+        return None
+    if len(raw) != 8 * n:  # fromhex skips whitespace
+        return None
+    value = np.frombuffer(raw, dtype=">u8").astype(np.uint64)
+    rests = [i[16:] for i in ids]
+    distinct = sorted(set(rests))
+    if len(distinct) <= 1:
+        return [value]
+    rank = {rest: k for k, rest in enumerate(distinct)}
+    return [np.fromiter(map(rank.__getitem__, rests), dtype=np.int64, count=n), value]
+
+
+def id_order(ids: list[str]):
+    """The positions of ``ids`` in sorted order, equal ids in input order (an int64 array):
+    by ``id_sort_keys`` where it can (a million face ids in hash order: 0.3 s, where
+    sorting the strings took 1.1-1.4 s)."""
+    import numpy as np
+    keys = id_sort_keys(ids)
+    if keys is None:
+        return np.array(sorted(range(len(ids)), key=ids.__getitem__), dtype=np.int64)
+    return np.lexsort(keys).astype(np.int64)  # stable
+
+
 def dropped_ids(path: str | os.PathLike) -> set[str]:
     """The ids of a manifest's drop rows, without building rows (dedup.tsv at 1M rows)."""
     out = set()

@@ -6,6 +6,7 @@ import json
 import re
 import tracemalloc
 
+import numpy as np
 import pytest
 from conftest import REPO
 
@@ -307,3 +308,30 @@ def test_copy_range_copies_in_the_kernel_and_without_it(tmp_path, monkeypatch):
         assert len(calls) == (2 if failing else 300)
         with open(src, "rb") as f, open(out, "wb") as o, pytest.raises(ValueError, match="shorter"):
             copy_range(f, o, 1_000_000, 100_000)
+
+
+@pytest.mark.parametrize("kind", ["face ids", "ten faces", "source ids", "upper case", "a space",
+                                  "a short id", "other ids", "none"])
+def test_id_order_is_the_order_of_sorting_the_ids(kind):
+    """``id_order``: the positions of sorting the id strings (equal ids in input order),
+    whether they are ingest's ids (sorted as numbers, then the rest: -f10 before -f2) or not."""
+    from pipeline.ingest import source_id
+    from pipeline.manifest import id_order, id_sort_keys
+    rng = np.random.default_rng(5)
+    sources = [source_id(f"raw/{k}.jpg") for k in rng.integers(0, 300, 2000)]
+    faces = rng.integers(0, 12 if kind == "ten faces" else 3, 2000)
+    ids = [s if kind == "source ids" else f"{s}-f{k}" for s, k in zip(sources, faces)]
+    if kind == "upper case":
+        ids[5] = ids[5].upper()
+    elif kind == "a space":
+        ids[7] = ids[7][:8] + " " + ids[7][9:]
+    elif kind == "a short id":
+        ids[3] = ids[3][:12]
+    elif kind == "other ids":
+        ids = [f"img-{k}" for k in rng.integers(0, 300, 2000)]
+    elif kind == "none":
+        ids = []
+    fast = kind in ("face ids", "ten faces", "source ids", "none")
+    assert (id_sort_keys(ids) is not None) == fast
+    order = id_order(ids)
+    assert order.dtype == np.int64 and order.tolist() == sorted(range(len(ids)), key=ids.__getitem__)
