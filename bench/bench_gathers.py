@@ -4,13 +4,14 @@
 
 Writes synthetic manifests shaped like a real run's with the default config (64 clean shards
 whose rows carry crop + clean details as the clean shard step writes them with trims, flips
-and sources on: ~1.6 KB of JSON; 64 normalize shards of the same rows plus upscale/normalize
-details; dedup.tsv), then
+and sources on: ~1.6 KB of JSON; row ids as ingest makes them, a hash of the path; 64
+normalize shards of the rows dedup keeps plus upscale/normalize details; dedup.tsv), then
 runs each measurement in a fresh subprocess and reports its CPU time (user + sys, from
 getrusage: the machine is shared, wall time is not a fair figure) and peak RSS:
   read       read_manifests over the 64 normalize shards; memory per row held
-  export     export's gather without pixels: dataset_rows (normalize shards minus dedup
-             drops, sorted) and the export manifest with index + tfrecord_position
+  export     export's gather without pixels, as the workflow's export rule runs it: the
+             normalize shards (dedup's survivors) sorted by id, the export manifest with
+             index + tfrecord_position
   dedup      `pipeline.dedup` over the 64 clean shards (hashes, exact + near search)
 --old-repo runs the same children with another checkout's pipeline/ first on the path
 (e.g. `git archive <commit> pipeline | tar -x -C /tmp/fp_old`), for before/after figures.
@@ -45,12 +46,12 @@ t0 = resource.getrusage(resource.RUSAGE_SELF)
 norm = sorted(folder.glob("normalize/*/manifest.tsv"))
 if what == "read":
     held = read_manifests(norm)
-    assert len(held) == rows
+    assert len(held) == rows - rows // 20  # dedup's survivors
 elif what == "export":
     from pipeline import export
     if hasattr(export, "write_dataset_manifest"):  # the streamed gather (issue 17 item 4)
-        from pipeline.manifest import dropped_ids
-        export.write_dataset_manifest(norm, dropped_ids(folder / "dedup.tsv"), folder / "export.tsv")
+        # as the workflow's export rule runs it: normalize lists dedup's survivors only
+        export.write_dataset_manifest(norm, set(), folder / "export.tsv")
     else:
         try:
             from pipeline.manifest import dropped_ids, iter_manifests
@@ -114,7 +115,8 @@ def flip_bit(hex_hash: str, rng: random.Random) -> str:
 def make_manifests(folder: Path, rows: int, shards: int = 64, trims: bool = True, layout: str = "file") -> None:
     """64 clean shards (every 50th row an exact copy, every 20th a repost of the row 7
     before at half the size: face and source hashes 1 bit off), dedup.tsv (the near copies dropped) and 64
-    normalize shards (the clean rows plus upscale/normalize details). Written line by line:
+    normalize shards (the rows dedup keeps, with upscale/normalize details: upscale leaves
+    dedup's duplicates out, so the workflow's export reads no dedup.tsv). Written line by line:
     nothing is held but the hashes. ``layout`` "file": the hashes (and the fixed columns)
     in each clean shard's hashes file, not in the details (``clean.split_hashes``, as clean
     writes them since issue 24 item 4);
@@ -171,6 +173,8 @@ def make_manifests(folder: Path, rows: int, shards: int = 64, trims: bool = True
         dedup.write(row_line(row.drop("near_duplicate", details={"duplicate_of": f"{sids[-8]}-f0",
                                                                  "distance": 1})
                              if i % 20 == 19 else row).encode())
+        if i % 20 == 19:  # dedup's duplicate: upscale leaves it out, normalize never lists it
+            continue
         norm[i % shards].write(row_line(row.keep(
             path=f"{root}/normalize/{i % shards:02d}/{sid}-f0.png", width=512, height=512,
             details={"upscaler": "lanczos", "upscale": {"factor": 2, "from": [w, w]},
