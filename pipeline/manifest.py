@@ -436,8 +436,8 @@ def id_sort_keys(ids: list[str]) -> list | None:
 
 def id_order(ids: list[str]):
     """The positions of ``ids`` in sorted order, equal ids in input order (an int64 array):
-    by ``id_sort_keys`` where it can (a million face ids in hash order: 0.3 s, where
-    sorting the strings took 1.1-1.4 s)."""
+    by ``id_sort_keys`` where it can (a million face ids in hash order: 0.35 s, where
+    sorting the strings took 0.45-0.87 s)."""
     import numpy as np
     keys = id_sort_keys(ids)
     if keys is None:
