@@ -44,7 +44,6 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -57,7 +56,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from process_cpu import counting_env, per_stage  # noqa: E402  (bench/, beside this script)
+from process_cpu import children_cpu, counting_env, per_stage  # noqa: E402  (bench/, beside this script)
 
 TESTDATA = Path(os.environ.get("FACEPREP_SHARED", REPO.parent / "shared")) / "testdata"
 CASCADE = TESTDATA.parent / "models" / "lbpcascade_animeface.xml"
@@ -251,14 +250,6 @@ def detection_floor(raw: Path, min_face: int) -> dict:
         detect, encode, faces = detect + t1 - t0, encode + time.process_time() - t1, faces + len(found)
     return {"decode_detect_cpu_s": round(detect, 2), "encode_512_png_cpu_s": round(encode, 2),
             "faces": faces, "total_cpu_s": round(detect + encode, 2)}
-
-
-def children_cpu() -> float:
-    """User + system CPU seconds of every finished child process so far (the whole tree:
-    parallel's jobs, snakemake's jobs), which the load of other processes does not inflate
-    as much as wall time."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def seed_decisions(min_face: int) -> dict:

@@ -91,6 +91,9 @@ def per_stage(lines: Path) -> dict[str, tuple[int, float, float]]:
 
 
 def children_cpu() -> float:
+    """User + system CPU seconds of every finished child process so far (the whole tree:
+    parallel's jobs, snakemake's jobs), which the load of other processes does not inflate
+    as much as wall time."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
